@@ -1,0 +1,68 @@
+"""Backends plug in through one small interface. Heavy libraries are imported inside methods, so edgevit imports
+(and ``edgevit --help`` works) without any backend installed."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgevit.errors import BackendUnavailableError, UnknownNameError
+
+BACKENDS = {
+    "openvino": "edgevit.backends.openvino:OpenVINOBackend",
+    "onnxruntime": "edgevit.backends.onnxruntime:ONNXRuntimeBackend",
+}
+
+
+@dataclass
+class BuildJob:
+    """What a backend needs to compile one artifact."""
+
+    onnx_path: Path  # the FP32 ONNX export (opset 17, dynamic batch)
+    precision: str
+    target: object  # edgevit.targets.Target
+    out_dir: Path  # the bundle's temporary directory; write files here
+    transformer: bool  # ViT / hybrid / MaxViT: use the transformer-aware quantization recipe
+    calibration: np.ndarray | None = None  # float32 NCHW calibration images (int8 only)
+    recipe: object | None = None  # edgevit.quantize.Recipe
+
+
+@dataclass
+class Built:
+    files: list[str]  # paths relative to out_dir that make up the artifact
+    details: dict = field(default_factory=dict)  # recorded in the manifest under "backend"
+
+
+class Runner(Protocol):
+    info: dict  # what actually executes (device, precisions, threads...)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def available(self) -> tuple[bool, str]: ...
+    def version(self) -> str: ...
+    def build(self, job: BuildJob) -> Built: ...
+    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner: ...
+    def load_default(self, onnx_path: Path, threads: int | None = None) -> Runner:
+        """The backend with its own defaults on the FP32 export: the plain recipe edgevit is measured against."""
+        ...
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UnknownNameError("backend", name, BACKENDS)
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def require(backend: Backend) -> None:
+    ok, why = backend.available()
+    if not ok:
+        raise BackendUnavailableError(f"backend {backend.name} cannot run here: {why}")

@@ -1,0 +1,65 @@
+"""ONNX Runtime on any CPU: the portable reference. INT8 is NNCF's QuantizeLinear/DequantizeLinear ONNX graph."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends import BuildJob, Built
+
+
+class ORTRunner:
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
+        self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._sess.get_inputs()[0].name
+        self.info = {"backend": "onnxruntime", "version": ort.__version__, "device": "CPU",
+                     "providers": self._sess.get_providers(), "threads": opts.intra_op_num_threads}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._sess.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class ONNXRuntimeBackend:
+    name = "onnxruntime"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return False, f"onnxruntime is not importable ({e}); pip install onnxruntime"
+        return True, "ok"
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def build(self, job: BuildJob) -> Built:
+        out = job.out_dir / "model.onnx"
+        details = {}
+        if job.precision == "int8":
+            import onnx
+
+            from edgevit.export import INPUT_NAME
+            from edgevit.quantize import nncf_quantize
+
+            q = nncf_quantize(onnx.load(str(job.onnx_path)), job.calibration, job.recipe, job.transformer,
+                              input_name=INPUT_NAME)
+            onnx.save(q, str(out))
+            details["quantizer"] = "nncf"
+        else:
+            shutil.copyfile(job.onnx_path, out)
+        return Built(files=["model.onnx"], details=details)
+
+    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        return ORTRunner(Path(bundle_dir) / "model.onnx", threads or manifest["target"].get("threads"))
+
+    def load_default(self, onnx_path: Path, threads: int | None = None):
+        return ORTRunner(onnx_path, threads)

@@ -1,0 +1,119 @@
+"""OpenVINO on CPUs: FP32 ONNX → IR; INT8 through NNCF on the IR; inference precision always set explicitly
+(OpenVINO's CPU default is bf16 where the CPU supports it) and what actually executed read back from the runtime."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends import BuildJob, Built
+
+HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
+
+
+def _threads(threads: int | None) -> int:
+    return threads if threads and threads > 0 else (os.cpu_count() or 1)
+
+
+def runtime_summary(compiled) -> dict:
+    """What the CPU plugin actually runs: the inference precision it settled on and, for the compute-heavy
+    layers (FullyConnected/MatMul/Convolution), how many execute in each precision."""
+    prec = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" in rt and rt["layerType"].astype(str) in COMPUTE_LAYERS and "runtimePrecision" in rt:
+            prec[rt["runtimePrecision"].astype(str)] += 1
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return {
+        "inference_precision": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
+        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "compute_layers_by_precision": dict(sorted(prec.items())),
+    }
+
+
+class OVRunner:
+    def __init__(self, model_path: Path, config: dict) -> None:
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._path = str(model_path)
+        self._config = config
+        self._compiled: dict[int, object] = {}
+        self.info = {"backend": "openvino", "version": ov.get_version(), "device": "CPU",
+                     **runtime_summary(self._get(1))}
+
+    def _get(self, batch: int):
+        if batch not in self._compiled:
+            if len(self._compiled) >= 2:  # batch 1 for latency/predict plus one evaluation batch size
+                self._compiled.pop(next(k for k in self._compiled if k != 1))
+            model = self._core.read_model(self._path)
+            shape = list(model.input(0).get_partial_shape().to_shape() if model.input(0).get_partial_shape().is_static
+                         else [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()])
+            shape[0] = batch
+            model.reshape({model.input(0).get_any_name(): shape})
+            self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+        return self._compiled[batch]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        compiled = self._get(x.shape[0])
+        return compiled(np.ascontiguousarray(x, dtype=np.float32))[compiled.output(0)]
+
+
+class OpenVINOBackend:
+    name = "openvino"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import openvino as ov
+
+            devices = ov.Core().available_devices
+        except Exception as e:  # import errors, broken installs
+            return False, f"openvino is not importable ({e}); pip install openvino"
+        if "CPU" not in devices:
+            return False, f"OpenVINO sees no CPU device (devices: {devices})"
+        return True, "ok"
+
+    def version(self) -> str:
+        import openvino as ov
+
+        return ov.get_version()
+
+    def _config(self, precision: str, target, threads: int | None = None) -> dict:
+        hint = target.host_precision if precision == "int8" else HINT[precision]
+        return {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": _threads(threads or target.threads),
+                "PERFORMANCE_HINT": "LATENCY"}
+
+    def build(self, job: BuildJob) -> Built:
+        import openvino as ov
+
+        from edgevit.quantize import nncf_quantize
+
+        model = ov.convert_model(str(job.onnx_path))
+        details = {}
+        if job.precision == "int8":
+            model = nncf_quantize(model, job.calibration, job.recipe, job.transformer)
+            details["quantizer"] = "nncf " + _nncf_version()
+        ov.save_model(model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
+        details["compile_config"] = self._config(job.precision, job.target)
+        return Built(files=["model.xml", "model.bin"], details=details)
+
+    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        from edgevit.targets import Target
+
+        target = Target(**{k: v for k, v in manifest["target"].items() if k in Target.__dataclass_fields__})
+        cfg = self._config(manifest["precision"], target, threads)
+        return OVRunner(Path(bundle_dir) / "model.xml", cfg)
+
+    def load_default(self, onnx_path: Path, threads: int | None = None):
+        cfg = {"INFERENCE_NUM_THREADS": _threads(threads)} if threads else {}
+        return OVRunner(onnx_path, cfg)
+
+
+def _nncf_version() -> str:
+    import nncf
+
+    return nncf.__version__

@@ -1,0 +1,141 @@
+"""The ``edgevit`` command: a thin shell that parses arguments and calls one library function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edgevit import __version__
+from edgevit.errors import EdgevitError
+
+
+def _cmd_models(a) -> int:
+    from edgevit.models import ZOO
+
+    print(f"{'alias':22} {'family':10} {'input':>5}  {'timm name':28} description")
+    for s in ZOO.values():
+        print(f"{s.alias:22} {s.family:10} {s.input_size:>5}  {s.timm_name:28} {s.description}")
+    print("\nAny other timm model name works too (e.g. --model deit_tiny_patch16_224).")
+    return 0
+
+
+def _cmd_targets(a) -> int:
+    from edgevit.targets import list_targets, load_target
+
+    print(f"{'target':20} {'backend':12} {'precisions':18} {'this host':10} description")
+    for name in list_targets():
+        t = load_target(name)
+        ok, why = t.host_support()
+        print(f"{t.name:20} {t.backend:12} {','.join(t.precisions):18} {'yes' if ok else 'no':10} {t.description}"
+              + ("" if ok else f"  [{why}]"))
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from edgevit.train import train
+
+    r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=a.weights,
+              resume=a.resume, seed=a.seed)
+    print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "
+          f"{r.best_top1:.2f}%; checkpoints: {r.best_path}, {r.last_path}")
+    return 0
+
+
+def _cmd_build(a) -> int:
+    from edgevit.build import build, summary
+
+    r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=a.weights, out=a.out,
+              calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
+              input_size=a.input_size, threads=a.threads, name=a.name)
+    print(summary(r))
+    return 0
+
+
+def _cmd_predict(a) -> int:
+    from edgevit.predict import Predictor
+
+    preds = Predictor(a.bundle, threads=a.threads).predict_files(a.images, k=a.top_k)
+    for p in preds:
+        if a.json:
+            print(json.dumps({"image": p.source, "top": [{"label": lb, "score": round(s, 5)} for lb, s in p.top]}))
+        else:
+            print(p.source + ":  " + "  ".join(f"{lb} {s:.3f}" for lb, s in p.top))
+    return 0
+
+
+def _cmd_verify(a) -> int:
+    from edgevit.bundle import read_manifest
+
+    m = read_manifest(a.bundle)
+    print(f"{a.bundle}: ok ({len(m['files'])} files verified; {m['model']['alias']} {m['precision']} for "
+          f"{m['target']['name']})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgevit", description="Vision Transformers from PyTorch to validated INT8 "
+                                "on edge devices.")
+    p.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list the model zoo")
+    s.set_defaults(fn=_cmd_models)
+    s = sub.add_parser("targets", help="list device profiles and whether this host can build/run them")
+    s.set_defaults(fn=_cmd_targets)
+
+    s = sub.add_parser("train", help="train or fine-tune a model")
+    s.add_argument("--model", required=True, help="zoo alias or timm name")
+    s.add_argument("--data", required=True, help="fashion-mnist[:DIR] | imagefolder:DIR | DIR | synthetic")
+    s.add_argument("--out", required=True, help="directory for best.pt / last.pt")
+    s.add_argument("--epochs", type=int, help="default: the model's recipe")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--weights", help="initial weights to fine-tune from")
+    s.add_argument("--resume", help="last.pt of an interrupted run")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("build", help="quantize, compile, validate and bundle a model for a target")
+    s.add_argument("--model", required=True, help="zoo alias or timm name")
+    s.add_argument("--target", default="cpu-x86", help="profile name from 'edgevit targets' or a .toml path")
+    s.add_argument("--precision", default="int8", help="fp32 | bf16 | int8 (as the target allows)")
+    s.add_argument("--data", help="calibration and validation data (required for int8)")
+    s.add_argument("--weights", help="safetensors, state dict, timm or edgevit checkpoint; omitted: random init")
+    s.add_argument("--out", default="build", help="directory the bundle is written into")
+    s.add_argument("--name", help="bundle directory name (default MODEL-TARGET-PRECISION)")
+    s.add_argument("--calibration", help="calibration recipe name or .toml (default: calibration/default.toml)")
+    s.add_argument("--calib-samples", type=int, help="override the recipe's sample count")
+    s.add_argument("--val-samples", type=int, help="validation images (default: the whole held-out split)")
+    s.add_argument("--input-size", type=int, help="input resolution (position embeddings are resampled)")
+    s.add_argument("--threads", type=int, help="inference threads (default: the target's)")
+    s.set_defaults(fn=_cmd_build)
+
+    s = sub.add_parser("predict", help="classify images with a bundle")
+    s.add_argument("bundle")
+    s.add_argument("images", nargs="+")
+    s.add_argument("-k", "--top-k", type=int, default=3)
+    s.add_argument("--json", action="store_true", help="one JSON line per image")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
+    s.add_argument("bundle")
+    s.set_defaults(fn=_cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except EdgevitError as e:
+        print(f"edgevit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgevit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Every error edgevit raises on purpose. The CLI prints one line per error and exits with its ``exit_code``."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EdgevitError(Exception):
+    """Base class: a failure the user can act on; exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(EdgevitError):
+    """The command was asked for something that does not exist or does not fit; exit code 2."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """A model, target, precision, backend or dataset name that edgevit does not know."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str], hint: str = "") -> None:
+        choices = sorted(choices)
+        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+        msg = f"unknown {kind} {name!r}"
+        if close:
+            msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        else:
+            msg += f"; choose one of: {', '.join(choices)}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+        self.name = name
+        self.choices = choices
+
+
+class DatasetError(UsageError):
+    """A dataset that is missing, empty or unreadable."""
+
+
+class ImageError(UsageError):
+    """An image file that is missing, empty or not an image."""
+
+
+class WeightsError(UsageError):
+    """Weights that cannot be read or do not fit the model."""
+
+
+class TargetError(UsageError):
+    """A target profile that is malformed or asks for something its backend cannot do."""
+
+
+class BackendUnavailableError(EdgevitError):
+    """The backend a target needs is not installed or cannot run on this host."""
+
+
+class BundleError(EdgevitError):
+    """A bundle that is missing files, tampered with, truncated or of an unknown schema."""
+
+
+class ValidationFailedError(EdgevitError):
+    """A built artifact whose measured accuracy or outputs fail a check."""

@@ -1,0 +1,76 @@
+"""Measurements every build and benchmark shares: top-1 through a runner, logit agreement, and latency."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+
+from edgevit._progress import progress
+
+
+@lru_cache(maxsize=1)
+def host_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "os": platform.system()}
+
+
+def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, pre, batch_size: int = 100,
+                desc: str = "validate") -> np.ndarray:
+    """Logits of ``fn`` over uint8 NHWC images, normalised batch by batch."""
+    outs = [fn(pre.normalize(images_u8[s:s + batch_size]))
+            for s in progress(range(0, len(images_u8), batch_size), desc=desc, min_total=5)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return round(float((logits.argmax(1) == labels).mean() * 100), 2)
+
+
+def topk(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    k = min(k, logits.shape[1])
+    best = np.argsort(-logits, axis=1)[:, :k]
+    return round(float((best == labels[:, None]).any(1).mean() * 100), 2)
+
+
+def latency(fn: Callable[[np.ndarray], object], x: np.ndarray, warmup: int = 10, min_iters: int = 50,
+            min_seconds: float = 2.0, max_iters: int = 5000) -> dict:
+    """Wall-clock latency of ``fn(x)``: warm up, then time single calls until both ``min_iters`` and
+    ``min_seconds`` are reached. Milliseconds, percentiles over all timed calls."""
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
+        t = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t) * 1000)
+    a = np.asarray(times)
+    return {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+            "mean": round(float(a.mean()), 4), "iterations": len(a), "batch": int(x.shape[0])}
+
+
+def torch_runner(model, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """PyTorch eager FP32, the plain recipe every build is compared with."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run

@@ -1,0 +1,54 @@
+"""Run a bundle: the runtime and preprocessing come from its manifest, never guessed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import BundleError
+
+
+@dataclass
+class Prediction:
+    source: str
+    top: list[tuple[str, float]]  # (label, probability), best first
+
+
+class Predictor:
+    def __init__(self, bundle: str | os.PathLike, threads: int | None = None) -> None:
+        from edgevit.backends import get_backend, require
+        from edgevit.bundle import read_manifest
+        from edgevit.data import Preprocessing
+
+        self.path = Path(bundle)
+        self.manifest = read_manifest(self.path)
+        self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
+        self.labels = list(self.manifest["labels"])
+        backend = get_backend(self.manifest["backend"]["name"])
+        require(backend)
+        self.runner = backend.load(self.path, self.manifest, threads)
+        if len(self.labels) != self.manifest["model"]["num_classes"]:
+            raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
+                              "classes; the bundle is damaged, rebuild it")
+
+    def probabilities(self, images: list) -> np.ndarray:
+        """PIL images → softmax probabilities (N, classes)."""
+        x = np.stack([self.preprocessing(img) for img in images])
+        logits = self.runner(x).astype(np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict_files(self, paths: list[str | os.PathLike], k: int = 5) -> list[Prediction]:
+        from edgevit.data import load_image
+
+        images = [load_image(p) for p in paths]  # all read (and checked) before any inference
+        probs = self.probabilities(images)
+        k = max(1, min(k, probs.shape[1]))
+        out = []
+        for p, row in zip(paths, probs):
+            best = np.argsort(-row)[:k]
+            out.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in best]))
+        return out

@@ -1,0 +1,103 @@
+"""Post-training INT8 quantization with NNCF, from a calibration recipe in ``calibration/``.
+
+NNCF quantizes OpenVINO and ONNX models through the same call, so every backend uses :func:`nncf_quantize`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevit._config import load_toml_dataclass
+from edgevit.errors import UnknownNameError, UsageError
+
+PRESETS = ("mixed", "performance")
+SELECTIONS = ("balanced", "random")
+
+
+def recipes_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / "calibration", here / "_calibration"):
+        if d.is_dir() and any(d.glob("*.toml")):
+            return d
+    raise UsageError(f"no calibration recipes found beside {here}; the installation is incomplete")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    samples: int = 300
+    selection: str = "balanced"
+    seed: int = 0
+    preset: str = "mixed"
+    fast_bias_correction: bool = True
+    smooth_quant_alpha: float | None = None
+    ignored_patterns: list = ()
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UnknownNameError(f"preset in {self.path}", self.preset, PRESETS)
+        if self.selection not in SELECTIONS:
+            raise UnknownNameError(f"selection in {self.path}", self.selection, SELECTIONS)
+        if self.samples < 1:
+            raise UsageError(f"{self.path}: samples must be at least 1")
+
+    def to_dict(self) -> dict:
+        return {"recipe": Path(self.path).name, "samples": self.samples, "selection": self.selection,
+                "seed": self.seed, "preset": self.preset, "fast_bias_correction": self.fast_bias_correction,
+                "smooth_quant_alpha": self.smooth_quant_alpha, "ignored_patterns": list(self.ignored_patterns)}
+
+
+def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> Recipe:
+    known = {p.stem: p for p in recipes_dir().glob("*.toml")}
+    name_or_path = name_or_path or "default"
+    p = Path(name_or_path)
+    if not (p.suffix == ".toml" and p.is_file()):
+        if name_or_path not in known:
+            raise UnknownNameError("calibration recipe", name_or_path, known, hint="or a path to a .toml recipe")
+        p = known[name_or_path]
+    r = load_toml_dataclass(Recipe, p, error=UsageError, path=str(p))
+    if samples is not None:
+        if samples < 1:
+            raise UsageError("--calib-samples must be at least 1")
+        r = Recipe(**{**r.__dict__, "samples": samples})
+    return r
+
+
+def calibration_images(ds, pre, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """float32 NCHW calibration images drawn from the training split, and their indices."""
+    from edgevit.data import preprocess_split, sample_indices
+
+    labels = ds.train.labels if recipe.selection == "balanced" else None
+    idx = sample_indices(len(ds.train), recipe.samples, recipe.seed, labels)
+    return pre.normalize(preprocess_split(ds.train.subset(idx), pre, "calibration images")), idx
+
+
+def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, input_name: str | None = None,
+                  preset: str | None = None):
+    """Quantize an OpenVINO or ONNX model with NNCF. ``transformer`` selects NNCF's transformer model type, which
+    keeps LayerNorm, Softmax and residual Adds in higher precision."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    def transform(x):
+        x = x[None]
+        return {input_name: x} if input_name else x
+
+    dataset = nncf.Dataset(list(images), transform)
+    advanced = AdvancedQuantizationParameters()
+    if recipe.smooth_quant_alpha is not None:
+        advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=recipe.smooth_quant_alpha)
+    preset_name = preset or recipe.preset
+    kwargs = dict(
+        preset=nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=len(images),
+        fast_bias_correction=recipe.fast_bias_correction,
+        advanced_parameters=advanced,
+    )
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if recipe.ignored_patterns:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(recipe.ignored_patterns), validate=False)
+    return nncf.quantize(model, dataset, **kwargs)

@@ -1,0 +1,172 @@
+"""Train or fine-tune a zoo model: AdamW + one-cycle, light augmentation, per-epoch held-out accuracy, best and last
+checkpoints (tensor-only, so they load with ``weights_only=True``), ``--resume``."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevit._progress import progress, say
+from edgevit.errors import UsageError, WeightsError
+
+HOLDOUT_MAX = 5000
+
+
+@dataclass
+class TrainResult:
+    best_path: Path
+    last_path: Path
+    best_top1: float
+    epochs: int
+    seconds: float
+    history: list[dict]
+
+
+def holdout_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training part and the held-out part of a training split (best-checkpoint selection never
+    looks at the dataset's own validation/test split, which ``build`` uses for the reported accuracy)."""
+    n_hold = min(HOLDOUT_MAX, max(1, n // 10))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def _augment(x, pad: int):
+    """Random horizontal flip and random translation by up to ``pad`` pixels (reflect padding), per sample."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    flip = torch.rand(n) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if pad:
+        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dx, dy = np.random.randint(0, 2 * pad + 1, n), np.random.randint(0, 2 * pad + 1, n)
+        x = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return x
+
+
+def evaluate_torch(model, images_u8: np.ndarray, labels: np.ndarray, pre, batch_size: int = 256,
+                   desc: str = "eval") -> tuple[float, np.ndarray]:
+    """Top-1 (%) of a torch model on preprocessed uint8 NHWC images; also returns the logits."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in progress(range(0, len(images_u8), batch_size), desc=desc, min_total=8):
+            x = torch.from_numpy(pre.normalize(images_u8[s:s + batch_size]))
+            outs.append(model(x).float().numpy())
+    logits = np.concatenate(outs)
+    return float((logits.argmax(1) == labels).mean() * 100), logits
+
+
+def _save(obj: dict, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, weights: str | None = None,
+          resume: str | None = None, seed: int = 0, limit: int | None = None, **model_overrides) -> TrainResult:
+    """Train ``model_name`` on ``data`` and write ``best.pt`` / ``last.pt`` into ``out``."""
+    import torch
+
+    from edgevit import __version__
+    from edgevit.data import load_dataset, preprocess_split
+    from edgevit.models import create_model, data_config, load_weights, resolve_spec
+
+    spec = resolve_spec(model_name)
+    d = spec.train
+    epochs = epochs if epochs is not None else d.epochs
+    batch_size = batch_size or d.batch_size
+    lr = lr or d.lr
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise UsageError("--epochs and --batch-size must be at least 1 and --lr positive")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    ds = load_dataset(data)
+    pre = data_config(spec)
+    model = create_model(spec, num_classes=ds.num_classes, **model_overrides)
+    if weights:
+        load_weights(model, weights)
+
+    tr_idx, ho_idx = holdout_split(len(ds.train), seed)
+    if limit:
+        tr_idx, ho_idx = tr_idx[:limit], ho_idx[: max(1, limit // 5)]
+    x_tr = preprocess_split(ds.train.subset(tr_idx), pre, "preprocess train")
+    y_tr = ds.train.labels[tr_idx]
+    x_ho = preprocess_split(ds.train.subset(ho_idx), pre, "preprocess holdout")
+    y_ho = ds.train.labels[ho_idx]
+
+    steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=d.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=min(0.3, 1.0 / epochs), anneal_strategy="cos")
+    start_epoch, best, history = 0, -1.0, []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
+        "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
+        "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
+    }
+    if resume:
+        ck = torch.load(resume, map_location="cpu", weights_only=True)
+        if ck.get("edgevit", {}).get("model") != spec.alias:
+            raise WeightsError(f"{resume} is a checkpoint of {ck.get('edgevit', {}).get('model')!r}, not {spec.alias!r}")
+        if ck.get("total_steps") != epochs * steps_per_epoch:
+            raise UsageError(
+                f"{resume} was trained for a schedule of {ck.get('total_steps')} steps, this run asks for "
+                f"{epochs * steps_per_epoch}; resume with the same --epochs and --batch-size"
+            )
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best, history = ck["epoch"], ck["best_top1"], list(ck.get("history", []))
+        say(f"resumed from {resume} after epoch {start_epoch} (best held-out top-1 {best:.2f}%)")
+
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
+    pad = max(1, spec.input_size // 16)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        order = np.random.permutation(len(x_tr))
+        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}")
+        running = 0.0
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = _augment(torch.from_numpy(pre.normalize(x_tr[idx])), pad)
+            y = torch.from_numpy(y_tr[idx])
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        top1, _ = evaluate_torch(model, x_ho, y_ho, pre, desc="held-out")
+        history.append({"epoch": epoch + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
+                        "elapsed_s": round(time.perf_counter() - t0, 1)})
+        is_best = top1 > best
+        best = max(best, top1)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch + 1, "best_top1": best, "history": history, "edgevit": meta,
+                 "total_steps": epochs * steps_per_epoch}
+        _save(state, out / "last.pt")
+        if is_best:
+            _save({"model": model.state_dict(), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
+                  out / "best.pt")
+        say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
+            f"{' (best)' if is_best else ''}, {time.perf_counter() - t0:.0f}s")
+    return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)

@@ -1,0 +1,119 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgevit.build import build
+from edgevit.bundle import read_manifest
+from edgevit.errors import BundleError, UsageError
+from edgevit.predict import Predictor
+
+from .conftest import TINY_VIT
+
+
+def test_int8_bundle_manifest_is_complete_and_measured(int8_bundle, fmnist_dir):
+    m = read_manifest(int8_bundle)
+    assert m["schema_version"] == 1 and m["precision"] == "int8"
+    assert m["model"]["alias"] == "vit-tiny-fmnist" and m["model"]["num_classes"] == 10
+    assert len(m["model"]["weights_sha256"]) == 64 and m["model"]["random_init"] is False
+    assert m["preprocessing"]["input_size"] == [32, 32]
+    assert m["labels"][0] == "T-shirt/top" and m["target"]["name"] == "cpu-x86"
+    assert m["backend"]["name"] == "openvino" and m["backend"]["version"]
+    assert set(m["files"]) == {"model.xml", "model.bin", "labels.txt"}
+    v = m["validation"]
+    assert v["samples"] == 200 and 0 <= v["top1"] <= 100
+    assert v["top1"] > 50, "the tiny ViT learns the synthetic bands; INT8 must keep that"
+    assert v["top1_drop"] == pytest.approx(v["reference_top1"] - v["top1"], abs=0.011)
+    assert v["max_abs_logit_diff"] > 0  # INT8 is not bit-identical to FP32
+    assert m["calibration"]["samples"] == 64 and m["calibration"]["split"] == "train"
+    lat = m["latency_ms"]
+    assert lat["artifact"]["p50"] > 0 and lat["artifact"]["p90"] >= lat["artifact"]["p50"]
+    assert {"torch_eager_fp32", "openvino_default_fp32_export"} <= set(lat["baselines"])
+    assert lat["host"]["cpu"] and lat["threads"] >= 1
+    rt = m["backend"]["runtime"]
+    assert rt["inference_precision"] == "f32"  # set explicitly, read back from OpenVINO
+    assert "i8" in rt["compute_layers_by_precision"] or "u8" in rt["compute_layers_by_precision"]
+    assert not list(int8_bundle.parent.glob(".*tmp*")), "no temporary directories left behind"
+
+
+def test_predict_uses_manifest_and_agrees_with_validation(int8_bundle, fmnist_dir):
+    from edgevit.data import load_dataset
+
+    ds = load_dataset(f"fashion-mnist:{fmnist_dir}")
+    pred = Predictor(int8_bundle)
+    imgs = [ds.val.image(i) for i in range(40)]
+    probs = pred.probabilities(imgs)
+    assert probs.shape == (40, 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    acc = (probs.argmax(1) == ds.val.labels[:40]).mean()
+    assert acc > 0.5
+
+
+def test_tampered_or_truncated_bundle_is_refused(int8_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(int8_bundle, b)
+    data = (b / "model.bin").read_bytes()
+    (b / "model.bin").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(BundleError, match="sha256"):
+        Predictor(b)
+    (b / "model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="truncated"):
+        read_manifest(b)
+    (b / "model.bin").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        read_manifest(b)
+    m = json.loads((int8_bundle / "manifest.json").read_text())
+    m["schema_version"] = 99
+    shutil.rmtree(b)
+    shutil.copytree(int8_bundle, b)
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="schema_version 99"):
+        read_manifest(b)
+
+
+def test_failed_build_leaves_nothing_and_keeps_old_bundle(int8_bundle, fmnist_dir, tiny_checkpoint, monkeypatch):
+    out = int8_bundle.parent
+    before = (int8_bundle / "manifest.json").read_bytes()
+    from edgevit.backends.openvino import OpenVINOBackend
+
+    def boom(self, job):
+        (job.out_dir / "model.xml").write_text("half")
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(OpenVINOBackend, "build", boom)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(out), calibration="fast", measure_latency=False)
+    assert (int8_bundle / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [int8_bundle.name]
+
+
+def test_onnxruntime_int8_and_fp32_without_data(fmnist_dir, tiny_checkpoint, tmp_path):
+    r = build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(tiny_checkpoint), out=str(tmp_path), calibration="fast", measure_latency=False)
+    import onnx
+
+    g = onnx.load(str(r.bundle / "model.onnx")).graph
+    assert any(n.op_type == "QuantizeLinear" for n in g.node)
+    assert r.manifest["validation"]["top1"] > 50
+    r2 = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), measure_latency=False, **TINY_VIT)
+    assert r2.manifest["model"]["random_init"] is True
+    assert "skipped" in r2.manifest["validation"]
+    assert r2.manifest["backend"]["runtime"]["inference_precision"] == "f32"
+
+
+def test_int8_needs_data_and_precision_must_fit_target(tmp_path):
+    with pytest.raises(UsageError, match="needs images"):
+        build("vit-tiny-fmnist", precision="int8", out=str(tmp_path), **TINY_VIT)
+    with pytest.raises(UsageError, match="precision for target cpu-onnxruntime"):
+        build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="bf16", out=str(tmp_path), **TINY_VIT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_size_change_resamples_and_builds(fmnist_dir, tiny_checkpoint, tmp_path):
+    r = build("vit-tiny-fmnist", precision="fp32", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(tmp_path), input_size=48, val_samples=50, measure_latency=False)
+    assert r.manifest["model"]["input_size"] == [3, 48, 48]
+    assert r.manifest["validation"]["samples"] == 50
+    assert r.manifest["validation"]["max_abs_logit_diff"] < 1e-2  # OpenVINO f32 matches torch at the new size

@@ -1,0 +1,77 @@
+"""The command line as a user meets it: subprocesses, exit codes, one-line errors, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "EDGEVIT_QUIET": "1"}
+    p = subprocess.run([sys.executable, "-m", "edgevit", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=600)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_help_and_listings():
+    assert run("--help").returncode == 0
+    p = run("models")
+    assert p.returncode == 0
+    for alias in ("vit-tiny-fmnist", "hybrid-tiny", "maxvit-pico", "mobilenetv3-large", "resnet50"):
+        assert alias in p.stdout
+    p = run("targets")
+    assert p.returncode == 0 and "cpu-x86" in p.stdout and "openvino" in p.stdout
+
+
+@pytest.mark.parametrize("args,code,pattern", [
+    (["build", "--model", "vit-tinny-fmnist"], 2, "unknown model 'vit-tinny-fmnist'; did you mean 'vit-tiny-fmnist'"),
+    (["build", "--model", "vit-tiny-fmnist", "--target", "cpu-x68"], 2, "unknown target 'cpu-x68'; did you mean"),
+    (["build", "--model", "vit-tiny-fmnist", "--precision", "int4"], 2, "unknown precision for target cpu-x86 'int4'"),
+    (["build", "--model", "vit-tiny-fmnist", "--data", "fashion-mnist:/nonexistent/fm"], 2,
+     "apt-get install dataset-fashion-mnist"),
+    (["train", "--model", "vit-tiny-fmnist", "--data", "imagefolder:/nonexistent", "--out", "x"], 2,
+     "image folder not found"),
+    (["predict", "/nonexistent/bundle", "x.png"], 1, "bundle not found"),
+    (["build"], 2, "required: --model"),
+])
+def test_errors_are_one_line_with_exit_code(args, code, pattern, tmp_path):
+    p = run(*args, cwd=tmp_path)
+    assert p.returncode == code, p.stderr
+    assert pattern in p.stderr
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) <= 3
+    assert not (tmp_path / "build").exists() and not (tmp_path / "x").exists()
+
+
+def test_bad_weights_file(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"garbage")
+    p = run("build", "--model", "vit-tiny-fmnist", "--precision", "fp32", "--weights", str(tmp_path / "w.pt"),
+            "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert p.returncode == 2 and "cannot read weights" in p.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_build_predict_verify_round_trip(fmnist_dir, tiny_checkpoint, tmp_path, png):
+    p = run("build", "--model", "vit-tiny-fmnist", "--weights", str(tiny_checkpoint), "--data",
+            f"fashion-mnist:{fmnist_dir}", "--target", "cpu-x86", "--precision", "int8", "--out", str(tmp_path),
+            "--calibration", "fast")
+    assert p.returncode == 0, p.stderr
+    assert "accuracy" in p.stdout and "latency" in p.stdout and "INT8" in p.stdout
+    bundle = tmp_path / "vit-tiny-fmnist-cpu-x86-int8"
+    assert run("verify", str(bundle)).returncode == 0
+    p = run("predict", str(bundle), str(png), "--json", "-k", "2")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["image"] == str(png) and len(out["top"]) == 2 and out["top"][0]["score"] >= out["top"][1]["score"]
+    # an unreadable image: exit 2, one line
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    p = run("predict", str(bundle), str(bad))
+    assert p.returncode == 2 and "cannot read image" in p.stderr
+    # tampered bundle: exit 1
+    labels = bundle / "labels.txt"
+    labels.write_text(labels.read_text().replace("Trouser", "Trousers"))
+    p = run("predict", str(bundle), str(png))
+    assert p.returncode == 1 and "labels.txt does not match its sha256" in p.stderr
