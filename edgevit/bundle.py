@@ -86,7 +86,8 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
                 raise BundleError(f"bundle {d.name}: {rel} is missing; rebuild the bundle")
             if p.stat().st_size != info["bytes"]:
                 raise BundleError(f"bundle {d.name}: {rel} is {p.stat().st_size} bytes, manifest says "
-                                  f"{info['bytes']} (truncated?); rebuild the bundle")
+                                  f"{info['bytes']} ({'truncated' if p.stat().st_size < info['bytes'] else 'modified'}); "
+                                  "rebuild the bundle")
             if sha256_file(p) != info["sha256"]:
                 raise BundleError(f"bundle {d.name}: {rel} does not match its sha256 in the manifest (modified "
                                   "after the build); rebuild the bundle")

@@ -73,11 +73,18 @@ def _cmd_verify(a) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2) that points at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgevit", description="Vision Transformers from PyTorch to validated INT8 "
+    p = _Parser(prog="edgevit", description="Vision Transformers from PyTorch to validated INT8 "
                                 "on edge devices.")
     p.add_argument("--version", action="version", version=f"edgevit {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("models", help="list the model zoo")
     s.set_defaults(fn=_cmd_models)

@@ -72,6 +72,6 @@ def test_build_predict_verify_round_trip(fmnist_dir, tiny_checkpoint, tmp_path, 
     assert p.returncode == 2 and "cannot read image" in p.stderr
     # tampered bundle: exit 1
     labels = bundle / "labels.txt"
-    labels.write_text(labels.read_text().replace("Trouser", "Trousers"))
+    labels.write_text(labels.read_text().replace("Trouser", "Trousxr"))
     p = run("predict", str(bundle), str(png))
     assert p.returncode == 1 and "labels.txt does not match its sha256" in p.stderr
