@@ -5,11 +5,35 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import typing
 from pathlib import Path
 
+import tomllib
+
 from edgevit.errors import TargetError
+
+
+def shipped_dir(folder: str, error=TargetError) -> Path:
+    """A folder of TOML files shipped with edgevit: ``<folder>/`` beside the package in a checkout (and editable
+    installs), ``edgevit/_<folder>`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / folder, here / f"_{folder}"):
+        if d.is_dir() and any(d.glob("*.toml")):
+            return d
+    raise error(f"no {folder} files found beside {here}; the installation is incomplete, reinstall edgevit")
+
+
+def resolve_named(folder: Path, name_or_path: str, kind: str) -> Path:
+    """A shipped TOML by stem (``cpu-x86``) or a user's ``.toml`` path; an unknown name suggests the close ones."""
+    from edgevit.errors import UnknownNameError
+
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    known = {f.stem: f for f in folder.glob("*.toml")}
+    if name_or_path not in known:
+        raise UnknownNameError(kind, name_or_path, known, hint="or a path to a .toml file")
+    return known[name_or_path]
 
 
 def load_toml_dataclass(cls, file: Path, error=TargetError, **extra):

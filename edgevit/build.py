@@ -115,6 +115,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         (stage / "labels.txt").write_text("\n".join(classes) + "\n")
         partial = {"precision": precision, "target": tgt.to_dict()}
         runner = backend.load(stage, partial, threads)
+        executed = runner.info.get("executed_precision")
+        if executed and executed != precision:
+            say(f"warning: {precision} was asked for but {backend.name} executes {executed} on this host "
+                f"({host_info()['cpu']}); the manifest records what ran")
 
         # -- validate: the built artifact through its own runtime vs FP32 PyTorch -----------------------------
         validation: dict

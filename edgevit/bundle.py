@@ -84,9 +84,10 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
             p = d / rel
             if not p.is_file():
                 raise BundleError(f"bundle {d.name}: {rel} is missing; rebuild the bundle")
-            if p.stat().st_size != info["bytes"]:
-                raise BundleError(f"bundle {d.name}: {rel} is {p.stat().st_size} bytes, manifest says "
-                                  f"{info['bytes']} ({'truncated' if p.stat().st_size < info['bytes'] else 'modified'}); "
+            size = p.stat().st_size
+            if size != info["bytes"]:
+                how = "truncated" if size < info["bytes"] else "modified"
+                raise BundleError(f"bundle {d.name}: {rel} is {size} bytes, manifest says {info['bytes']} ({how}); "
                                   "rebuild the bundle")
             if sha256_file(p) != info["sha256"]:
                 raise BundleError(f"bundle {d.name}: {rel} does not match its sha256 in the manifest (modified "

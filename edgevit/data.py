@@ -236,7 +236,8 @@ def load_imagefolder(root: str | os.PathLike, val_fraction: float = 0.1, seed: i
                    description=f"image folder {root}")
 
 
-def make_synthetic(n_train: int = 512, n_val: int = 128, num_classes: int = 10, size: int = 28, seed: int = 0) -> Dataset:
+def make_synthetic(n_train: int = 512, n_val: int = 128, num_classes: int = 10, size: int = 28,
+                   seed: int = 0) -> Dataset:
     """A learnable toy set for smoke tests: class k is a bright centred square whose side grows with k, on noise
     (invariant to the flips and small shifts that training augmentation applies)."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit._config import load_toml_dataclass
+from edgevit._config import load_toml_dataclass, resolve_named, shipped_dir
 from edgevit.errors import UnknownNameError, UsageError
 
 PRESETS = ("mixed", "performance")
@@ -17,11 +17,7 @@ SELECTIONS = ("balanced", "random")
 
 
 def recipes_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for d in (here.parent / "calibration", here / "_calibration"):
-        if d.is_dir() and any(d.glob("*.toml")):
-            return d
-    raise UsageError(f"no calibration recipes found beside {here}; the installation is incomplete")
+    return shipped_dir("calibration", UsageError)
 
 
 @dataclass(frozen=True)
@@ -50,13 +46,7 @@ class Recipe:
 
 
 def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> Recipe:
-    known = {p.stem: p for p in recipes_dir().glob("*.toml")}
-    name_or_path = name_or_path or "default"
-    p = Path(name_or_path)
-    if not (p.suffix == ".toml" and p.is_file()):
-        if name_or_path not in known:
-            raise UnknownNameError("calibration recipe", name_or_path, known, hint="or a path to a .toml recipe")
-        p = known[name_or_path]
+    p = resolve_named(recipes_dir(), name_or_path or "default", "calibration recipe")
     r = load_toml_dataclass(Recipe, p, error=UsageError, path=str(p))
     if samples is not None:
         if samples < 1:

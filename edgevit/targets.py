@@ -6,7 +6,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgevit._config import load_toml_dataclass
+from edgevit._config import load_toml_dataclass, resolve_named, shipped_dir
 from edgevit.errors import TargetError, UnknownNameError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -14,12 +14,7 @@ HOST_PRECISIONS = ("f32", "bf16", "f16")
 
 
 def targets_dir() -> Path:
-    """The shipped profiles: ``targets/`` beside the package in a checkout, ``edgevit/_targets`` in a wheel."""
-    here = Path(__file__).resolve().parent
-    for d in (here.parent / "targets", here / "_targets"):
-        if d.is_dir() and any(d.glob("*.toml")):
-            return d
-    raise TargetError(f"no target profiles found beside {here}; the installation is incomplete")
+    return shipped_dir("targets")
 
 
 @dataclass(frozen=True)
@@ -68,14 +63,7 @@ def list_targets() -> dict[str, Path]:
 
 def load_target(name_or_path: str) -> Target:
     """A shipped profile by name, or a TOML file path."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" and p.is_file():
-        path = p
-    else:
-        known = list_targets()
-        if name_or_path not in known:
-            raise UnknownNameError("target", name_or_path, known, hint="or a path to a .toml profile")
-        path = known[name_or_path]
+    path = resolve_named(targets_dir(), name_or_path, "target")
     t = load_toml_dataclass(Target, path, path=str(path))
     from edgevit.backends import BACKENDS
 

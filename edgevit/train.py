@@ -121,8 +121,9 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     }
     if resume:
         ck = torch.load(resume, map_location="cpu", weights_only=True)
-        if ck.get("edgevit", {}).get("model") != spec.alias:
-            raise WeightsError(f"{resume} is a checkpoint of {ck.get('edgevit', {}).get('model')!r}, not {spec.alias!r}")
+        trained = ck.get("edgevit", {}).get("model")
+        if trained != spec.alias:
+            raise WeightsError(f"{resume} is a checkpoint of {trained!r}, not {spec.alias!r}")
         if ck.get("total_steps") != epochs * steps_per_epoch:
             raise UsageError(
                 f"{resume} was trained for a schedule of {ck.get('total_steps')} steps, this run asks for "
@@ -144,7 +145,9 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         running = 0.0
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            x = _augment(torch.from_numpy(pre.normalize(x_tr[idx])), pad)
+            x = torch.from_numpy(pre.normalize(x_tr[idx]))
+            if d.augment:
+                x = _augment(x, pad)
             y = torch.from_numpy(y_tr[idx])
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)

@@ -126,3 +126,33 @@ def test_preprocessing_for_imagenet_models_comes_from_timm():
     assert pre.mean == (0.5, 0.5, 0.5) and pre.interpolation == "bicubic"
     assert pre.resize == round(224 / 0.9)
     assert np.isclose(data_config(ZOO["resnet18"]).mean[0], 0.485)
+
+
+def test_training_checkpoints_and_resume(fmnist_dir, tmp_path, monkeypatch):
+    import edgevit.train as T
+
+    data = f"fashion-mnist:{fmnist_dir}"
+    calls = {"n": 0}
+    real_eval = T.evaluate_torch
+
+    def interrupted_after_first_epoch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_eval(*a, **kw)
+
+    monkeypatch.setattr(T, "evaluate_torch", interrupted_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train("vit-tiny-fmnist", data, tmp_path, epochs=2, batch_size=64, **TINY_VIT)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1 and len(ck["history"]) == 1
+    monkeypatch.setattr(T, "evaluate_torch", real_eval)
+    r = T.train("vit-tiny-fmnist", data, tmp_path, epochs=2, batch_size=64, resume=str(tmp_path / "last.pt"),
+                **TINY_VIT)
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    assert r.history[0] == ck["history"][0]
+    best = torch.load(r.best_path, weights_only=True)
+    assert best["edgevit"]["classes"][1] == "Trouser" and best["edgevit"]["model_overrides"] == TINY_VIT
+    with pytest.raises(Exception, match="same --epochs"):
+        T.train("vit-tiny-fmnist", data, tmp_path, epochs=3, batch_size=64, resume=str(tmp_path / "last.pt"),
+                **TINY_VIT)

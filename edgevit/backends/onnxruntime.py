@@ -11,6 +11,12 @@ import numpy as np
 from edgevit.backends import BuildJob, Built
 
 
+def _graph_nodes(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.node
+
+
 class ORTRunner:
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
@@ -19,7 +25,9 @@ class ORTRunner:
         opts.intra_op_num_threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
         self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._sess.get_inputs()[0].name
+        quantized = any(n.op_type == "QuantizeLinear" for n in _graph_nodes(path))
         self.info = {"backend": "onnxruntime", "version": ort.__version__, "device": "CPU",
+                     "executed_precision": "int8" if quantized else "fp32",
                      "providers": self._sess.get_providers(), "threads": opts.intra_op_num_threads}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -28,8 +28,12 @@ def runtime_summary(compiled) -> dict:
         if "layerType" in rt and rt["layerType"].astype(str) in COMPUTE_LAYERS and "runtimePrecision" in rt:
             prec[rt["runtimePrecision"].astype(str)] += 1
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    names = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+    executed = "int8" if prec.get("i8") or prec.get("u8") else names.get(hint, hint)
     return {
-        "inference_precision": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
+        "executed_precision": executed,
+        "inference_precision": hint,
         "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
         "compute_layers_by_precision": dict(sorted(prec.items())),
     }

@@ -1,0 +1,42 @@
+import pytest
+
+from edgevit.errors import TargetError, UnknownNameError, UsageError
+from edgevit.quantize import load_recipe
+from edgevit.targets import list_targets, load_target
+
+
+def test_shipped_profiles_load_and_this_host_runs_cpu_x86():
+    assert {"cpu-x86", "cpu-onnxruntime"} <= set(list_targets())
+    t = load_target("cpu-x86")
+    assert t.backend == "openvino" and "int8" in t.precisions and t.host_precision == "f32"
+    ok, why = t.host_support()
+    assert ok, why
+
+
+def test_user_profile_path_and_strict_keys(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text('name = "mine"\ndescription = "d"\nbackend = "onnxruntime"\ndevice = "CPU"\n'
+                    'precisions = ["fp32"]\nthreads = 1\n')
+    assert load_target(str(good)).threads == 1
+    bad = tmp_path / "typo.toml"
+    bad.write_text(good.read_text() + "thread = 2\n")
+    with pytest.raises(TargetError, match="unknown key 'thread'; did you mean 'threads'"):
+        load_target(str(bad))
+    wrong_type = tmp_path / "type.toml"
+    wrong_type.write_text(good.read_text().replace("threads = 1", 'threads = "two"'))
+    with pytest.raises(TargetError, match="threads must be int"):
+        load_target(str(wrong_type))
+    other = tmp_path / "backend.toml"
+    other.write_text(good.read_text().replace("onnxruntime", "openvin"))
+    with pytest.raises(UnknownNameError, match="did you mean"):
+        load_target(str(other))
+
+
+def test_recipes():
+    r = load_recipe()
+    assert r.samples == 300 and r.preset == "mixed"
+    assert load_recipe("fast", samples=10).samples == 10
+    with pytest.raises(UnknownNameError, match="did you mean 'fast'"):
+        load_recipe("fats")
+    with pytest.raises(UsageError, match="at least 1"):
+        load_recipe(samples=0)
