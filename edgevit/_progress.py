@@ -14,7 +14,9 @@ def progress(it: Iterable[T], desc: str, total: int | None = None, min_total: in
     from tqdm.auto import tqdm
 
     total = total if total is not None else (len(it) if hasattr(it, "__len__") else None)
-    disable = bool(os.environ.get("EDGEVIT_QUIET")) or (total is not None and total < min_total)
+    # Bars only on a terminal: in logs and CI the status lines from say() carry the progress.
+    disable = (bool(os.environ.get("EDGEVIT_QUIET")) or not sys.stderr.isatty()
+               or (total is not None and total < min_total))
     return tqdm(it, desc=desc, total=total, disable=disable, file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
 
 

@@ -146,9 +146,11 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             x = np.ascontiguousarray(np.repeat(check_x[:1], tgt.batch, axis=0))
             say(f"measuring latency at batch {tgt.batch}")
             lat["artifact"] = latency(runner, x)
+            plain = backend.load_default(onnx_path, threads)
             lat["baselines"] = {
-                "torch_eager_fp32": latency(torch_runner(net, threads), x),
-                f"{backend.name}_default_fp32_export": latency(backend.load_default(onnx_path, threads), x),
+                "torch_eager_fp32": {**latency(torch_runner(net, threads), x), "executed_precision": "fp32"},
+                f"{backend.name}_default_fp32_export": {**latency(plain, x),
+                                                        "executed_precision": plain.info.get("executed_precision")},
             }
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
         else:
@@ -198,6 +200,11 @@ def summary(result: BuildResult) -> str:
             f"{k} {val['p50']:.3f} ms ({val['p50'] / lat['artifact']['p50']:.2f}x)" for k, val in b.items()]
         lines.append(f"latency   p50 at batch {lat['batch']}, {lat['host']['cpu']}, {lat['threads']} threads: "
                      + " | ".join(parts))
+        default = next((val for k, val in b.items() if k.endswith("_default_fp32_export")), None)
+        if default and default["p50"] < lat["artifact"]["p50"]:
+            lines.append(f"note      {prec} is slower than the backend's defaults on the FP32 export "
+                         f"(which executed {default.get('executed_precision')}) on this host: "
+                         f"{default['p50']:.3f} vs {lat['artifact']['p50']:.3f} ms p50")
     rt = m["backend"]["runtime"]
     if "compute_layers_by_precision" in rt:
         lines.append(f"executed  inference precision {rt['inference_precision']}, compute layers by precision "

@@ -14,6 +14,7 @@ from edgevit.errors import UnknownNameError, UsageError
 
 PRESETS = ("mixed", "performance")
 SELECTIONS = ("balanced", "random")
+BIAS_CORRECTIONS = ("fast", "full", "none")
 
 
 def recipes_dir() -> Path:
@@ -26,7 +27,7 @@ class Recipe:
     selection: str = "balanced"
     seed: int = 0
     preset: str = "mixed"
-    fast_bias_correction: bool = True
+    bias_correction: str = "fast"
     smooth_quant_alpha: float | None = None
     ignored_patterns: list = ()
     path: str = ""
@@ -36,12 +37,14 @@ class Recipe:
             raise UnknownNameError(f"preset in {self.path}", self.preset, PRESETS)
         if self.selection not in SELECTIONS:
             raise UnknownNameError(f"selection in {self.path}", self.selection, SELECTIONS)
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise UnknownNameError(f"bias_correction in {self.path}", self.bias_correction, BIAS_CORRECTIONS)
         if self.samples < 1:
             raise UsageError(f"{self.path}: samples must be at least 1")
 
     def to_dict(self) -> dict:
         return {"recipe": Path(self.path).name, "samples": self.samples, "selection": self.selection,
-                "seed": self.seed, "preset": self.preset, "fast_bias_correction": self.fast_bias_correction,
+                "seed": self.seed, "preset": self.preset, "bias_correction": self.bias_correction,
                 "smooth_quant_alpha": self.smooth_quant_alpha, "ignored_patterns": list(self.ignored_patterns)}
 
 
@@ -76,18 +79,22 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
         return {input_name: x} if input_name else x
 
     dataset = nncf.Dataset(list(images), transform)
-    advanced = AdvancedQuantizationParameters()
+    advanced = AdvancedQuantizationParameters(disable_bias_correction=recipe.bias_correction == "none")
     if recipe.smooth_quant_alpha is not None:
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=recipe.smooth_quant_alpha)
     preset_name = preset or recipe.preset
     kwargs = dict(
         preset=nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
         subset_size=len(images),
-        fast_bias_correction=recipe.fast_bias_correction,
+        fast_bias_correction=recipe.bias_correction != "full",
         advanced_parameters=advanced,
     )
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if recipe.ignored_patterns:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(recipe.ignored_patterns), validate=False)
-    return nncf.quantize(model, dataset, **kwargs)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars go to stdout; keep stdout for results
+        return nncf.quantize(model, dataset, **kwargs)
