@@ -40,7 +40,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx
     from edgevit.measure import host_info, latency, run_batches, top1, torch_runner
-    from edgevit.models import create_model, data_config, load_weights, read_state_dict, resolve_spec, sha256_file
+    from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
 
@@ -60,7 +60,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     # -- model and data ------------------------------------------------------------------------------------
     ev: dict = {}
     if weights:
-        _, meta = read_state_dict(weights)
+        state, meta = read_state_dict(weights)
         ev = _weights_meta(meta, spec)
         model_overrides = {**ev.get("model_overrides", {}), **model_overrides}
     ds = load_dataset(data) if data else None
@@ -71,7 +71,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     size = input_size or spec.input_size
     net = create_model(spec, num_classes=len(classes) if classes else None, input_size=size, **model_overrides)
     if weights:
-        load_weights(net, weights)
+        apply_state_dict(net, state, weights)
     num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or [])
     classes = classes or [str(i) for i in range(num_classes)]
     pre = data_config(spec, size)
@@ -198,7 +198,8 @@ def summary(result: BuildResult) -> str:
         b = lat["baselines"]
         parts = [f"{prec} {lat['artifact']['p50']:.3f} ms"] + [
             f"{k} {val['p50']:.3f} ms ({val['p50'] / lat['artifact']['p50']:.2f}x)" for k, val in b.items()]
-        lines.append(f"latency   p50 at batch {lat['batch']}, {lat['host']['cpu']}, {lat['threads']} threads: "
+        isa = ",".join(lat["host"].get("isa", [])) or "no SIMD flags read"
+        lines.append(f"latency   p50 at batch {lat['batch']}, {lat['host']['cpu']} ({isa}), {lat['threads']} threads: "
                      + " | ".join(parts))
         default = next((val for k, val in b.items() if k.endswith("_default_fp32_export")), None)
         if default and default["p50"] < lat["artifact"]["p50"]:

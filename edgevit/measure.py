@@ -12,19 +12,25 @@ import numpy as np
 
 from edgevit._progress import progress
 
+# CPU features that decide whether INT8 / BF16 are fast on a CPU (VNNI and AMX for INT8, AVX512-BF16/AMX for BF16).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "i8mm")
+
 
 @lru_cache(maxsize=1)
 def host_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                key = line.split(":", 1)[0].strip()
+                if key == "model name" and cpu in ("", platform.machine(), platform.processor()):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "os": platform.system()}
+    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "os": platform.system(),
+            "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, pre, batch_size: int = 100,

@@ -196,9 +196,15 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def load_weights(model, path: str | os.PathLike) -> dict:
-    """Load ``path`` into ``model``; resample absolute position embeddings (bicubic) when the grid differs; refuse
-    missing, unexpected or mis-shaped tensors with a message naming both shapes. Returns the file's metadata."""
+    """Load ``path`` into ``model`` (see :func:`apply_state_dict`). Returns the file's metadata."""
     sd, meta = read_state_dict(path)
+    apply_state_dict(model, sd, path)
+    return meta
+
+
+def apply_state_dict(model, sd: dict, path: str | os.PathLike) -> None:
+    """Load ``sd`` (read from ``path``) into ``model``; resample absolute position embeddings (bicubic) when the grid
+    differs; refuse missing, unexpected or mis-shaped tensors with a message naming both shapes."""
     own = model.state_dict()
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
         sd["pos_embed"] = _resample_pos_embed(model, sd["pos_embed"])
@@ -219,7 +225,6 @@ def load_weights(model, path: str | os.PathLike) -> dict:
                 )
             raise WeightsError(f"{path}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
     model.load_state_dict(sd, strict=True)
-    return meta
 
 
 def _resample_pos_embed(model, pos_embed):
