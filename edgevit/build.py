@@ -39,7 +39,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.bundle import staging_dir, write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx
-    from edgevit.measure import host_info, latency, run_batches, top1, torch_runner
+    from edgevit.measure import compare_latency, host_info, run_batches, top1, torch_runner
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
@@ -145,13 +145,16 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         if measure_latency:
             x = np.ascontiguousarray(np.repeat(check_x[:1], tgt.batch, axis=0))
             say(f"measuring latency at batch {tgt.batch}")
-            lat["artifact"] = latency(runner, x)
             plain = backend.load_default(onnx_path, threads)
+            plain_name = f"{backend.name}_default_fp32_export"
+            res = compare_latency({"artifact": runner, "torch_eager_fp32": torch_runner(net, threads),
+                                   plain_name: plain}, x)
+            lat["artifact"] = res["artifact"]
             lat["baselines"] = {
-                "torch_eager_fp32": {**latency(torch_runner(net, threads), x), "executed_precision": "fp32"},
-                f"{backend.name}_default_fp32_export": {**latency(plain, x),
-                                                        "executed_precision": plain.info.get("executed_precision")},
+                "torch_eager_fp32": {**res["torch_eager_fp32"], "executed_precision": "fp32"},
+                plain_name: {**res[plain_name], "executed_precision": plain.info.get("executed_precision")},
             }
+            lat["method"] = "interleaved rounds, same process, same input; wall clock per call"
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
         else:
             lat["skipped"] = "latency not measured (measure_latency=False)"

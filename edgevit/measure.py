@@ -51,21 +51,30 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     return round(float((best == labels[:, None]).any(1).mean() * 100), 2)
 
 
-def latency(fn: Callable[[np.ndarray], object], x: np.ndarray, warmup: int = 10, min_iters: int = 50,
-            min_seconds: float = 2.0, max_iters: int = 5000) -> dict:
-    """Wall-clock latency of ``fn(x)``: warm up, then time single calls until both ``min_iters`` and
-    ``min_seconds`` are reached. Milliseconds, percentiles over all timed calls."""
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
-        t = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t) * 1000)
-    a = np.asarray(times)
-    return {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
-            "mean": round(float(a.mean()), 4), "iterations": len(a), "batch": int(x.shape[0])}
+def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, warmup: int = 10,
+                    rounds: int = 5, min_iters: int = 50, min_seconds: float = 2.0, max_iters: int = 5000) -> dict:
+    """Wall-clock latency of each ``fn(x)`` in milliseconds. The candidates are timed in interleaved rounds (A B C,
+    A B C, ...) so that a noisy machine's slow spells fall on all of them alike; each gets at least ``min_iters``
+    single calls and ``min_seconds`` in all. Percentiles over all of a candidate's timed calls."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    per_round_s, per_round_n = min_seconds / rounds, max(1, -(-min_iters // rounds))
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            start, n = time.perf_counter(), 0
+            while n < max_iters // rounds and (n < per_round_n or time.perf_counter() - start < per_round_s):
+                t = time.perf_counter()
+                fn(x)
+                times[k].append((time.perf_counter() - t) * 1000)
+                n += 1
+    out = {}
+    for k, ts in times.items():
+        a = np.asarray(ts)
+        out[k] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+                  "mean": round(float(a.mean()), 4), "iterations": len(a), "batch": int(x.shape[0])}
+    return out
 
 
 def torch_runner(model, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
