@@ -50,19 +50,14 @@ def _augment(x, pad: int):
     return x
 
 
-def evaluate_torch(model, images_u8: np.ndarray, labels: np.ndarray, pre, batch_size: int = 256,
+def evaluate_torch(model, images_u8: np.ndarray, labels: np.ndarray, pre,
                    desc: str = "eval") -> tuple[float, np.ndarray]:
     """Top-1 (%) of a torch model on preprocessed uint8 NHWC images; also returns the logits."""
-    import torch
+    from edgevit.measure import run_batches, top1, torch_runner
 
     model.eval()
-    outs = []
-    with torch.inference_mode():
-        for s in progress(range(0, len(images_u8), batch_size), desc=desc, min_total=8):
-            x = torch.from_numpy(pre.normalize(images_u8[s:s + batch_size]))
-            outs.append(model(x).float().numpy())
-    logits = np.concatenate(outs)
-    return float((logits.argmax(1) == labels).mean() * 100), logits
+    logits = run_batches(torch_runner(model), images_u8, pre, batch_size=256, desc=desc)
+    return top1(logits, labels), logits
 
 
 def _save(obj: dict, path: Path) -> None:

@@ -55,8 +55,7 @@ class OVRunner:
             if len(self._compiled) >= 2:  # batch 1 for latency/predict plus one evaluation batch size
                 self._compiled.pop(next(k for k in self._compiled if k != 1))
             model = self._core.read_model(self._path)
-            shape = list(model.input(0).get_partial_shape().to_shape() if model.input(0).get_partial_shape().is_static
-                         else [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()])
+            shape = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
             shape[0] = batch
             model.reshape({model.input(0).get_any_name(): shape})
             self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
