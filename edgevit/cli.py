@@ -64,6 +64,15 @@ def _cmd_predict(a) -> int:
     return 0
 
 
+def _cmd_demo(a) -> int:
+    from edgevit.demo import run_demo
+
+    s = run_demo(a.bundle, a.source, output=a.output, jsonl=a.jsonl, headless=True if a.headless else None,
+                 max_fps=a.max_fps, max_frames=a.max_frames, top_k=a.top_k, threads=a.threads)
+    print(s.text())
+    return 0
+
+
 def _cmd_verify(a) -> int:
     from edgevit.bundle import read_manifest
 
@@ -125,6 +134,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON line per image")
     s.add_argument("--threads", type=int)
     s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("demo", help="live classification from a camera, stream, video file or image directory")
+    s.add_argument("bundle")
+    s.add_argument("--source", required=True,
+                   help="0 or /dev/video0 (V4L2), csi://0 (Jetson CSI), rtsp://… or http(s)://…, a video file, "
+                        "or a directory of images")
+    s.add_argument("--output", help="write the annotated video here (.mp4, .avi, .mkv, .mov)")
+    s.add_argument("--jsonl", help="write one JSON line per frame here")
+    s.add_argument("--headless", action="store_true", help="no window (chosen automatically without a display)")
+    s.add_argument("--max-fps", type=float, help="read the source at most this often")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames")
+    s.add_argument("-k", "--top-k", type=int, default=3)
+    s.add_argument("--threads", type=int)
+    s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
     s.add_argument("bundle")
