@@ -73,6 +73,18 @@ def _cmd_demo(a) -> int:
     return 0
 
 
+def _cmd_inspect(a) -> int:
+    from edgevit.inspection import inspect_model
+
+    r = inspect_model(a.model, a.weights, a.out, bundle=a.bundle, data=a.data, images=a.images)
+    for key in ("filters", "position", "attention", "sqnr"):
+        print(f"{key:10} {a.out}/{r.figures[key]}" if key in r.figures else f"{key:10} -- {r.notes[key]}")
+    for e in r.worst_layers:
+        print(f"worst      {e.name} ({e.kind}): {e.sqnr_db:.2f} dB")
+    print(f"page       {a.out}/index.html")
+    return 0
+
+
 def _cmd_verify(a) -> int:
     from edgevit.bundle import read_manifest
 
@@ -148,6 +160,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-k", "--top-k", type=int, default=3)
     s.add_argument("--threads", type=int)
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("inspect", help="figures of what a ViT learned and where INT8 hurts it")
+    s.add_argument("--model", required=True)
+    s.add_argument("--weights", help="the trained weights (omitted: random init)")
+    s.add_argument("--bundle", help="an INT8 OpenVINO bundle of these weights (omitted: quantize on the fly)")
+    s.add_argument("--data", help="real images for attention distance and SQNR (default: the bundle's dataset)")
+    s.add_argument("--images", type=int, default=64, help="validation images to average over")
+    s.add_argument("--out", required=True, help="directory for the PNG figures and index.html")
+    s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
     s.add_argument("bundle")

@@ -1,0 +1,422 @@
+"""``edgevit inspect``: what a ViT learned, and where INT8 hurts it.
+
+Four figures and an HTML page: patch-embedding filters (principal components), position-embedding similarity,
+mean attention distance per head and layer, and per-layer SQNR of the INT8 model against FP32 on real images."""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgevit._progress import say
+from edgevit.errors import UsageError, WeightsError
+
+
+# ------------------------------------------------------------------------------------------------- computations
+def principal_filters(weight: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` principal components of conv filters ``weight`` (out, 3, kh, kw) → ((k, 3, kh, kw), explained
+    variance ratios)."""
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    w = w - w.mean(0, keepdims=True)
+    _, s, vt = np.linalg.svd(w, full_matrices=False)
+    k = min(k, vt.shape[0])
+    ratio = (s**2) / max(float((s**2).sum()), 1e-12)
+    return vt[:k].reshape(k, *weight.shape[1:]), ratio[:k]
+
+
+def position_similarity(pos_embed: np.ndarray, grid: tuple[int, int], prefix: int) -> np.ndarray:
+    """Cosine similarity of every patch position's embedding with every other: (gh, gw, gh, gw)."""
+    p = pos_embed.reshape(-1, pos_embed.shape[-1])[prefix:].astype(np.float64)
+    if p.shape[0] != grid[0] * grid[1]:
+        raise UsageError(f"position embedding has {p.shape[0]} patch positions, grid {grid} needs {grid[0] * grid[1]}")
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    return (p @ p.T).reshape(*grid, *grid)
+
+
+def patch_distances(grid: tuple[int, int], patch_px: float) -> np.ndarray:
+    """Euclidean distance in input pixels between the centres of every pair of patches: (N, N)."""
+    ys, xs = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    c = np.stack([ys.ravel(), xs.ravel()], 1).astype(np.float64) * patch_px
+    return np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+
+
+def mean_attention_distance(attn: np.ndarray, grid: tuple[int, int], patch_px: float) -> np.ndarray:
+    """Mean attention distance per head (Dosovitskiy et al. 2021): for attention probabilities over patch tokens
+    ``attn`` (batch, heads, N, N), the attention-weighted distance from each query patch to the key patches, averaged
+    over queries and images. Rows are renormalised over the patch keys (class tokens dropped before)."""
+    a = attn.astype(np.float64)
+    a = a / np.maximum(a.sum(-1, keepdims=True), 1e-12)
+    d = patch_distances(grid, patch_px)
+    return (a * d).sum(-1).mean(axis=(0, 2))
+
+
+def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σ ref² / Σ (ref − quantized)²)."""
+    ref, q = reference.astype(np.float64), quantized.astype(np.float64)
+    noise = float(((ref - q) ** 2).sum())
+    signal = float((ref**2).sum())
+    if noise == 0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+# ------------------------------------------------------------------------------------------------ model probing
+def first_rgb_conv(model):
+    """(name, module) of the first Conv2d that reads the RGB image: the patch projection of a plain ViT, the stem
+    of a hybrid or MaxViT."""
+    import torch
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels == 3:
+            return name, m
+    return None, None
+
+
+def vit_geometry(model, input_size: int) -> tuple[tuple[int, int], float, int] | None:
+    """(grid, pixels per token, prefix tokens) for timm VisionTransformer-like models with absolute position
+    embeddings; None otherwise."""
+    pe = getattr(model, "patch_embed", None)
+    if pe is None or getattr(model, "pos_embed", None) is None or not hasattr(pe, "grid_size"):
+        return None
+    grid = tuple(int(g) for g in pe.grid_size)
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    return grid, input_size / grid[1], prefix
+
+
+def attention_maps(model, x, prefix: int) -> list[np.ndarray]:
+    """Attention probabilities over patch tokens, per block: list of (batch, heads, N, N), computed from each timm
+    Attention's own qkv projection, q/k norms and scale."""
+    import torch
+
+    blocks = [b.attn for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "qkv")]
+    maps: list[np.ndarray] = []
+
+    def hook(attn):
+        def fn(_module, _inp, out):
+            b, n, _ = out.shape
+            qkv = out.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+            a = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)
+            maps.append(a[:, :, prefix:, prefix:].numpy())
+        return fn
+
+    handles = [a.qkv.register_forward_hook(hook(a)) for a in blocks]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return maps
+
+
+def onnx_scope(module_name: str) -> str:
+    """``blocks.0.attn.qkv`` → ``/blocks/blocks.0/attn/qkv/``, ``head`` → ``/head/``."""
+    parts = module_name.split(".")
+    out = []
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            out.append(f"{parts[i - 1]}.{p}")
+        else:
+            out.append(p)
+    return "/" + "/".join(out) + "/"
+
+
+@dataclass
+class LayerError:
+    name: str
+    kind: str
+    sqnr_db: float
+
+
+def layer_sqnr(model, ov_model, x: np.ndarray) -> list[LayerError]:
+    """SQNR of every Linear/Conv2d output of the INT8 OpenVINO model against the FP32 torch model, on images ``x``.
+    Layers are matched by the ONNX scope names the exporter gives (``/blocks/blocks.0/attn/qkv/…``)."""
+    import openvino as ov
+    import torch
+
+    wanted = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)}
+    ref: dict[str, np.ndarray] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: ref.__setitem__(n, o.detach().numpy()))
+               for n, m in wanted.items()]
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+
+    ops = list(ov_model.get_ordered_ops())
+    chosen: dict[str, object] = {}
+    for name in wanted:
+        scope = onnx_scope(name)
+        cands = [op for op in ops if op.get_friendly_name().startswith(scope)
+                 and op.get_type_name() in ("Add", "MatMul", "Convolution")
+                 and tuple(op.get_output_partial_shape(0).get_min_shape()) == tuple(ref[name].shape)]
+        if cands:
+            chosen[name] = cands[-1]
+    if not chosen:
+        return []
+    probe = ov.Model([op.output(0) for op in chosen.values()] + list(ov_model.outputs), ov_model.get_parameters(),
+                     "edgevit-probe")
+    compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled(x)
+    out = [LayerError(name, type(wanted[name]).__name__, round(sqnr_db(ref[name], res[compiled.output(i)]), 2))
+           for i, name in enumerate(chosen)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ drawing
+def _grid_figure(images: list[np.ndarray], titles: list[str], path: Path, suptitle: str, cmap=None, vmin=None,
+                 vmax=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, t in zip(axes.ravel(), images, titles):
+        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_filters(comps: np.ndarray, ratio: np.ndarray, path: Path, layer: str) -> None:
+    imgs = []
+    for c in comps:
+        img = np.moveaxis(c, 0, -1)
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+        imgs.append(img)
+    _grid_figure(imgs, [f"PC{i + 1} {r * 100:.1f}%" for i, r in enumerate(ratio)], path,
+                 f"Principal components of {layer} filters (RGB)")
+
+
+def draw_position_similarity(sim: np.ndarray, path: Path) -> None:
+    gh, gw = sim.shape[:2]
+    imgs = [sim[i, j] for i in range(gh) for j in range(gw)]
+    _grid_figure(imgs, [f"({i},{j})" for i in range(gh) for j in range(gw)], path,
+                 "Position embedding cosine similarity (each tile: one patch vs all)", cmap="viridis", vmin=-1, vmax=1)
+
+
+def draw_attention_distance(dist: np.ndarray, path: Path, input_px: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    layers, heads = dist.shape
+    for h in range(heads):
+        ax.scatter(np.arange(layers) + 1, dist[:, h], label=f"head {h + 1}", s=28)
+    ax.set_xlabel("layer (block)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_ylim(0, max(float(dist.max()) * 1.15, 1.0))
+    ax.set_title(f"Mean attention distance per head ({input_px}px input)")
+    ax.set_xticks(np.arange(layers) + 1)
+    if heads <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_sqnr(errors: list[LayerError], path: Path, worst: int = 3) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals = [min(e.sqnr_db, 80.0) for e in errors]
+    order = np.argsort(vals)[:worst]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(errors)), 4.2))
+    colors = ["tab:red" if i in order else "tab:blue" for i in range(len(errors))]
+    ax.bar(range(len(errors)), vals, color=colors)
+    ax.set_xticks(range(len(errors)))
+    ax.set_xticklabels([e.name for e in errors], rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR (dB), higher is better")
+    ax.set_title(f"INT8 vs FP32 per layer output (red: the {worst} worst)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ the page
+@dataclass
+class InspectReport:
+    out: Path
+    figures: dict[str, str] = field(default_factory=dict)  # key -> file name
+    notes: dict[str, str] = field(default_factory=dict)  # key -> why a figure is absent, or what it shows
+    worst_layers: list[LayerError] = field(default_factory=list)
+    attention_distance: np.ndarray | None = None
+
+
+SECTIONS = {
+    "filters": "Patch-embedding filters",
+    "position": "Position-embedding similarity",
+    "attention": "Mean attention distance",
+    "sqnr": "Per-layer quantization error",
+}
+
+
+def _write_page(r: InspectReport, title: str) -> None:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}img{max-width:100%}"
+             "td,th{padding:2px 8px;text-align:left}</style>", f"<h1>{html.escape(title)}</h1>"]
+    for key, heading in SECTIONS.items():
+        parts.append(f"<h2>{heading}</h2>")
+        if key in r.notes:
+            parts.append(f"<p>{html.escape(r.notes[key])}</p>")
+        if key in r.figures:
+            parts.append(f"<img src='{r.figures[key]}' alt='{heading}'>")
+        if key == "sqnr" and r.worst_layers:
+            parts.append("<p>Worst layers (candidates to keep in higher precision):</p><table><tr><th>layer</th>"
+                         "<th>type</th><th>SQNR (dB)</th></tr>")
+            parts += [f"<tr><td>{html.escape(e.name)}</td><td>{e.kind}</td><td>{e.sqnr_db:.2f}</td></tr>"
+                      for e in r.worst_layers]
+            parts.append("</table>")
+    tmp = r.out / ".index.html.tmp"
+    tmp.write_text("\n".join(parts) + "\n")
+    os.replace(tmp, r.out / "index.html")
+
+
+def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundle: str | None = None,
+                  data: str | None = None, images: int = 64, calib_samples: int = 128,
+                  input_size: int | None = None, **model_overrides) -> InspectReport:
+    """Write the figures and ``index.html`` into ``out``."""
+    import torch
+
+    from edgevit.data import load_dataset, preprocess_split, sample_indices
+    from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
+
+    spec = resolve_spec(model)
+    manifest = None
+    if bundle:
+        from edgevit.bundle import read_manifest
+
+        manifest = read_manifest(bundle)
+        if manifest["backend"]["name"] != "openvino" or manifest["precision"] != "int8":
+            raise UsageError(f"{bundle} is a {manifest['precision']} {manifest['backend']['name']} bundle; "
+                             "per-layer SQNR reads INT8 OpenVINO bundles (or omit --bundle to quantize on the fly)")
+        if weights and manifest["model"].get("weights_sha256") not in (None, sha256_file(weights)):
+            raise WeightsError(f"{bundle} was built from other weights than {weights}; pass the weights it was "
+                               "built from")
+        data = data or manifest["validation"].get("dataset")
+    overrides, classes = dict(model_overrides), None
+    if weights:
+        state, meta = read_state_dict(weights)
+        ev = meta.get("edgevit") if isinstance(meta.get("edgevit"), dict) else {}
+        overrides = {**ev.get("model_overrides", {}), **overrides}
+        classes = ev.get("classes")
+    ds = load_dataset(data) if data else None
+    nc = len(ds.classes) if ds else (len(classes) if classes else None)
+    size = input_size or (manifest["model"]["input_size"][-1] if manifest else spec.input_size)
+    net = create_model(spec, num_classes=nc, input_size=size, **overrides)
+    if weights:
+        apply_state_dict(net, state, weights)
+    else:
+        say("warning: no --weights: inspecting a randomly initialised model")
+    pre = data_config(spec, size)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = InspectReport(out)
+
+    # 1. filters of the layer that reads the image
+    name, conv = first_rgb_conv(net)
+    if conv is not None:
+        comps, ratio = principal_filters(conv.weight.detach().numpy(), k=16)
+        draw_filters(comps, ratio, out / "patch_filters.png", name)
+        r.figures["filters"] = "patch_filters.png"
+        r.notes["filters"] = (f"The first 16 principal components of the {conv.out_channels} filters of '{name}' "
+                              f"({conv.kernel_size[0]}x{conv.kernel_size[1]}, the layer that reads the RGB image"
+                              + (")." if name == "patch_embed.proj" else "; this model has a convolutional stem, so "
+                                 "these are the stem's filters, not a patch projection)."))
+    else:
+        r.notes["filters"] = "No convolution reads the RGB image in this model; nothing to draw."
+
+    geo = vit_geometry(net, size)
+    # 2. position embeddings
+    if geo:
+        grid, patch_px, prefix = geo
+        sim = position_similarity(net.pos_embed.detach().numpy(), grid, prefix)
+        draw_position_similarity(sim, out / "position_similarity.png")
+        r.figures["position"] = "position_similarity.png"
+        r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
+    else:
+        r.notes["position"] = (f"{spec.alias} has no absolute position embeddings"
+                               + (" (MaxViT uses relative position biases inside its windows)"
+                                  if spec.family == "maxvit" else "") + "; nothing to draw.")
+
+    x = None
+    if ds:
+        idx = sample_indices(len(ds.val), images, seed=0)
+        x = pre.normalize(preprocess_split(ds.val.subset(idx), pre, "inspection images"))
+    # 3. attention distance
+    if geo and x is not None:
+        grid, patch_px, prefix = geo
+        maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
+        if maps:
+            r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
+            draw_attention_distance(r.attention_distance, out / "attention_distance.png", size)
+            r.figures["attention"] = "attention_distance.png"
+            r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens only, "
+                                    f"{patch_px:g} px per token.")
+    if "attention" not in r.figures:
+        r.notes["attention"] = ("Needs --data (real images)." if x is None else
+                                f"{spec.alias} has no global token attention to measure"
+                                + (" (MaxViT attends within fixed windows and grids)" if spec.family == "maxvit"
+                                   else "") + ".")
+
+    # 4. per-layer quantization error
+    if x is not None:
+        import openvino as ov
+
+        if manifest:
+            ov_model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
+            how = f"INT8 bundle {Path(bundle).name}"
+        else:
+            ov_model, how = _quantize_on_the_fly(net, pre, ds, spec, calib_samples)
+        ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
+        errors = layer_sqnr(net, ov_model, x)
+        if errors:
+            draw_sqnr(errors, out / "layer_sqnr.png")
+            r.figures["sqnr"] = "layer_sqnr.png"
+            r.worst_layers = sorted(errors, key=lambda e: e.sqnr_db)[:3]
+            r.notes["sqnr"] = (f"SQNR of each Linear/Conv output, {how} vs FP32 PyTorch, on {len(x)} images of "
+                               f"{ds.spec}. Worst: " + ", ".join(f"{e.name} {e.sqnr_db:.1f} dB"
+                                                                 for e in r.worst_layers) + ".")
+        else:
+            r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."
+    else:
+        r.notes["sqnr"] = "Needs --data (real images) to compare FP32 and INT8 layer outputs."
+    _write_page(r, f"edgevit inspect: {spec.alias}" + (f" ({Path(weights).name})" if weights else " (random init)"))
+    return r
+
+
+def _quantize_on_the_fly(net, pre, ds, spec, calib_samples: int):
+    import tempfile
+
+    import openvino as ov
+
+    from edgevit.export import export_onnx
+    from edgevit.quantize import calibration_images, load_recipe, nncf_quantize
+
+    recipe = load_recipe(None, calib_samples)
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path = export_onnx(net, pre.input_size, Path(d) / "m.onnx")
+        calib, _ = calibration_images(ds, pre, recipe)
+        q = nncf_quantize(ov.convert_model(str(onnx_path)), calib, recipe, spec.is_transformer)
+    return q, f"INT8 quantized now with the default recipe ({len(calib)} calibration images)"
+
