@@ -11,13 +11,41 @@ from pathlib import Path
 import numpy as np
 
 from edgevit._progress import say
-from edgevit.errors import UsageError, WeightsError
+from edgevit.errors import UsageError, ValidationFailedError, WeightsError
 
 
 @dataclass
 class BuildResult:
     bundle: Path
     manifest: dict
+
+
+DEFAULT_MAX_DROP = 1.0  # top-1 points an INT8 build may lose against FP32 before the gate acts
+GATE_HOLDOUT = 1000  # hold-out training images accuracy-aware PTQ ranks layers on
+
+
+def _accuracy_gate(precision: str, ds, validation: dict, max_drop: float | None, random_init: bool) -> dict | None:
+    """The gate's record for an INT8 build with data; ``passed`` False means the fallbacks must run."""
+    if precision != "int8" or ds is None or max_drop is None:
+        return None
+    gate = {"max_drop": max_drop, "tried": [{"method": "PTQ", "top1": validation["top1"],
+                                             "top1_drop": validation["top1_drop"]}]}
+    if random_init:
+        gate.update(passed=True, skipped="random weights: the drop is meaningless")
+    else:
+        gate["passed"] = validation["top1_drop"] <= max_drop
+    return gate
+
+
+def _gate_holdout(ds, pre) -> tuple[np.ndarray, np.ndarray]:
+    """Images accuracy-aware PTQ may tune on: the training split's hold-out, never calibration or validation."""
+    from edgevit.data import preprocess_split
+    from edgevit.train import holdout_split
+
+    _, hold = holdout_split(len(ds.train))
+    hold = hold[:GATE_HOLDOUT]
+    split = ds.train.subset(hold)
+    return pre.normalize(preprocess_split(split, pre, "gate hold-out images")), split.labels
 
 
 def _weights_meta(meta: dict, spec) -> dict:
@@ -33,7 +61,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           weights: str | None = None, out: str = "build", calibration: str | None = None,
           calib_samples: int | None = None, val_samples: int | None = None, input_size: int | None = None,
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
-          **model_overrides) -> BuildResult:
+          max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, **model_overrides) -> BuildResult:
     from edgevit import __version__
     from edgevit.backends import BuildJob, get_backend, require
     from edgevit.bundle import staging_dir, write_manifest
@@ -110,35 +138,60 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                 f"({Path(recipe.path).name}, {'transformer' if spec.is_transformer else 'CNN'} recipe)")
             calib, _ = calibration_images(ds, pre, recipe)
         say(f"building {precision} for {tgt.name} with {backend.name} {backend.version()}")
-        built = backend.build(BuildJob(onnx_path=onnx_path, precision=precision, target=tgt, out_dir=stage,
-                                       transformer=spec.is_transformer, calibration=calib, recipe=recipe))
         (stage / "labels.txt").write_text("\n".join(classes) + "\n")
         partial = {"precision": precision, "target": tgt.to_dict()}
-        runner = backend.load(stage, partial, threads)
+        ref = run_batches(torch_runner(net), val_u8, pre, desc="FP32 reference (torch)") if ds else None
+
+        def compile_and_validate(accuracy_control=None):
+            built = backend.build(BuildJob(onnx_path=onnx_path, precision=precision, target=tgt, out_dir=stage,
+                                           transformer=spec.is_transformer, calibration=calib, recipe=recipe,
+                                           accuracy_control=accuracy_control))
+            runner = backend.load(stage, partial, threads)
+            if not ds:
+                return built, runner, {"skipped": "no --data given: accuracy not measured"}
+            # the built artifact through its own runtime vs FP32 PyTorch, on held-out images
+            labels = val_split.labels
+            say(f"validating on {len(labels)} held-out images ({ds.val_name})")
+            got = run_batches(runner, val_u8, pre, desc=f"{precision} ({backend.name})")
+            v = {"dataset": ds.spec, "split": ds.val_name, "samples": int(len(labels)),
+                 "reference": "PyTorch eager FP32", "reference_top1": top1(ref, labels), "top1": top1(got, labels),
+                 "measured_with": f"{backend.name} on {host_info()['cpu']}"}
+            v["top1_drop"] = round(v["reference_top1"] - v["top1"], 2)
+            v["max_abs_logit_diff"] = round(float(np.abs(ref - got).max()), 5)
+            v["argmax_agreement"] = round(float((ref.argmax(1) == got.argmax(1)).mean() * 100), 2)
+            if random_init:
+                v["note"] = "random weights: accuracy is meaningless"
+            return built, runner, v
+
+        built, runner, validation = compile_and_validate()
+        gate = _accuracy_gate(precision, ds, validation, max_drop, random_init)
+        if gate and not gate["passed"]:
+            say(f"accuracy gate: INT8 loses {validation['top1_drop']:.2f} points, over the budget of "
+                f"{max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher precision)")
+            hold = _gate_holdout(ds, pre)
+            try:
+                built, runner, validation = compile_and_validate((*hold, max_drop))
+                gate["tried"].append({"method": "accuracy-aware PTQ", "top1": validation["top1"],
+                                      "top1_drop": validation["top1_drop"],
+                                      "tuned_on": f"{len(hold[1])} hold-out training images"})
+            except NotImplementedError as e:
+                gate["tried"].append({"method": "accuracy-aware PTQ", "skipped": str(e)})
+            gate["passed"] = validation["top1_drop"] <= max_drop
+            gate["kept_in_higher_precision"] = built.details.get("kept_in_higher_precision", [])
+            if not gate["passed"]:
+                tried = "; ".join(f"{t['method']}: " + (t["skipped"] if "skipped" in t else
+                                                        f"drop {t['top1_drop']:.2f}") for t in gate["tried"])
+                if not keep_failed:
+                    raise ValidationFailedError(
+                        f"INT8 build of {spec.alias} fails the accuracy gate: top-1 drop {validation['top1_drop']:.2f}"
+                        f" points > --max-drop {max_drop:.2f} (tried {tried}); no bundle written. Raise --max-drop, "
+                        "calibrate with more images (--calib-samples), or build fp32/bf16"
+                    )
+                say(f"warning: keeping a FAILED bundle (--keep-failed): {tried}")
         executed = runner.info.get("executed_precision")
         if executed and executed != precision:
             say(f"warning: {precision} was asked for but {backend.name} executes {executed} on this host "
                 f"({host_info()['cpu']}); the manifest records what ran")
-
-        # -- validate: the built artifact through its own runtime vs FP32 PyTorch -----------------------------
-        validation: dict
-        if ds:
-            labels = val_split.labels
-            say(f"validating on {len(labels)} held-out images ({ds.val_name})")
-            ref = run_batches(torch_runner(net), val_u8, pre, desc="FP32 reference (torch)")
-            got = run_batches(runner, val_u8, pre, desc=f"{precision} ({backend.name})")
-            validation = {
-                "dataset": ds.spec, "split": ds.val_name, "samples": int(len(labels)),
-                "reference": "PyTorch eager FP32", "reference_top1": top1(ref, labels),
-                "top1": top1(got, labels), "measured_with": f"{backend.name} on {host_info()['cpu']}",
-            }
-            validation["top1_drop"] = round(validation["reference_top1"] - validation["top1"], 2)
-            validation["max_abs_logit_diff"] = round(float(np.abs(ref - got).max()), 5)
-            validation["argmax_agreement"] = round(float((ref.argmax(1) == got.argmax(1)).mean() * 100), 2)
-            if random_init:
-                validation["note"] = "random weights: accuracy is meaningless"
-        else:
-            validation = {"skipped": "no --data given: accuracy not measured"}
 
         # -- latency, side by side with the plain recipes, in the same run ------------------------------------
         lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": tgt.batch}
@@ -176,6 +229,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "calibration": ({"dataset": ds.spec, "split": "train", "method": "NNCF post-training quantization",
                              **recipe.to_dict(), "samples": int(len(calib))} if calib is not None else None),
             "validation": validation,
+            "accuracy_gate": gate,
+            "status": "failed-validation" if gate and not gate["passed"] else "ok",
             "latency_ms": lat,
             "build_seconds": round(time.perf_counter() - t_start, 1),
             "_files": [*built.files, "labels.txt"],
@@ -197,6 +252,14 @@ def summary(result: BuildResult) -> str:
                      f"drop {v['top1_drop']:+.2f} pts" + ("  [random weights: meaningless]" if v.get("note") else ""))
     else:
         lines.append(f"accuracy  {v['skipped']}")
+    g = m.get("accuracy_gate")
+    if g:
+        tried = ", ".join(f"{t['method']} " + (t["skipped"] if "skipped" in t else f"drop {t['top1_drop']:+.2f}")
+                          for t in g["tried"])
+        verdict = "passed" if g["passed"] else "FAILED (bundle kept by --keep-failed)"
+        lines.append(f"gate      max drop {g['max_drop']:.2f} pts: {verdict}; {g.get('skipped') or tried}"
+                     + (f"; {len(g['kept_in_higher_precision'])} layers kept in higher precision"
+                        if g.get("kept_in_higher_precision") else ""))
     if "artifact" in lat:
         b = lat["baselines"]
         parts = [f"{prec} {lat['artifact']['p50']:.3f} ms"] + [

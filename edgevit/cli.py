@@ -47,7 +47,8 @@ def _cmd_build(a) -> int:
 
     r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=a.weights, out=a.out,
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
-              input_size=a.input_size, threads=a.threads, name=a.name)
+              input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
+              keep_failed=a.keep_failed)
     print(summary(r))
     return 0
 
@@ -137,6 +138,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--val-samples", type=int, help="validation images (default: the whole held-out split)")
     s.add_argument("--input-size", type=int, help="input resolution (position embeddings are resampled)")
     s.add_argument("--threads", type=int, help="inference threads (default: the target's)")
+    s.add_argument("--max-drop", type=float, default=1.0,
+                   help="accuracy gate: top-1 points INT8 may lose vs FP32 (default 1.0); over it, accuracy-aware "
+                        "PTQ is tried, then the build fails")
+    s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
     s.set_defaults(fn=_cmd_build)
 
     s = sub.add_parser("predict", help="classify images with a bundle")

@@ -27,6 +27,10 @@ class Predictor:
         self.manifest = read_manifest(self.path)
         self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
         self.labels = list(self.manifest["labels"])
+        if self.manifest.get("status", "ok") != "ok":
+            from edgevit._progress import say
+
+            say(f"warning: {self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
         backend = get_backend(self.manifest["backend"]["name"])
         require(backend)
         self.runner = backend.load(self.path, self.manifest, threads)

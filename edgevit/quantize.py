@@ -61,10 +61,49 @@ def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> 
 def calibration_images(ds, pre, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     """float32 NCHW calibration images drawn from the training split, and their indices."""
     from edgevit.data import preprocess_split, sample_indices
+    from edgevit.train import holdout_split
 
-    labels = ds.train.labels if recipe.selection == "balanced" else None
-    idx = sample_indices(len(ds.train), recipe.samples, recipe.seed, labels)
+    pool, _ = holdout_split(len(ds.train))  # the hold-out stays unseen: accuracy-aware PTQ validates on it
+    labels = ds.train.labels[pool] if recipe.selection == "balanced" else None
+    idx = pool[sample_indices(len(pool), recipe.samples, recipe.seed, labels)]
     return pre.normalize(preprocess_split(ds.train.subset(idx), pre, "calibration images")), idx
+
+
+def kept_in_higher_precision(ov_model) -> list[str]:
+    """MatMul/Convolution ops of a quantized OpenVINO model whose activation input is not quantized."""
+    kept = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in ("MatMul", "Convolution", "GroupConvolution"):
+            src = op.input(0).get_source_output().get_node().get_type_name()
+            if src != "FakeQuantize":
+                kept.append(op.get_friendly_name())
+    return kept
+
+
+def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
+                                        max_drop: float, recipe: Recipe, transformer: bool):
+    """NNCF's accuracy-aware PTQ for an OpenVINO model: quantize, then return the layers that cost the most top-1 to
+    higher precision until the drop on ``val_images`` is at most ``max_drop`` points (or nothing is left to revert)."""
+    import contextlib
+    import sys
+
+    import nncf
+
+    def validate(compiled, items) -> float:
+        hits = [int(np.argmax(compiled(x[None])[0]) == y) for x, y in items]
+        return float(np.mean(hits)) if hits else 0.0
+
+    calib = nncf.Dataset(list(images), lambda x: x[None])
+    val = nncf.Dataset(list(zip(val_images, val_labels)), lambda item: item[0][None])
+    kwargs = dict(
+        max_drop=max_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(images),
+        preset=nncf.QuantizationPreset.MIXED if recipe.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        fast_bias_correction=recipe.bias_correction != "full",
+    )
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize_with_accuracy_control(model, calib, val, validation_fn=validate, **kwargs)
 
 
 def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, input_name: str | None = None,

@@ -117,3 +117,26 @@ def test_input_size_change_resamples_and_builds(fmnist_dir, tiny_checkpoint, tmp
     assert r.manifest["model"]["input_size"] == [3, 48, 48]
     assert r.manifest["validation"]["samples"] == 50
     assert r.manifest["validation"]["max_abs_logit_diff"] < 1e-2  # OpenVINO f32 matches torch at the new size
+
+
+def test_accuracy_gate_passes_then_fails_cleanly(fmnist_dir, tiny_checkpoint, tmp_path):
+    from edgevit.errors import ValidationFailedError
+
+    common = dict(model="vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+                  weights=str(tiny_checkpoint), out=str(tmp_path), calibration="fast", measure_latency=False)
+    ok = build(**common, max_drop=100.0)
+    g = ok.manifest["accuracy_gate"]
+    assert g["passed"] and g["max_drop"] == 100.0 and [t["method"] for t in g["tried"]] == ["PTQ"]
+    assert ok.manifest["status"] == "ok"
+    shutil.rmtree(ok.bundle)
+    # a budget no INT8 model can meet: INT8 would have to beat FP32 by 50 points
+    with pytest.raises(ValidationFailedError, match=r"fails the accuracy gate: top-1 drop .* --max-drop -50.00 "
+                                                    r"\(tried PTQ: drop .*; accuracy-aware PTQ: drop"):
+        build(**common, max_drop=-50.0)
+    assert list(tmp_path.iterdir()) == [], "a failed gate leaves nothing behind"
+    kept = build(**common, max_drop=-50.0, keep_failed=True)
+    g = kept.manifest["accuracy_gate"]
+    assert kept.manifest["status"] == "failed-validation" and not g["passed"]
+    assert [t["method"] for t in g["tried"]] == ["PTQ", "accuracy-aware PTQ"]
+    assert isinstance(g["kept_in_higher_precision"], list)  # which layers NNCF reverted (none, when it cannot help)
+    assert g["tried"][1]["tuned_on"] == "60 hold-out training images"  # never the validation images

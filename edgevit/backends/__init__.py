@@ -29,6 +29,9 @@ class BuildJob:
     transformer: bool  # ViT / hybrid / MaxViT: use the transformer-aware quantization recipe
     calibration: np.ndarray | None = None  # float32 NCHW calibration images (int8 only)
     recipe: object | None = None  # edgevit.quantize.Recipe
+    # Accuracy-aware PTQ (the accuracy gate's fallback): held-out images and labels NNCF ranks layers on, and the
+    # largest top-1 drop in points it may leave. Backends that cannot do it raise NotImplementedError.
+    accuracy_control: tuple[np.ndarray, np.ndarray, float] | None = None
 
 
 @dataclass

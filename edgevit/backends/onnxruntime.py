@@ -52,6 +52,8 @@ class ONNXRuntimeBackend:
     def build(self, job: BuildJob) -> Built:
         out = job.out_dir / "model.onnx"
         details = {}
+        if job.accuracy_control:
+            raise NotImplementedError("accuracy-aware PTQ is implemented for the openvino backend only")
         if job.precision == "int8":
             import onnx
 

@@ -97,7 +97,15 @@ class OpenVINOBackend:
 
         model = ov.convert_model(str(job.onnx_path))
         details = {}
-        if job.precision == "int8":
+        if job.precision == "int8" and job.accuracy_control:
+            from edgevit.quantize import kept_in_higher_precision, nncf_quantize_with_accuracy_control
+
+            val_x, val_y, max_drop = job.accuracy_control
+            model = nncf_quantize_with_accuracy_control(model, job.calibration, val_x, val_y, max_drop, job.recipe,
+                                                        job.transformer)
+            details["quantizer"] = f"nncf {_nncf_version()} quantize_with_accuracy_control"
+            details["kept_in_higher_precision"] = kept_in_higher_precision(model)
+        elif job.precision == "int8":
             model = nncf_quantize(model, job.calibration, job.recipe, job.transformer)
             details["quantizer"] = "nncf " + _nncf_version()
         ov.save_model(model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
