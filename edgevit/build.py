@@ -72,6 +72,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
 
+    if precision == "best":
+        return _build_best(model, target=target, data=data, weights=weights, out=out, calibration=calibration,
+                           calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
+                           threads=threads, name=name, max_drop=max_drop, **model_overrides)
     t_start = time.perf_counter()
     tgt = load_target(target)
     tgt.check_precision(precision)
@@ -239,6 +243,60 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     return BuildResult(final, manifest)
 
 
+BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # candidates for --precision best, and the rule where none can be timed
+
+
+def _build_best(model: str, target: str, out: str, name: str | None, threads: int | None, **kw) -> BuildResult:
+    """Build every precision the target allows, time them against each other on this host in interleaved rounds,
+    and keep the fastest that passes the accuracy gate. Every candidate is recorded in the manifest."""
+    import shutil
+
+    from edgevit.backends import get_backend
+    from edgevit.bundle import read_manifest, staging_dir, update_manifest
+    from edgevit.measure import compare_latency
+    from edgevit.models import resolve_spec
+    from edgevit.targets import load_target
+
+    tgt = load_target(target)
+    spec = resolve_spec(model)
+    cands = [p for p in BEST_ORDER if p in tgt.precisions]
+    final = Path(out) / (name or f"{spec.alias}-{tgt.name}-best")
+    with tempfile.TemporaryDirectory(prefix="edgevit-best-") as work:
+        built: dict[str, BuildResult] = {}
+        record: list[dict] = []
+        for p in cands:
+            say(f"--precision best: building the {p} candidate")
+            try:
+                built[p] = build(model, target=target, precision=p, out=work, name=p, threads=threads, **kw)
+            except (ValidationFailedError, UsageError) as e:
+                record.append({"precision": p, "rejected": str(e)})
+        if not built:
+            raise ValidationFailedError(f"--precision best: no candidate of {', '.join(cands)} could be built: "
+                                        + "; ".join(r["rejected"] for r in record))
+        backend = get_backend(tgt.backend)
+        runners = {p: backend.load(r.bundle, r.manifest, threads) for p, r in built.items()}
+        size = built[next(iter(built))].manifest["model"]["input_size"]
+        x = np.zeros((tgt.batch, *size), np.float32)
+        say(f"--precision best: timing {', '.join(runners)} against each other")
+        lat = compare_latency(runners, x)
+        for p, r in built.items():
+            record.append({"precision": p, "executed": runners[p].info.get("executed_precision"),
+                           "latency_ms_p50": lat[p]["p50"], "latency_ms_p90": lat[p]["p90"],
+                           "top1": r.manifest["validation"].get("top1"),
+                           "top1_drop": r.manifest["validation"].get("top1_drop")})
+        chosen = min(built, key=lambda p: lat[p]["p50"])
+        say(f"--precision best: {chosen} is the fastest that passed ({lat[chosen]['p50']:.3f} ms p50)")
+        with staging_dir(final) as stage:
+            shutil.rmtree(stage)
+            shutil.copytree(built[chosen].bundle, stage)
+            m = read_manifest(stage)
+            m["requested_precision"] = "best"
+            m["selection"] = {"rule": "fastest measured p50 on this host among candidates that passed the "
+                                      "accuracy gate", "chosen": chosen, "candidates": record}
+            update_manifest(stage, m)
+    return BuildResult(final, m)
+
+
 def summary(result: BuildResult) -> str:
     """The report card printed after a build: accuracy and latency, with what they were measured on."""
     m = result.manifest
@@ -272,6 +330,12 @@ def summary(result: BuildResult) -> str:
             lines.append(f"note      {prec} is slower than the backend's defaults on the FP32 export "
                          f"(which executed {default.get('executed_precision')}) on this host: "
                          f"{default['p50']:.3f} vs {lat['artifact']['p50']:.3f} ms p50")
+    sel = m.get("selection")
+    if sel:
+        lines.append("selection --precision best → " + sel["chosen"] + ": " + " | ".join(
+            f"{c['precision']} rejected ({c['rejected'][:60]}…)" if "rejected" in c else
+            f"{c['precision']} {c['latency_ms_p50']:.3f} ms (ran {c['executed']}), top-1 {c['top1']}"
+            for c in sel["candidates"]))
     rt = m["backend"]["runtime"]
     if "compute_layers_by_precision" in rt:
         lines.append(f"executed  inference precision {rt['inference_precision']}, compute layers by precision "

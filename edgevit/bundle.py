@@ -52,12 +52,17 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
         files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     manifest["files"] = files
     manifest["schema_version"] = SCHEMA_VERSION
+    return update_manifest(bundle_dir, manifest)
+
+
+def update_manifest(bundle_dir: Path, manifest: dict) -> dict:
+    """(Re)write ``manifest.json`` atomically; the manifest is not among the checksummed files."""
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"internal error: manifest lacks {missing}")
-    tmp = bundle_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, bundle_dir / MANIFEST)
+    tmp = Path(bundle_dir) / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, Path(bundle_dir) / MANIFEST)
     return manifest
 
 

@@ -128,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build", help="quantize, compile, validate and bundle a model for a target")
     s.add_argument("--model", required=True, help="zoo alias or timm name")
     s.add_argument("--target", default="cpu-x86", help="profile name from 'edgevit targets' or a .toml path")
-    s.add_argument("--precision", default="int8", help="fp32 | bf16 | int8 (as the target allows)")
+    s.add_argument("--precision", default="int8",
+                   help="fp32 | bf16 | int8 (as the target allows) | best: the fastest measured that passes the gate")
     s.add_argument("--data", help="calibration and validation data (required for int8)")
     s.add_argument("--weights", help="safetensors, state dict, timm or edgevit checkpoint; omitted: random init")
     s.add_argument("--out", default="build", help="directory the bundle is written into")

@@ -140,3 +140,22 @@ def test_accuracy_gate_passes_then_fails_cleanly(fmnist_dir, tiny_checkpoint, tm
     assert [t["method"] for t in g["tried"]] == ["PTQ", "accuracy-aware PTQ"]
     assert isinstance(g["kept_in_higher_precision"], list)  # which layers NNCF reverted (none, when it cannot help)
     assert g["tried"][1]["tuned_on"] == "60 hold-out training images"  # never the validation images
+
+
+def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_checkpoint, tmp_path):
+    r = build("vit-tiny-fmnist", precision="best", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(tmp_path), calibration="fast", val_samples=50)
+    assert r.bundle.name == "vit-tiny-fmnist-cpu-x86-best"
+    m = read_manifest(r.bundle)
+    sel = m["selection"]
+    assert m["requested_precision"] == "best" and sel["chosen"] == m["precision"]
+    timed = {c["precision"]: c for c in sel["candidates"]}
+    assert set(timed) == {"int8", "bf16", "fp32"}
+    assert timed[sel["chosen"]]["latency_ms_p50"] == min(c["latency_ms_p50"] for c in timed.values())
+    assert all(c["top1"] is not None for c in timed.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [r.bundle.name]
+    # without data the int8 candidate cannot be calibrated: it is rejected with the reason, fp32 is kept
+    r2 = build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="best", out=str(tmp_path),
+               embed_dim=32, depth=1, num_heads=2)
+    cands = {c["precision"]: c for c in r2.manifest["selection"]["candidates"]}
+    assert "needs images" in cands["int8"]["rejected"] and r2.manifest["precision"] == "fp32"
