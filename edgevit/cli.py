@@ -182,7 +182,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: temporary bundles and outputs are removed or finished
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -75,3 +75,21 @@ def test_build_predict_verify_round_trip(fmnist_dir, tiny_checkpoint, tmp_path, 
     labels.write_text(labels.read_text().replace("Trouser", "Trousxr"))
     p = run("predict", str(bundle), str(png))
     assert p.returncode == 1 and "labels.txt does not match its sha256" in p.stderr
+
+
+def test_sigterm_mid_build_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "EDGEVIT_QUIET": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "edgevit", "build", "--model", "vit-tiny-fmnist", "--data",
+                          "synthetic", "--precision", "int8", "--out", str(tmp_path)], env=env,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".*tmp*")) and p.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".*tmp*")), "the build should be staging its bundle"
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
