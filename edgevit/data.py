@@ -10,7 +10,7 @@ import gzip
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,6 @@ class Dataset:
     val: Split
     description: str = ""
     val_name: str = "val"
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
