@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 
 from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError, WeightsError
+from edgevit.quantize import AC_MAX_ITERATIONS
 
 
 @dataclass
@@ -173,11 +175,20 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             say(f"accuracy gate: INT8 loses {validation['top1_drop']:.2f} points, over the budget of "
                 f"{max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher precision)")
             hold = _gate_holdout(ds, pre)
+            ptq = (built, runner, validation)
+            shutil.copytree(stage, work / "ptq")
             try:
                 built, runner, validation = compile_and_validate((*hold, max_drop))
                 gate["tried"].append({"method": "accuracy-aware PTQ", "top1": validation["top1"],
                                       "top1_drop": validation["top1_drop"],
-                                      "tuned_on": f"{len(hold[1])} hold-out training images"})
+                                      "tuned_on": f"{len(hold[1])} hold-out training images",
+                                      "max_reverts": AC_MAX_ITERATIONS})
+                if validation["top1_drop"] > ptq[2]["top1_drop"]:  # keep the better of the two artifacts
+                    say("accuracy-aware PTQ did worse than plain PTQ on the validation images; keeping PTQ")
+                    shutil.rmtree(stage)
+                    shutil.copytree(work / "ptq", stage)
+                    built, runner, validation = ptq
+                    gate["kept"] = "PTQ"
             except NotImplementedError as e:
                 gate["tried"].append({"method": "accuracy-aware PTQ", "skipped": str(e)})
             gate["passed"] = validation["top1_drop"] <= max_drop
@@ -249,8 +260,6 @@ BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # candidates for --precision best
 def _build_best(model: str, target: str, out: str, name: str | None, threads: int | None, **kw) -> BuildResult:
     """Build every precision the target allows, time them against each other on this host in interleaved rounds,
     and keep the fastest that passes the accuracy gate. Every candidate is recorded in the manifest."""
-    import shutil
-
     from edgevit.backends import get_backend
     from edgevit.bundle import read_manifest, staging_dir, update_manifest
     from edgevit.measure import compare_latency
