@@ -140,6 +140,7 @@ def test_accuracy_gate_passes_then_fails_cleanly(fmnist_dir, tiny_checkpoint, tm
     assert [t["method"] for t in g["tried"]] == ["PTQ", "accuracy-aware PTQ"]
     assert isinstance(g["kept_in_higher_precision"], list)  # which layers NNCF reverted (none, when it cannot help)
     assert g["tried"][1]["tuned_on"] == "60 hold-out training images"  # never the validation images
+    assert all(0 <= t["holdout_top1"] <= 100 for t in g["tried"])  # PTQ vs fallback is decided on the hold-out
 
 
 def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_checkpoint, tmp_path):
