@@ -39,6 +39,12 @@ def _accuracy_gate(precision: str, ds, validation: dict, max_drop: float | None,
     return gate
 
 
+def _tried_text(gate: dict) -> str:
+    """What the accuracy gate tried, for messages: ``PTQ: drop -0.20; accuracy-aware PTQ: drop +1.15``."""
+    return "; ".join(f"{t['method']}: " + (t["skipped"] if "skipped" in t else f"drop {t['top1_drop']:+.2f}")
+                     for t in gate["tried"])
+
+
 def _gate_holdout(ds, pre) -> tuple[np.ndarray, np.ndarray]:
     """Images accuracy-aware PTQ may tune on: the training split's hold-out, never calibration or validation."""
     from edgevit.data import preprocess_split
@@ -199,8 +205,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             gate["passed"] = validation["top1_drop"] <= max_drop
             gate["kept_in_higher_precision"] = built.details.get("kept_in_higher_precision", [])
             if not gate["passed"]:
-                tried = "; ".join(f"{t['method']}: " + (t["skipped"] if "skipped" in t else
-                                                        f"drop {t['top1_drop']:.2f}") for t in gate["tried"])
+                tried = _tried_text(gate)
                 if not keep_failed:
                     raise ValidationFailedError(
                         f"INT8 build of {spec.alias} fails the accuracy gate: top-1 drop {validation['top1_drop']:.2f}"
@@ -259,7 +264,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     return BuildResult(final, manifest)
 
 
-BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # candidates for --precision best, and the rule where none can be timed
+BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # the candidates --precision best builds, where the target allows them
 
 
 def _build_best(model: str, target: str, out: str, name: str | None, threads: int | None, **kw) -> BuildResult:
@@ -326,10 +331,8 @@ def summary(result: BuildResult) -> str:
         lines.append(f"accuracy  {v['skipped']}")
     g = m.get("accuracy_gate")
     if g:
-        tried = ", ".join(f"{t['method']} " + (t["skipped"] if "skipped" in t else f"drop {t['top1_drop']:+.2f}")
-                          for t in g["tried"])
         verdict = "passed" if g["passed"] else "FAILED (bundle kept by --keep-failed)"
-        lines.append(f"gate      max drop {g['max_drop']:.2f} pts: {verdict}; {g.get('skipped') or tried}"
+        lines.append(f"gate      max drop {g['max_drop']:.2f} pts: {verdict}; {g.get('skipped') or _tried_text(g)}"
                      + (f"; {len(g['kept_in_higher_precision'])} layers kept in higher precision"
                         if g.get("kept_in_higher_precision") else ""))
     if "artifact" in lat:

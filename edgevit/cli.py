@@ -103,6 +103,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    from edgevit.build import DEFAULT_MAX_DROP
+
     p = _Parser(prog="edgevit", description="Vision Transformers from PyTorch to validated INT8 "
                                 "on edge devices.")
     p.add_argument("--version", action="version", version=f"edgevit {__version__}")
@@ -139,8 +141,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--val-samples", type=int, help="validation images (default: the whole held-out split)")
     s.add_argument("--input-size", type=int, help="input resolution (position embeddings are resampled)")
     s.add_argument("--threads", type=int, help="inference threads (default: the target's)")
-    s.add_argument("--max-drop", type=float, default=1.0,
-                   help="accuracy gate: top-1 points INT8 may lose vs FP32 (default 1.0); over it, accuracy-aware "
+    s.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                   help=f"accuracy gate: top-1 points INT8 may lose vs FP32 (default {DEFAULT_MAX_DROP}); over it, "
+                        "accuracy-aware "
                         "PTQ is tried, then the build fails")
     s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
     s.set_defaults(fn=_cmd_build)

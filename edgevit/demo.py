@@ -339,7 +339,7 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
     """Run the demo loop until the source ends, ``max_frames`` frames, or Ctrl-C."""
     from PIL import Image
 
-    from edgevit.predict import Predictor
+    from edgevit.predict import Predictor, softmax
 
     if max_fps is not None and max_fps <= 0:
         raise UsageError("--max-fps must be positive")
@@ -369,12 +369,9 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
             rgb = Image.fromarray(np.ascontiguousarray(frame.image[..., ::-1]))
             x = pred.preprocessing(rgb)[None]
             t1 = time.perf_counter()
-            logits = pred.runner(x).astype(np.float64)[0]
+            logits = pred.runner(x)[0]
             t2 = time.perf_counter()
-            p = np.exp(logits - logits.max())
-            p /= p.sum()
-            best = np.argsort(-p)[: max(1, min(top_k, len(p)))]
-            top = [(pred.labels[i], float(p[i])) for i in best]
+            top = pred.top(softmax(logits), top_k)
             stage = {"capture": frame.capture_ms, "preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
             elapsed = time.perf_counter() - t_start
             fps = (summary.frames + 1) / elapsed if elapsed > 0 else 0.0

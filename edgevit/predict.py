@@ -11,6 +11,13 @@ import numpy as np
 from edgevit.errors import BundleError
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 @dataclass
 class Prediction:
     source: str
@@ -40,19 +47,15 @@ class Predictor:
 
     def probabilities(self, images: list) -> np.ndarray:
         """PIL images → softmax probabilities (N, classes)."""
-        x = np.stack([self.preprocessing(img) for img in images])
-        logits = self.runner(x).astype(np.float64)
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return softmax(self.runner(np.stack([self.preprocessing(img) for img in images])))
+
+    def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """One image's probabilities → the ``k`` best (label, probability), best first."""
+        best = np.argsort(-probs)[: max(1, min(k, len(probs)))]
+        return [(self.labels[i], float(probs[i])) for i in best]
 
     def predict_files(self, paths: list[str | os.PathLike], k: int = 5) -> list[Prediction]:
         from edgevit.data import load_image
 
         images = [load_image(p) for p in paths]  # all read (and checked) before any inference
-        probs = self.probabilities(images)
-        k = max(1, min(k, probs.shape[1]))
-        out = []
-        for p, row in zip(paths, probs):
-            best = np.argsort(-row)[:k]
-            out.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in best]))
-        return out
+        return [Prediction(str(p), self.top(row, k)) for p, row in zip(paths, self.probabilities(images))]
