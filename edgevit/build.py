@@ -28,12 +28,14 @@ GATE_HOLDOUT = 1000  # hold-out training images accuracy-aware PTQ ranks layers 
 
 def _accuracy_gate(precision: str, ds, validation: dict, max_drop: float | None, random_init: bool) -> dict | None:
     """The gate's record for an INT8 build with data; ``passed`` False means the fallbacks must run."""
-    if precision != "int8" or ds is None or max_drop is None:
+    if precision != "int8" or ds is None:
         return None
     gate = {"max_drop": max_drop, "tried": [{"method": "PTQ", "top1": validation["top1"],
                                              "top1_drop": validation["top1_drop"]}]}
     if random_init:
         gate.update(passed=True, skipped="random weights: the drop is meaningless")
+    elif max_drop is None:
+        gate.update(passed=True, skipped="no budget (max_drop=None)")
     else:
         gate["passed"] = validation["top1_drop"] <= max_drop
     return gate
@@ -69,7 +71,15 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           weights: str | None = None, out: str = "build", calibration: str | None = None,
           calib_samples: int | None = None, val_samples: int | None = None, input_size: int | None = None,
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
-          max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, **model_overrides) -> BuildResult:
+          max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
+          distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
+          **model_overrides) -> BuildResult:
+    """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
+
+    INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
+    training from that initialisation (``distill``: from the FP32 model), whose checkpoint is written beside the bundle
+    as ``<name>.qat.pt``. ``weights`` may be such a checkpoint: it is rebuilt (or, with ``qat_epochs``, resumed)
+    without calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points)."""
     from edgevit import __version__
     from edgevit.backends import BuildJob, get_backend, require
     from edgevit.bundle import staging_dir, write_manifest
@@ -77,13 +87,15 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.export import check_onnx, export_onnx
     from edgevit.measure import compare_latency, host_info, run_batches, top1, torch_runner
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
+    from edgevit.qat import is_qat_checkpoint, restore
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
 
     if precision == "best":
         return _build_best(model, target=target, data=data, weights=weights, out=out, calibration=calibration,
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
-                           threads=threads, name=name, max_drop=max_drop, **model_overrides)
+                           threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
+                           qat_lr=qat_lr, qat_samples=qat_samples, **model_overrides)
     t_start = time.perf_counter()
     tgt = load_target(target)
     tgt.check_precision(precision)
@@ -96,9 +108,17 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                          "synthetic for latency-only work)")
     if val_samples is not None and val_samples < 1:
         raise UsageError("--val-samples must be at least 1")
+    if qat_epochs and qat_epochs < 0:
+        raise UsageError("--qat-epochs must be 0 or more")
+    if (qat_epochs or distill) and precision != "int8":
+        raise UsageError(f"quantization-aware training makes INT8 models; --qat-epochs/--distill need --precision "
+                         f"int8, not {precision}")
+    if distill and not qat_epochs:
+        raise UsageError("--distill distils during quantization-aware training: add --qat-epochs N")
 
     # -- model and data ------------------------------------------------------------------------------------
     ev: dict = {}
+    meta: dict = {}
     if weights:
         state, meta = read_state_dict(weights)
         ev = _weights_meta(meta, spec)
@@ -109,8 +129,19 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         raise WeightsError(f"{weights} was trained on {len(ev['classes'])} classes but {ds.spec} has "
                            f"{ds.num_classes}; use matching data or weights")
     size = input_size or spec.input_size
-    net = create_model(spec, num_classes=len(classes) if classes else None, input_size=size, **model_overrides)
-    if weights:
+
+    def fresh():
+        return create_model(spec, num_classes=len(classes) if classes else None, input_size=size, **model_overrides)
+
+    net, qmodel = fresh(), None
+    if weights and is_qat_checkpoint(meta):
+        if precision != "int8":
+            raise UsageError(f"{weights} is a quantization-aware training checkpoint: build it with --precision int8")
+        qmodel = restore(fresh(), state, meta)
+        if not meta.get("fp32_model"):
+            raise WeightsError(f"{weights} holds no FP32 reference weights ('fp32_model'); rebuild it with edgevit")
+        apply_state_dict(net, dict(meta["fp32_model"]), weights)  # the FP32 weights QAT started from
+    elif weights:
         apply_state_dict(net, state, weights)
     num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or [])
     classes = classes or [str(i) for i in range(num_classes)]
@@ -145,7 +176,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
 
         # -- calibrate + compile ----------------------------------------------------------------------------
         calib = None
-        if precision == "int8":
+        if precision == "int8" and qmodel is None:
             say(f"calibrating INT8 with {min(recipe.samples, len(ds.train))} images from {ds.spec} "
                 f"({Path(recipe.path).name}, {'transformer' if spec.is_transformer else 'CNN'} recipe)")
             calib, _ = calibration_images(ds, pre, recipe)
@@ -154,10 +185,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         partial = {"precision": precision, "target": tgt.to_dict()}
         ref = run_batches(torch_runner(net), val_u8, pre, desc="FP32 reference (torch)") if ds else None
 
-        def compile_and_validate(accuracy_control=None):
+        def compile_and_validate(accuracy_control=None, quantized=None):
             built = backend.build(BuildJob(onnx_path=onnx_path, precision=precision, target=tgt, out_dir=stage,
                                            transformer=spec.is_transformer, calibration=calib, recipe=recipe,
-                                           accuracy_control=accuracy_control))
+                                           accuracy_control=accuracy_control, quantized_onnx=quantized))
             runner = backend.load(stage, partial, threads)
             if not ds:
                 return built, runner, {"skipped": "no --data given: accuracy not measured"}
@@ -175,44 +206,96 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                 v["note"] = "random weights: accuracy is meaningless"
             return built, runner, v
 
-        built, runner, validation = compile_and_validate()
+        qat_ckpt = Path(out) / f"{bundle_name}.qat.pt"
+        qat: dict = {}
+
+        def run_qat(epochs: int) -> Path:
+            """QAT for ``epochs`` (from PTQ, or on from a checkpoint; 0: the checkpoint as it is) → Q/DQ ONNX; its
+            ONNX Runtime top-1 goes in ``qat``."""
+            nonlocal qmodel
+            from edgevit.backends.onnxruntime import ORTRunner
+            from edgevit.qat import export_qdq_onnx, finetune, quantize_torch
+
+            prev = meta.get("qat") if qmodel is not None else None
+            if epochs:
+                if qmodel is None:
+                    say("QAT: PTQ initialisation of the PyTorch model")
+                    qmodel = quantize_torch(net, calib, recipe, spec.is_transformer)
+                res = finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=qat_lr,
+                               samples=qat_samples, checkpoint=qat_ckpt, previous=prev, fp32_state=net.state_dict(),
+                               meta={**ev, "model": spec.alias, "classes": classes, "model_overrides": model_overrides,
+                                     "preprocessing": pre.to_dict()})
+                qat.update(checkpoint=str(qat_ckpt), history=res.history, seconds=res.seconds, distill=distill,
+                           epochs=epochs, rebuilt_from_checkpoint=False)
+            else:
+                qat.update(checkpoint=Path(weights).name, history=(prev or {}).get("history", []),
+                           rebuilt_from_checkpoint=True)
+            qdq = export_qdq_onnx(qmodel, pre.input_size, work / "model_qdq.onnx")
+            if ds:
+                ort_runner = ORTRunner(qdq, threads)
+                got = run_batches(ort_runner, val_u8, pre, desc="Q/DQ ONNX (onnxruntime)")
+                qat["qdq_onnx"] = {"top1": top1(got, val_split.labels), "measured_with":
+                                   f"onnxruntime {ort_runner.info['version']} on {host_info()['cpu']}"}
+            return qdq
+
+        if qmodel is not None:  # a QAT checkpoint: first as it is, without training
+            built, runner, validation = compile_and_validate(quantized=run_qat(0))
+        else:
+            built, runner, validation = compile_and_validate()
         gate = _accuracy_gate(precision, ds, validation, max_drop, random_init)
-        if gate and not gate["passed"]:
-            say(f"accuracy gate: INT8 loses {validation['top1_drop']:.2f} points, over the budget of "
-                f"{max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher precision)")
+        if gate and qat:
+            gate["tried"][0]["method"] = "QAT checkpoint"
+        if gate and (qat_epochs or not gate["passed"]):
             hold = _gate_holdout(ds, pre)
 
             def holdout_top1(r) -> float:  # choosing between artifacts never looks at the validation images
                 return top1(np.concatenate([r(hold[0][s:s + 100]) for s in range(0, len(hold[1]), 100)]), hold[1])
 
-            ptq = (built, runner, validation)
+            first = (built, runner, validation)
             gate["tried"][0]["holdout_top1"] = holdout_top1(runner)
-            shutil.copytree(stage, work / "ptq")
+            shutil.copytree(stage, work / "first")
             try:
-                built, runner, validation = compile_and_validate((*hold, max_drop))
-                gate["tried"].append({"method": "accuracy-aware PTQ", "top1": validation["top1"],
-                                      "top1_drop": validation["top1_drop"],
-                                      "tuned_on": f"{len(hold[1])} hold-out training images",
-                                      "max_reverts": AC_MAX_ITERATIONS, "holdout_top1": holdout_top1(runner)})
-                if gate["tried"][1]["holdout_top1"] < gate["tried"][0]["holdout_top1"]:  # keep the better one
-                    say("accuracy-aware PTQ did worse than plain PTQ on the hold-out; keeping PTQ")
+                if qat_epochs:
+                    say(f"quantization-aware training for {qat_epochs} epoch(s) (--qat-epochs)"
+                        + ("" if gate["passed"] else f"; PTQ loses {validation['top1_drop']:.2f} points"))
+                    method, extra = "QAT", {"epochs": qat_epochs, "distill": distill}
+                    built, runner, validation = compile_and_validate(quantized=run_qat(qat_epochs))
+                else:
+                    say(f"accuracy gate: INT8 loses {validation['top1_drop']:.2f} points, over the budget of "
+                        f"{max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher "
+                        "precision)")
+                    method, extra = "accuracy-aware PTQ", {"tuned_on": f"{len(hold[1])} hold-out training images",
+                                                           "max_reverts": AC_MAX_ITERATIONS}
+                    built, runner, validation = compile_and_validate((*hold, max_drop))
+                gate["tried"].append({"method": method, "top1": validation["top1"],
+                                      "top1_drop": validation["top1_drop"], **extra,
+                                      "holdout_top1": holdout_top1(runner)})
+                if gate["tried"][-1]["holdout_top1"] < gate["tried"][0]["holdout_top1"]:  # keep the better one
+                    say(f"{method} did worse than {gate['tried'][0]['method']} on the hold-out; keeping the latter")
                     shutil.rmtree(stage)
-                    shutil.copytree(work / "ptq", stage)
-                    built, runner, validation = ptq
-                    gate["kept"] = "PTQ"
+                    shutil.copytree(work / "first", stage)
+                    built, runner, validation = first
+                    gate["kept"] = gate["tried"][0]["method"]
+                else:
+                    gate["kept"] = method
             except NotImplementedError as e:
                 gate["tried"].append({"method": "accuracy-aware PTQ", "skipped": str(e)})
-            gate["passed"] = validation["top1_drop"] <= max_drop
+            gate["passed"] = max_drop is None or validation["top1_drop"] <= max_drop
             gate["kept_in_higher_precision"] = built.details.get("kept_in_higher_precision", [])
             if not gate["passed"]:
                 tried = _tried_text(gate)
                 if not keep_failed:
+                    more = "" if qat_epochs else "train with --qat-epochs 2, "
                     raise ValidationFailedError(
                         f"INT8 build of {spec.alias} fails the accuracy gate: top-1 drop {validation['top1_drop']:.2f}"
                         f" points > --max-drop {max_drop:.2f} (tried {tried}); no bundle written. Raise --max-drop, "
-                        "calibrate with more images (--calib-samples), or build fp32/bf16"
+                        f"{more}calibrate with more images (--calib-samples), or build fp32/bf16"
                     )
                 say(f"warning: keeping a FAILED bundle (--keep-failed): {tried}")
+        if qat and gate and gate.get("kept", "QAT") == "PTQ":
+            qat["kept"] = False  # trained, but plain PTQ did better on the hold-out
+        elif qat and "qdq_onnx" in qat:
+            validation["qdq_onnx"] = qat["qdq_onnx"]
         executed = runner.info.get("executed_precision")
         if executed and executed != precision:
             say(f"warning: {precision} was asked for but {backend.name} executes {executed} on this host "
@@ -255,6 +338,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                              **recipe.to_dict(), "samples": int(len(calib))} if calib is not None else None),
             "validation": validation,
             "accuracy_gate": gate,
+            "qat": qat or None,
             "status": "failed-validation" if gate and not gate["passed"] else "ok",
             "latency_ms": lat,
             "build_seconds": round(time.perf_counter() - t_start, 1),

@@ -48,7 +48,8 @@ def _cmd_build(a) -> int:
     r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=a.weights, out=a.out,
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
-              keep_failed=a.keep_failed)
+              keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
+              qat_samples=a.qat_samples)
     print(summary(r))
     return 0
 
@@ -143,9 +144,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="inference threads (default: the target's)")
     s.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help=f"accuracy gate: top-1 points INT8 may lose vs FP32 (default {DEFAULT_MAX_DROP}); over it, "
-                        "accuracy-aware "
-                        "PTQ is tried, then the build fails")
+                        "accuracy-aware PTQ is tried (or QAT, with --qat-epochs), then the build fails")
     s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
+    s.add_argument("--qat-epochs", type=int, default=0,
+                   help="quantization-aware training epochs from the PTQ initialisation (int8); the checkpoint is "
+                        "written to OUT/NAME.qat.pt, and --weights NAME.qat.pt rebuilds or resumes it")
+    s.add_argument("--distill", action="store_true", help="QAT distils from the FP32 model")
+    s.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default: 2%% of the model's training lr)")
+    s.add_argument("--qat-samples", type=int, help="QAT training images per epoch (default: the whole train split)")
     s.set_defaults(fn=_cmd_build)
 
     s = sub.add_parser("predict", help="classify images with a bundle")

@@ -50,6 +50,41 @@ def _augment(x, pad: int):
     return x
 
 
+def fit_epoch(model, x_u8: np.ndarray, y: np.ndarray, pre, opt, sched, loss_fn, batch_size: int, pad: int,
+              desc: str, teacher=None) -> float:
+    """One epoch over uint8 NHWC images in random order; returns the smoothed loss. ``pad`` > 0 turns on random flips
+    and shifts. ``loss_fn(logits, labels, teacher_logits)`` is called with the teacher's logits when ``teacher`` is
+    given (distillation), else ``loss_fn(logits, labels)``."""
+    import torch
+
+    model.train()
+    order = np.random.permutation(len(x_u8))
+    steps = math.ceil(len(x_u8) / batch_size)
+    bar = progress(range(steps), desc=desc)
+    running = 0.0
+    for step in bar:
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        x = torch.from_numpy(pre.normalize(x_u8[idx]))
+        if pad:
+            x = _augment(x, pad)
+        target = torch.from_numpy(y[idx])
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(x)
+            loss = loss_fn(model(x), target, soft)
+        else:
+            loss = loss_fn(model(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+    return running
+
+
 def evaluate_torch(model, images_u8: np.ndarray, labels: np.ndarray, pre,
                    desc: str = "eval") -> tuple[float, np.ndarray]:
     """Top-1 (%) of a torch model on preprocessed uint8 NHWC images; also returns the logits."""
@@ -131,28 +166,11 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         say(f"resumed from {resume} after epoch {start_epoch} (best held-out top-1 {best:.2f}%)")
 
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
-    pad = max(1, spec.input_size // 16)
+    pad = max(1, spec.input_size // 16) if d.augment else 0
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        model.train()
-        order = np.random.permutation(len(x_tr))
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}")
-        running = 0.0
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x = torch.from_numpy(pre.normalize(x_tr[idx]))
-            if d.augment:
-                x = _augment(x, pad)
-            y = torch.from_numpy(y_tr[idx])
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        running = fit_epoch(model, x_tr, y_tr, pre, opt, sched, loss_fn, batch_size, pad,
+                            desc=f"epoch {epoch + 1}/{epochs}")
         top1, _ = evaluate_torch(model, x_ho, y_ho, pre, desc="held-out")
         history.append({"epoch": epoch + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
                         "elapsed_s": round(time.perf_counter() - t0, 1)})

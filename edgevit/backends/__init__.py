@@ -32,6 +32,8 @@ class BuildJob:
     # Accuracy-aware PTQ (the accuracy gate's fallback): held-out images and labels NNCF ranks layers on, and the
     # largest top-1 drop in points it may leave. Backends that cannot do it raise NotImplementedError.
     accuracy_control: tuple[np.ndarray, np.ndarray, float] | None = None
+    # A Q/DQ ONNX already quantized in PyTorch (quantization-aware training): compile it as it is, no PTQ.
+    quantized_onnx: Path | None = None
 
 
 @dataclass

@@ -54,7 +54,10 @@ class ONNXRuntimeBackend:
         details = {}
         if job.accuracy_control:
             raise NotImplementedError("accuracy-aware PTQ is implemented for the openvino backend only")
-        if job.precision == "int8":
+        if job.quantized_onnx:
+            shutil.copyfile(job.quantized_onnx, out)
+            details["quantizer"] = "nncf quantization-aware training (PyTorch), Q/DQ ONNX"
+        elif job.precision == "int8":
             import onnx
 
             from edgevit.export import INPUT_NAME

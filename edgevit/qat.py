@@ -1,0 +1,181 @@
+"""Quantization-aware training with NNCF on the PyTorch model.
+
+QAT starts from the PTQ initialisation (NNCF's fake quantizers inserted and calibrated by :func:`nncf_quantize` on
+the torch model), fine-tunes weights and quantizer scales with a small learning rate, optionally distilling from the
+FP32 model, and reports held-out accuracy after every epoch. A QAT checkpoint holds the weights, the quantizer
+parameters and NNCF's quantization config (as JSON), so it can be resumed or rebuilt without training again; it also
+keeps the FP32 weights QAT started from, the reference a rebuilt bundle's accuracy is measured against (SmoothQuant
+rescales the quantized model's weights, so they are no FP32 reference on their own).
+
+The result leaves PyTorch as standard Q/DQ ONNX (QuantizeLinear/DequantizeLinear, no custom ops): NNCF's quantizers
+are stripped to PyTorch's native fake-quantize ops, which the classic exporter writes as Q/DQ pairs. OpenVINO reads
+that ONNX into an INT8 IR; ONNX Runtime and TensorRT take it as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgevit._progress import say
+from edgevit.errors import UsageError, WeightsError
+
+QAT_LR_FACTOR = 0.02  # QAT's peak learning rate: this fraction of the model's training learning rate
+DISTILL_TEMPERATURE = 2.0
+DISTILL_WEIGHT = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
+QAT_HOLDOUT = 2000  # hold-out training images scored after every QAT epoch
+
+
+@dataclass
+class QATResult:
+    model: object  # the torch model with NNCF fake quantizers
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+def quantize_torch(net, calib: np.ndarray, recipe, transformer: bool, preset: str | None = None):
+    """A copy of ``net`` with NNCF fake quantizers, calibrated on ``calib`` (float32 NCHW): the PTQ initialisation."""
+    from edgevit.quantize import nncf_quantize
+
+    return nncf_quantize(copy.deepcopy(net).eval(), calib, recipe, transformer, preset=preset)
+
+
+def is_qat_checkpoint(meta: dict) -> bool:
+    return "nncf_config" in meta
+
+
+def restore(net, state: dict, meta: dict):
+    """Rebuild the quantized model of a QAT checkpoint on top of a freshly created ``net`` of the same architecture."""
+    from nncf.torch import load_from_config
+
+    from edgevit.quantize import _torch_extension_timeout
+
+    _torch_extension_timeout()
+    try:
+        qmodel = load_from_config(net, json.loads(meta["nncf_config"]))
+        qmodel.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise WeightsError(f"cannot restore the QAT checkpoint ({first}); was it made for this --model?") from None
+    return qmodel.eval()
+
+
+def save_checkpoint(qmodel, path: Path, meta: dict, qat: dict, fp32_state: dict) -> Path:
+    """Weights + quantizer parameters + NNCF's config + the FP32 reference weights, tensor-only (loads with
+    ``weights_only=True``); written to a temporary name and renamed."""
+    import torch
+    from nncf.torch import get_config
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": qmodel.state_dict(), "nncf_config": json.dumps(get_config(qmodel)), "edgevit": meta,
+                "qat": qat, "fp32_model": fp32_state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _loss(label_smoothing: float, distill: bool):
+    import torch
+    import torch.nn.functional as F
+
+    ce = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if not distill:
+        return ce
+    t = DISTILL_TEMPERATURE
+
+    def loss(logits, labels, teacher_logits):
+        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True,
+                      reduction="batchmean") * t * t
+        return (1 - DISTILL_WEIGHT) * ce(logits, labels) + DISTILL_WEIGHT * kd
+
+    return loss
+
+
+def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None = None,
+             batch_size: int | None = None, samples: int | None = None, seed: int = 0,
+             checkpoint: Path | None = None, meta: dict | None = None, previous: dict | None = None,
+             fp32_state: dict | None = None) -> QATResult:
+    """Fine-tune a fake-quantized model for ``epochs`` on the training split (the hold-out excluded), distilling from
+    ``teacher`` when given. After every epoch: held-out top-1 and, when ``checkpoint`` is set, a checkpoint (which
+    keeps ``fp32_state``, the FP32 weights QAT started from)."""
+    import torch
+
+    from edgevit.data import preprocess_split, sample_indices
+    from edgevit.train import evaluate_torch, fit_epoch, holdout_split
+
+    if epochs < 1:
+        raise UsageError("--qat-epochs must be at least 1")
+    d = spec.train
+    lr = lr or d.lr * QAT_LR_FACTOR
+    batch_size = batch_size or d.batch_size
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    pool, hold = holdout_split(len(ds.train))
+    if samples and samples < len(pool):
+        pool = pool[sample_indices(len(pool), samples, seed, ds.train.labels[pool])]
+    hold = hold[:QAT_HOLDOUT]
+    x_tr = preprocess_split(ds.train.subset(pool), pre, "QAT training images")
+    y_tr = ds.train.labels[pool]
+    x_ho = preprocess_split(ds.train.subset(hold), pre, "QAT hold-out images")
+    y_ho = ds.train.labels[hold]
+
+    steps = epochs * math.ceil(len(x_tr) / batch_size)
+    params = [p for p in qmodel.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    loss_fn = _loss(d.label_smoothing, teacher is not None)
+    if teacher is not None:
+        teacher.eval()
+    prev = previous or {}
+    done = int(prev.get("epochs_done", 0))
+    history = list(prev.get("history", []))
+    if not history:
+        start, _ = evaluate_torch(qmodel, x_ho, y_ho, pre, desc="QAT hold-out")
+        history.append({"epoch": done, "holdout_top1": round(start, 2), "note": "PTQ initialisation"})
+        say(f"QAT: PTQ initialisation scores {start:.2f}% on {len(y_ho)} hold-out images")
+    say(f"QAT: {epochs} epoch(s) on {len(y_tr)} images, lr {lr:.1e}, batch {batch_size}"
+        + (f", distilling from FP32 (T={DISTILL_TEMPERATURE:g}, weight {DISTILL_WEIGHT:g})" if teacher else ""))
+    pad = max(1, spec.input_size // 16) if d.augment else 0
+    t0 = time.perf_counter()
+    res = QATResult(qmodel)
+    for e in range(epochs):
+        running = fit_epoch(qmodel, x_tr, y_tr, pre, opt, sched, loss_fn, batch_size, pad,
+                            desc=f"QAT epoch {done + e + 1}", teacher=teacher)
+        top1, _ = evaluate_torch(qmodel, x_ho, y_ho, pre, desc="QAT hold-out")
+        history.append({"epoch": done + e + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
+                        "elapsed_s": round(time.perf_counter() - t0, 1)})
+        say(f"QAT epoch {done + e + 1}: loss {running:.3f}, held-out top-1 {top1:.2f}%, "
+            f"{time.perf_counter() - t0:.0f}s")
+        if checkpoint:
+            res.checkpoint = save_checkpoint(qmodel, checkpoint, meta or {}, qat_record(
+                done + e + 1, lr, batch_size, len(y_tr), teacher is not None, history), fp32_state or {})
+    qmodel.eval()
+    res.history, res.seconds = history, round(time.perf_counter() - t0, 1)
+    return res
+
+
+def qat_record(epochs_done: int, lr: float, batch_size: int, samples: int, distill: bool, history: list) -> dict:
+    return {"epochs_done": epochs_done, "lr": lr, "batch_size": batch_size, "samples": samples, "distill": distill,
+            "history": history}
+
+
+def export_qdq_onnx(qmodel, input_size: tuple[int, int], path: Path) -> Path:
+    """Standard Q/DQ ONNX of a fake-quantized model: NNCF's quantizers become PyTorch's native fake-quantize ops
+    (``nncf.strip(..., NATIVE)``), which the classic exporter writes as QuantizeLinear/DequantizeLinear."""
+    import nncf
+    import torch
+
+    from edgevit.export import export_onnx
+
+    stripped = nncf.strip(copy.deepcopy(qmodel).eval(), strip_format=nncf.StripFormat.NATIVE,
+                          example_input=torch.zeros(1, 3, *input_size))
+    return export_onnx(stripped, input_size, path)

@@ -1,0 +1,124 @@
+"""Quantization-aware training: PTQ init → fine-tune → Q/DQ ONNX → OpenVINO IR; checkpoints rebuild and resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_VIT
+
+
+@pytest.fixture(scope="module")
+def qat_build(fmnist_dir, tiny_checkpoint, tmp_path_factory):
+    from edgevit.build import build
+
+    out = tmp_path_factory.mktemp("qat")
+    r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(out), calibration="fast", qat_epochs=1, distill=True, measure_latency=False)
+    return r, out
+
+
+def test_qat_build_records_training_and_both_exports(qat_build):
+    r, out = qat_build
+    m = r.manifest
+    assert [t["method"] for t in m["accuracy_gate"]["tried"]] == ["PTQ", "QAT"]
+    assert m["accuracy_gate"]["tried"][1]["distill"] is True
+    assert [h["epoch"] for h in m["qat"]["history"]] == [0, 1]  # the PTQ initialisation, then one epoch
+    assert m["qat"]["history"][0]["note"] == "PTQ initialisation"
+    # the same Q/DQ ONNX was measured through ONNX Runtime next to the OpenVINO IR
+    assert 0 <= m["qat"]["qdq_onnx"]["top1"] <= 100 and "onnxruntime" in m["qat"]["qdq_onnx"]["measured_with"]
+    assert m["backend"]["runtime"]["executed_precision"] == "int8"
+    ckpt = out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"
+    assert ckpt.is_file() and m["qat"]["checkpoint"] == str(ckpt)
+
+
+def test_qat_checkpoint_is_tensor_only_and_keeps_fp32_reference(qat_build, tiny_checkpoint):
+    import torch
+
+    _, out = qat_build
+    ck = torch.load(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt", map_location="cpu", weights_only=True)
+    assert {"model", "nncf_config", "fp32_model", "qat", "edgevit"} <= set(ck)
+    assert any(k.startswith("__nncf_hooks.") for k in ck["model"])  # quantizer scales are saved
+    fp32 = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(fp32[k], ck["fp32_model"][k]) for k in fp32)
+
+
+def test_qat_checkpoint_rebuilds_without_training(qat_build, fmnist_dir, tmp_path):
+    from edgevit.build import build
+    from edgevit.predict import Predictor
+
+    first, out = qat_build
+    r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), measure_latency=False)
+    m = r.manifest
+    assert m["qat"]["rebuilt_from_checkpoint"] is True
+    assert m["calibration"] is None  # nothing was calibrated again
+    assert [t["method"] for t in m["accuracy_gate"]["tried"]] == ["QAT checkpoint"]
+    # the FP32 reference is the model QAT started from, not the QAT weights
+    assert m["validation"]["reference_top1"] == first.manifest["validation"]["reference_top1"]
+    assert m["validation"]["qdq_onnx"]["top1"] == first.manifest["qat"]["qdq_onnx"]["top1"]
+    if first.manifest["accuracy_gate"]["kept"] == "QAT":  # then both bundles hold the same quantized model
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        x = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)) for _ in range(4)]
+        a, b = Predictor(first.bundle), Predictor(r.bundle)
+        np.testing.assert_allclose(a.probabilities(x), b.probabilities(x), atol=1e-5)
+
+
+def test_qat_resumes_from_its_checkpoint(qat_build, fmnist_dir, tmp_path):
+    from edgevit.build import build
+
+    _, out = qat_build
+    r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), qat_epochs=1,
+              qat_samples=200, measure_latency=False)
+    assert [h["epoch"] for h in r.manifest["qat"]["history"]] == [0, 1, 2]
+    assert [t["method"] for t in r.manifest["accuracy_gate"]["tried"]] == ["QAT checkpoint", "QAT"]
+
+
+def test_qdq_export_is_standard_onnx_that_matches_torch(fmnist_dir):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgevit.data import load_dataset, preprocess_split
+    from edgevit.models import create_model, data_config, resolve_spec
+    from edgevit.qat import export_qdq_onnx, quantize_torch
+    from edgevit.quantize import calibration_images, load_recipe
+
+    spec = resolve_spec("vit-tiny-fmnist")
+    ds, pre = load_dataset(f"fashion-mnist:{fmnist_dir}"), data_config(spec)
+    net = create_model(spec, num_classes=10, **TINY_VIT)
+    calib, _ = calibration_images(ds, pre, load_recipe("fast"))
+    q = quantize_torch(net, calib, load_recipe("fast"), transformer=True, preset="performance")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_qdq_onnx(q, pre.input_size, Path(d) / "q.onnx")
+        g = onnx.load(str(path)).graph
+        ops = [n.op_type for n in g.node]
+        assert ops.count("QuantizeLinear") >= 5 and "FakeQuantize" not in ops
+        assert {n.domain for n in g.node} <= {"", "ai.onnx"}  # no org.openvinotoolkit custom ops
+        x = pre.normalize(preprocess_split(ds.val.subset(np.arange(16)), pre, "x"))
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = q(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 0.05 * max(1.0, np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--precision", "fp32", "--qat-epochs", "1"], "need --precision int8"),
+    (["--distill"], "add --qat-epochs"),
+    (["--qat-epochs", "-1"], "--qat-epochs must be 0 or more"),
+])
+def test_qat_flag_misuse_is_a_usage_error(args, needle, fmnist_dir, tmp_path, capsys):
+    from edgevit.cli import main
+
+    rc = main(["build", "--model", "vit-tiny-fmnist", "--data", f"fashion-mnist:{fmnist_dir}",
+               "--out", str(tmp_path), *args])
+    assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
