@@ -58,6 +58,16 @@ def _gate_holdout(ds, pre) -> tuple[np.ndarray, np.ndarray]:
     return pre.normalize(preprocess_split(split, pre, "gate hold-out images")), split.labels
 
 
+def _measured_with(runner) -> str:
+    from edgevit.measure import host_info
+
+    info = runner.info
+    where = f"{info['backend']} {info.get('version', '')} on {info.get('device', 'CPU')} ({host_info()['cpu']})"
+    if info.get("proxy_for"):
+        where += f", the same ONNX the {info['proxy_for']} engine is built from: a proxy for the engine's accuracy"
+    return where
+
+
 def _weights_meta(meta: dict, spec) -> dict:
     """The edgevit training metadata of a checkpoint, checked against the requested model."""
     ev = meta.get("edgevit") if isinstance(meta.get("edgevit"), dict) else {}
@@ -73,7 +83,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
-          **model_overrides) -> BuildResult:
+          ignore_trt_rules: bool = False, **model_overrides) -> BuildResult:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
@@ -84,7 +94,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.backends import BuildJob, get_backend, require
     from edgevit.bundle import staging_dir, write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
-    from edgevit.export import check_onnx, export_onnx
+    from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization
     from edgevit.measure import compare_latency, host_info, run_batches, top1, torch_runner
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.qat import is_qat_checkpoint, restore
@@ -95,7 +105,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         return _build_best(model, target=target, data=data, weights=weights, out=out, calibration=calibration,
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
-                           qat_lr=qat_lr, qat_samples=qat_samples, **model_overrides)
+                           qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
+                           **model_overrides)
     t_start = time.perf_counter()
     tgt = load_target(target)
     tgt.check_precision(precision)
@@ -143,6 +154,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         apply_state_dict(net, dict(meta["fp32_model"]), weights)  # the FP32 weights QAT started from
     elif weights:
         apply_state_dict(net, state, weights)
+    freeze_weight_standardization(net)  # outputs unchanged; constant conv weights for NNCF and TensorRT
     num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or [])
     classes = classes or [str(i) for i in range(num_classes)]
     pre = data_config(spec, size)
@@ -188,8 +200,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         def compile_and_validate(accuracy_control=None, quantized=None):
             built = backend.build(BuildJob(onnx_path=onnx_path, precision=precision, target=tgt, out_dir=stage,
                                            transformer=spec.is_transformer, calibration=calib, recipe=recipe,
-                                           accuracy_control=accuracy_control, quantized_onnx=quantized))
-            runner = backend.load(stage, partial, threads)
+                                           accuracy_control=accuracy_control, quantized_onnx=quantized,
+                                           allow_rule_violations=ignore_trt_rules))
+            runner = backend.load(stage, {**partial, "backend": built.details}, threads)
             if not ds:
                 return built, runner, {"skipped": "no --data given: accuracy not measured"}
             # the built artifact through its own runtime vs FP32 PyTorch, on held-out images
@@ -198,7 +211,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             got = run_batches(runner, val_u8, pre, desc=f"{precision} ({backend.name})")
             v = {"dataset": ds.spec, "split": ds.val_name, "samples": int(len(labels)),
                  "reference": "PyTorch eager FP32", "reference_top1": top1(ref, labels), "top1": top1(got, labels),
-                 "measured_with": f"{backend.name} on {host_info()['cpu']}"}
+                 "measured_with": _measured_with(runner)}
             v["top1_drop"] = round(v["reference_top1"] - v["top1"], 2)
             v["max_abs_logit_diff"] = round(float(np.abs(ref - got).max()), 5)
             v["argmax_agreement"] = round(float((ref.argmax(1) == got.argmax(1)).mean() * 100), 2)
@@ -220,7 +233,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             if epochs:
                 if qmodel is None:
                     say("QAT: PTQ initialisation of the PyTorch model")
-                    qmodel = quantize_torch(net, calib, recipe, spec.is_transformer)
+                    qmodel = quantize_torch(net, calib, recipe, spec.is_transformer,
+                                            preset="performance" if getattr(backend, "signed_symmetric", False)
+                                            else None)
                 res = finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=qat_lr,
                                samples=qat_samples, checkpoint=qat_ckpt, previous=prev, fp32_state=net.state_dict(),
                                meta={**ev, "model": spec.alias, "classes": classes, "model_overrides": model_overrides,
@@ -303,7 +318,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
 
         # -- latency, side by side with the plain recipes, in the same run ------------------------------------
         lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": tgt.batch}
-        if measure_latency:
+        if runner.info.get("proxy_for"):
+            lat["skipped"] = (f"the {runner.info['proxy_for']} engine runs on the device ({tgt.device}); "
+                              "`edgevit compile BUNDLE` there builds it and measures its latency")
+        elif measure_latency:
             x = np.ascontiguousarray(np.repeat(check_x[:1], tgt.batch, axis=0))
             say(f"measuring latency at batch {tgt.batch}")
             plain = backend.load_default(onnx_path, threads)
@@ -379,23 +397,32 @@ def _build_best(model: str, target: str, out: str, name: str | None, threads: in
         backend = get_backend(tgt.backend)
         runners = {p: backend.load(r.bundle, r.manifest, threads) for p, r in built.items()}
         size = built[next(iter(built))].manifest["model"]["input_size"]
-        x = np.zeros((tgt.batch, *size), np.float32)
-        say(f"--precision best: timing {', '.join(runners)} against each other")
-        lat = compare_latency(runners, x)
+        remote = any(r.info.get("proxy_for") for r in runners.values())
+        if remote:  # the engine runs on the device; nothing here can time it
+            lat = {p: {"p50": None, "p90": None} for p in runners}
+            rule = (f"remote target: latency cannot be measured on this host, so the documented rule applies: the "
+                    f"first of {' > '.join(BEST_ORDER)} that passed the accuracy gate")
+            chosen = next(p for p in BEST_ORDER if p in built)
+            say(f"--precision best: {tgt.name} cannot be timed here; by rule, {chosen} (the lowest precision that "
+                "passed the gate)")
+        else:
+            x = np.zeros((tgt.batch, *size), np.float32)
+            say(f"--precision best: timing {', '.join(runners)} against each other")
+            lat = compare_latency(runners, x)
+            rule = "fastest measured p50 on this host among candidates that passed the accuracy gate"
+            chosen = min(built, key=lambda p: lat[p]["p50"])
+            say(f"--precision best: {chosen} is the fastest that passed ({lat[chosen]['p50']:.3f} ms p50)")
         for p, r in built.items():
             record.append({"precision": p, "executed": runners[p].info.get("executed_precision"),
                            "latency_ms_p50": lat[p]["p50"], "latency_ms_p90": lat[p]["p90"],
                            "top1": r.manifest["validation"].get("top1"),
                            "top1_drop": r.manifest["validation"].get("top1_drop")})
-        chosen = min(built, key=lambda p: lat[p]["p50"])
-        say(f"--precision best: {chosen} is the fastest that passed ({lat[chosen]['p50']:.3f} ms p50)")
         with staging_dir(final) as stage:
             shutil.rmtree(stage)
             shutil.copytree(built[chosen].bundle, stage)
             m = read_manifest(stage)
             m["requested_precision"] = "best"
-            m["selection"] = {"rule": "fastest measured p50 on this host among candidates that passed the "
-                                      "accuracy gate", "chosen": chosen, "candidates": record}
+            m["selection"] = {"rule": rule, "chosen": chosen, "candidates": record}
             update_manifest(stage, m)
     return BuildResult(final, m)
 
@@ -407,9 +434,12 @@ def summary(result: BuildResult) -> str:
     prec = m["precision"].upper()
     lines = [f"bundle    {result.bundle}  ({m['model']['alias']} → {m['target']['name']} {m['precision']}, "
              f"{m['backend']['name']} {m['backend']['version']})"]
+    rt = m["backend"]["runtime"]
+    ran = rt.get("backend", m["backend"]["name"]) + (f" on the CPU, proxy for {rt['proxy_for']}"
+                                                      if rt.get("proxy_for") else "")
     if "top1" in v:
         lines.append(f"accuracy  {v['split']} of {v['dataset']}, {v['samples']} images: FP32 (torch) "
-                     f"{v['reference_top1']:.2f}%  {prec} ({m['backend']['name']}) {v['top1']:.2f}%  "
+                     f"{v['reference_top1']:.2f}%  {prec} ({ran}) {v['top1']:.2f}%  "
                      f"drop {v['top1_drop']:+.2f} pts" + ("  [random weights: meaningless]" if v.get("note") else ""))
     else:
         lines.append(f"accuracy  {v['skipped']}")
@@ -435,9 +465,24 @@ def summary(result: BuildResult) -> str:
     if sel:
         lines.append("selection --precision best → " + sel["chosen"] + ": " + " | ".join(
             f"{c['precision']} rejected ({c['rejected'][:60]}…)" if "rejected" in c else
-            f"{c['precision']} {c['latency_ms_p50']:.3f} ms (ran {c['executed']}), top-1 {c['top1']}"
+            f"{c['precision']} " + (f"{c['latency_ms_p50']:.3f} ms" if c["latency_ms_p50"] is not None else
+                                    "not timed here") + f" (ran {c['executed']}), top-1 {c['top1']}"
             for c in sel["candidates"]))
-    rt = m["backend"]["runtime"]
+    rules = m["backend"].get("trt_rules")
+    if rules:
+        lines.append(f"tensorrt  Q/DQ ONNX: {rules['qdq_pairs']} Q/DQ pairs, TensorRT rules "
+                     + ("passed" if rules["passed"] else f"BROKEN ({len(rules['violations'])}, --ignore-trt-rules)"))
+    engine = m["backend"].get("engine")
+    if engine:
+        plan = m["backend"].get("plan", {})
+        dla = "" if plan.get("dla_core") is None else f" core {plan['dla_core']}"
+        how = (f"{plan.get('device')}{dla}, "
+               f"flags {plan.get('builder_flags')}, strongly typed {plan.get('strongly_typed')}")
+        pending = engine.get("status") == "pending"
+        lines.append(f"engine    pending: {engine['why']}; {engine['next']} ({how})" if pending
+                     else f"engine    built with TensorRT {engine['tensorrt']} on {engine['device_name']} ({how})")
+    if "skipped" in lat:
+        lines.append(f"latency   {lat['skipped']}")
     if "compute_layers_by_precision" in rt:
         lines.append(f"executed  inference precision {rt['inference_precision']}, compute layers by precision "
                      f"{rt['compute_layers_by_precision']}")

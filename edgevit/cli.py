@@ -27,8 +27,13 @@ def _cmd_targets(a) -> int:
     for name in list_targets():
         t = load_target(name)
         ok, why = t.host_support()
-        print(f"{t.name:20} {t.backend:12} {','.join(t.precisions):18} {'yes' if ok else 'no':10} {t.description}"
-              + ("" if ok else f"  [{why}]"))
+        prep, prep_why = t.prepare_support()
+        can = "yes" if ok else ("prepare" if prep else "no")
+        note = "" if ok else (f"  [bundle up to the engine here; engine on the device: {why}]" if prep
+                              else f"  [{prep_why if not prep else why}]")
+        print(f"{t.name:20} {t.backend:12} {','.join(t.precisions):18} {can:10} {t.description}{note}")
+    print("\nyes: builds and runs here. prepare: builds the checked bundle here (Q/DQ ONNX, its accuracy, the engine "
+          "plan); run `edgevit compile BUNDLE` on the device to build the engine.")
     return 0
 
 
@@ -49,8 +54,23 @@ def _cmd_build(a) -> int:
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
-              qat_samples=a.qat_samples)
+              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules)
     print(summary(r))
+    return 0
+
+
+def _cmd_compile(a) -> int:
+    from edgevit.backends.tensorrt import compile_bundle
+
+    m = compile_bundle(a.bundle, log=lambda s: print(s, file=sys.stderr))
+    e, lat = m["backend"]["engine"], m["latency_ms"]
+    print(f"engine    {a.bundle}: TensorRT {e['tensorrt']} on {e['device_name']} (sm {e['compute_capability']}), "
+          f"built in {e['build_seconds']} s; layers by precision {e['layers']['by_precision']}, by device "
+          f"{e['layers']['by_device']}")
+    c = e["check_vs_onnxruntime"]
+    print(f"check     vs the same ONNX on ONNX Runtime: argmax agreement {c['argmax_agreement']}%, max |logit diff| "
+          f"{c['max_abs_logit_diff']}")
+    print(f"latency   p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms at batch 1 on {e['device_name']}")
     return 0
 
 
@@ -152,7 +172,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--distill", action="store_true", help="QAT distils from the FP32 model")
     s.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default: 2%% of the model's training lr)")
     s.add_argument("--qat-samples", type=int, help="QAT training images per epoch (default: the whole train split)")
+    s.add_argument("--ignore-trt-rules", action="store_true",
+                   help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
     s.set_defaults(fn=_cmd_build)
+
+    s = sub.add_parser("compile", help="on a Jetson / NVIDIA GPU: build the TensorRT engine of a bundle")
+    s.add_argument("bundle", help="a bundle written by 'edgevit build --target jetson-...' (or nvidia-gpu)")
+    s.set_defaults(fn=_cmd_compile)
 
     s = sub.add_parser("predict", help="classify images with a bundle")
     s.add_argument("bundle")

@@ -7,12 +7,43 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch.nn as nn
 
 from edgevit.errors import ValidationFailedError
 
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+
+def freeze_weight_standardization(model):
+    """Bake timm's weight-standardized convolutions (``StdConv2d``/``StdConv2dSame``, the ResNet stem of the hybrid
+    ViT) into plain convolutions with the standardized weights, in place. The outputs are unchanged; the exported graph
+    then has constant conv weights instead of a training-mode BatchNormalization on them, which neither NNCF nor
+    TensorRT can treat as weights. Returns ``model``."""
+    import torch
+    import torch.nn.functional as F
+    from timm.layers import StdConv2d, StdConv2dSame
+
+    for m in model.modules():
+        if isinstance(m, (StdConv2d, StdConv2dSame)):
+            with torch.no_grad():
+                w = F.batch_norm(m.weight.reshape(1, m.out_channels, -1), None, None, training=True, momentum=0.0,
+                                 eps=m.eps).reshape_as(m.weight)
+                m.weight.copy_(w)
+            m.__class__ = _FrozenStdConv2d
+    return model
+
+
+class _FrozenStdConv2d(nn.Conv2d):
+    """A weight-standardized conv whose standardization was applied once to its weights."""
+
+    def forward(self, x):
+        if getattr(self, "same_pad", False):
+            from timm.layers.padding import pad_same
+
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 def export_onnx(model, input_size: tuple[int, int], path: Path, dynamic_batch: bool = True) -> Path:
@@ -28,8 +59,20 @@ def export_onnx(model, input_size: tuple[int, int], path: Path, dynamic_batch: b
                           dynamo=False)
     import onnx
 
-    onnx.checker.check_model(str(path))
+    m = clean_onnx(onnx.load(str(path)))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
     return path
+
+
+def clean_onnx(model):
+    """Fold constants (onnxscript's optimizer: shape arithmetic, constant tables such as MaxViT's relative positions)
+    and infer shapes, so every edge is typed and every weight is a constant, as NNCF and TensorRT expect."""
+    import onnx
+    from onnxscript import optimizer
+
+    model = optimizer.optimize(model, input_size_limit=1 << 26, output_size_limit=1 << 26)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 def check_onnx(path: Path, model, images: np.ndarray, atol: float = 1e-3) -> float:

@@ -117,10 +117,13 @@ TORCH_CALIB_BATCH = 32  # NNCF's torch backend collects statistics per item: bat
 
 
 def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, input_name: str | None = None,
-                  preset: str | None = None):
+                  preset: str | None = None, signed_symmetric: bool = False):
     """Quantize an OpenVINO, ONNX or PyTorch model with NNCF. ``transformer`` selects NNCF's transformer model type,
     which keeps LayerNorm, Softmax and residual Adds in higher precision. A PyTorch model comes back with NNCF's
-    fake quantizers inserted: the starting point of quantization-aware training."""
+    fake quantizers inserted: the starting point of quantization-aware training.
+
+    ``signed_symmetric``: symmetric activations, as TensorRT needs (the mixed preset makes them asymmetric). NNCF still
+    picks uint8 after ReLUs; :func:`edgevit.trt_rules.unsigned_to_signed` turns those into int8."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -143,6 +146,8 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
     advanced = AdvancedQuantizationParameters(disable_bias_correction=recipe.bias_correction == "none")
     if recipe.smooth_quant_alpha is not None:
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=recipe.smooth_quant_alpha)
+    if signed_symmetric:
+        preset = "performance"  # symmetric activations; weights are symmetric, signed and per-channel already
     preset_name = preset or recipe.preset
     kwargs = dict(
         preset=nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE,

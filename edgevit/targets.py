@@ -28,6 +28,14 @@ class Target:
     host_precision: str = "f32"
     threads: int = 0
     batch: int = 1
+    # TensorRT targets (Jetson boards, NVIDIA GPUs)
+    compute_capability: str = ""  # the GPU's, e.g. "8.7" for Orin; "" for any GPU
+    tensorrt: str = ""  # the TensorRT its software stack ships (JetPack), for information
+    dla_cores: int = 0  # Deep Learning Accelerator engines on the board
+    dla_core: int = -1  # build for this DLA core (-1: the GPU)
+    gpu_fallback: bool = True  # layers DLA cannot run go to the GPU
+    workspace_mb: int = 0  # builder workspace limit (0: TensorRT's default)
+    batch_range: tuple = ()  # (min, opt, max) batch of the engine's optimization profile; () = (batch,)*3
     path: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -38,23 +46,50 @@ class Target:
             raise TargetError(f"{self.path}: host_precision must be one of {HOST_PRECISIONS}")
         if self.threads < 0 or self.batch < 1:
             raise TargetError(f"{self.path}: threads must be >= 0 and batch >= 1")
+        if self.dla_core >= self.dla_cores and self.dla_core != -1:
+            raise TargetError(f"{self.path}: dla_core {self.dla_core} but the board has {self.dla_cores} DLA cores"
+                              + (" (none: use dla_core = -1)" if not self.dla_cores else ""))
+        b = self.batch_range
+        if b and (len(b) != 3 or not all(isinstance(v, int) for v in b) or not 1 <= b[0] <= b[1] <= b[2]):
+            raise TargetError(f"{self.path}: batch_range must be [min, opt, max] with 1 <= min <= opt <= max, got "
+                              f"{list(b)}")
 
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise UnknownNameError(f"precision for target {self.name}", precision, self.precisions)
 
     def host_support(self) -> tuple[bool, str]:
-        """Can this host build and run this target? (ok, reason)."""
+        """Can this host build and run this target? (ok, reason). For TensorRT targets "build" means the engine;
+        see :meth:`prepare_support` for the part every host can do."""
         from edgevit.backends import get_backend
 
         if self.arch and platform.machine() not in self.arch:
             return False, f"needs a {'/'.join(self.arch)} host, this is {platform.machine()}"
+        if self.backend == "tensorrt":
+            from edgevit.backends.tensorrt import engine_support
+
+            ok, why = engine_support()
+            if ok and self.compute_capability and f"sm {self.compute_capability})" not in why:
+                return False, f"needs a GPU of compute capability {self.compute_capability}; this host has {why}"
+            return ok, why
+        return get_backend(self.backend).available()
+
+    def prepare_support(self) -> tuple[bool, str]:
+        """Can this host write the bundle (everything but a TensorRT engine)? (ok, reason)."""
+        from edgevit.backends import get_backend
+
+        if self.backend != "tensorrt":
+            return self.host_support()
         return get_backend(self.backend).available()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "backend": self.backend, "device": self.device,
                 "precisions": list(self.precisions), "host_precision": self.host_precision,
-                "threads": self.threads, "batch": self.batch}
+                "threads": self.threads, "batch": self.batch, **({
+                    "compute_capability": self.compute_capability, "tensorrt": self.tensorrt,
+                    "dla_cores": self.dla_cores, "dla_core": self.dla_core, "gpu_fallback": self.gpu_fallback,
+                    "workspace_mb": self.workspace_mb, "batch_range": list(self.batch_range), "arch": list(self.arch)}
+                    if self.backend == "tensorrt" else {})}
 
 
 def list_targets() -> dict[str, Path]:

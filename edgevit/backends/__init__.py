@@ -15,6 +15,7 @@ from edgevit.errors import BackendUnavailableError, UnknownNameError
 BACKENDS = {
     "openvino": "edgevit.backends.openvino:OpenVINOBackend",
     "onnxruntime": "edgevit.backends.onnxruntime:ONNXRuntimeBackend",
+    "tensorrt": "edgevit.backends.tensorrt:TensorRTBackend",
 }
 
 
@@ -34,6 +35,7 @@ class BuildJob:
     accuracy_control: tuple[np.ndarray, np.ndarray, float] | None = None
     # A Q/DQ ONNX already quantized in PyTorch (quantization-aware training): compile it as it is, no PTQ.
     quantized_onnx: Path | None = None
+    allow_rule_violations: bool = False  # TensorRT: write a Q/DQ graph that breaks TensorRT's rules anyway
 
 
 @dataclass
