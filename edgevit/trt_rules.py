@@ -76,6 +76,11 @@ def unsigned_to_signed(model) -> int:
     for zp_name in rewrite:
         zp = numpy_helper.to_array(inits[zp_name])
         inits[zp_name].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), zp_name))
+    stale = {n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) == 3
+             and n.input[2] in rewrite}  # their inferred type was uint8
+    kept = [v for v in g.value_info if v.name not in stale]
+    del g.value_info[:]
+    g.value_info.extend(kept)
     for scale_name in set(rewrite.values()):
         scale = numpy_helper.to_array(inits[scale_name])
         inits[scale_name].CopyFrom(numpy_helper.from_array((scale * (255.0 / 127.0)).astype(np.float32), scale_name))

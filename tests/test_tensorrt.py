@@ -1,0 +1,260 @@
+"""TensorRT targets: the rules check on hand-made graphs, plans from every profile, the cross-host flow and the engine
+validity logic. Engine building needs TensorRT and a GPU; those tests skip themselves here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevit import trt_rules
+from edgevit.backends.tensorrt import engine_mismatch, engine_plan
+from edgevit.errors import TargetError
+from edgevit.targets import list_targets, load_target
+from tests.conftest import TINY_VIT
+
+TRT_TARGETS = ["jetson-orin", "jetson-orin-dla", "jetson-orin-nx", "jetson-orin-nano", "jetson-xavier-nx",
+               "nvidia-gpu"]
+
+
+# ----------------------------------------------------------------------------------------------- hand-made graphs
+ZERO_INT8 = np.int8(0)
+
+
+def _qdq_graph(zp=ZERO_INT8, scale=0.1, weight_scale=None, consumer="MatMul", opset=17,
+               residual=False, with_layernorm=False, domain=""):
+    """x → Q → DQ → <consumer> (with a per-channel-quantized 4x4 weight for MatMul/Gemm)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(scale, np.float32), "s"),
+             numpy_helper.from_array(np.asarray(zp), "zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q_x", domain=domain),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq_x")]
+    out = "y"
+    if consumer == "MatMul":
+        w = np.ones((4, 4), np.int8)
+        ws = np.full(4, 0.01, np.float32) if weight_scale is None else weight_scale
+        inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"),
+                  numpy_helper.from_array(np.zeros(ws.shape, np.int8), "wzp")]
+        nodes += [helper.make_node("DequantizeLinear", ["w", "ws", "wzp"], ["wd"], name="dq_w", axis=1),
+                  helper.make_node("MatMul", ["xd", "wd"], ["mm"], name="matmul")]
+        last = "mm"
+    elif consumer == "LayerNormalization":
+        inits += [numpy_helper.from_array(np.ones(4, np.float32), "g"),
+                  numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+        nodes.append(helper.make_node("LayerNormalization", ["xd", "g", "b"], ["ln"], name="layernorm", axis=-1))
+        last = "ln"
+    elif consumer == "Softmax":
+        nodes.append(helper.make_node("Softmax", ["xd"], ["sm"], name="softmax", axis=-1))
+        last = "sm"
+    if residual:
+        nodes.append(helper.make_node("Add", ["xd", "x"], ["res"], name="residual_add"))
+        last = "res"
+    if with_layernorm:
+        inits += [numpy_helper.from_array(np.ones(4, np.float32), "g2"),
+                  numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+        nodes.append(helper.make_node("LayerNormalization", [last, "g2", "b2"], ["ln2"], name="ln2", axis=-1))
+        last = "ln2"
+    nodes.append(helper.make_node("Identity", [last], [out], name="out"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])], inits)
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(g, opset_imports=imports)
+
+
+def _rules(model) -> set[tuple[str, str]]:
+    return {(v.rule, v.node) for v in trt_rules.check(model)}
+
+
+def test_a_legal_qdq_graph_passes():
+    assert trt_rules.check(_qdq_graph()) == []
+
+
+@pytest.mark.parametrize("kwargs, rule, node", [
+    (dict(zp=np.int8(3)), "zero-point", "q_x"),
+    (dict(zp=np.uint8(0)), "dtype", "dq_x"),
+    (dict(opset=13), "opset", "<model>"),
+    (dict(domain="org.openvinotoolkit"), "custom-op", "q_x"),
+    (dict(weight_scale=np.float32(0.01)), "per-channel", "matmul"),
+    (dict(consumer="LayerNormalization"), "quantized-LayerNormalization", "layernorm"),
+    (dict(consumer="Softmax"), "quantized-Softmax", "softmax"),
+    (dict(consumer=None, residual=True, with_layernorm=True), "quantized-residual-add", "residual_add"),
+])
+def test_each_rule_is_caught_and_names_the_node(kwargs, rule, node):
+    found = _rules(_qdq_graph(**kwargs))
+    assert (rule, node) in found, found
+
+
+def test_computed_scale_is_caught():
+    from onnx import helper
+
+    m = _qdq_graph()
+    m.graph.node.insert(0, helper.make_node("Identity", ["s"], ["s2"], name="scale_subgraph"))
+    m.graph.node[1].input[1] = "s2"
+    assert ("scale-constant", "q_x") in _rules(m)
+
+
+def test_cnn_residual_adds_may_be_quantized():
+    """TensorRT fuses a quantized residual Add into the convolution; only transformer graphs forbid it."""
+    assert not any(r == "quantized-residual-add" for r, _ in _rules(_qdq_graph(consumer=None, residual=True)))
+
+
+def test_unsigned_activations_are_rewritten_to_int8_with_the_same_range():
+    import onnxruntime as ort
+
+    m = _qdq_graph(zp=np.uint8(0), scale=0.02)
+    x = np.linspace(0, 5, 4, dtype=np.float32)[None]
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+
+    before = run(m)
+    assert trt_rules.unsigned_to_signed(m) == 1
+    assert trt_rules.check(m) == []
+    # the uint8 grid had steps of 0.02 up to 5.1; the int8 grid has steps of 0.02*255/127 over the same range
+    np.testing.assert_allclose(run(m), before, atol=4 * 0.02 * 255 / 127 * 4 * 0.01 * 4)
+
+
+# ------------------------------------------------------------------------------------------------------ plans
+def test_every_tensorrt_profile_loads_and_plans_int8():
+    assert set(TRT_TARGETS) <= set(list_targets())
+    for name in TRT_TARGETS:
+        t = load_target(name)
+        plan = engine_plan(t, "int8", t.tensorrt or "10.3", (3, 32, 32))
+        assert plan["optimization_profile"]["input"]["min"][1:] == [3, 32, 32]
+        lo, opt, hi = (plan["optimization_profile"]["input"][k][0] for k in ("min", "opt", "max"))
+        assert [lo, opt, hi] == list(t.batch_range)
+        assert plan["device"] == ("DLA" if t.dla_core >= 0 else "GPU")
+        if t.workspace_mb:
+            assert plan["workspace_bytes"] == t.workspace_mb << 20
+
+
+def test_plan_flags_follow_the_tensorrt_version():
+    orin, dla = load_target("jetson-orin"), load_target("jetson-orin-dla")
+    p10 = engine_plan(orin, "int8", "10.3", (3, 32, 32))
+    assert p10["builder_flags"] == ["INT8", "FP16"] and not p10["strongly_typed"]
+    p11 = engine_plan(orin, "int8", "11.4.1", (3, 32, 32))
+    assert p11["builder_flags"] == [] and p11["strongly_typed"]  # flags were removed in TensorRT 11
+    pd = engine_plan(dla, "int8", "10.3", (3, 32, 32))
+    assert pd["dla_core"] == 0 and "GPU_FALLBACK" in pd["builder_flags"] and pd["gpu_fallback"]
+    assert engine_plan(load_target("jetson-xavier-nx"), "fp16", "8.5", (3, 32, 32))["builder_flags"] == ["FP16"]
+    with pytest.raises(TargetError, match="DLA core 0, which runs only fp16 and int8"):
+        engine_plan(dla, "fp32", "10.3", (3, 32, 32))
+    with pytest.raises(TargetError, match="strongly typed"):
+        engine_plan(orin, "fp16", "11.0", (3, 32, 32))
+
+
+def test_orin_nano_has_no_dla_and_a_dla_core_it_lacks_is_refused(tmp_path):
+    assert load_target("jetson-orin-nano").dla_cores == 0
+    bad = tmp_path / "nano-dla.toml"
+    bad.write_text(Path(load_target("jetson-orin-nano").path).read_text().replace("dla_core = -1", "dla_core = 0"))
+    with pytest.raises(TargetError, match="dla_core 0 but the board has 0 DLA cores"):
+        load_target(str(bad))
+
+
+def test_engine_from_another_tensorrt_or_gpu_is_refused():
+    built = {"tensorrt": "10.3.0", "device_name": "Orin", "compute_capability": "8.7"}
+    assert engine_mismatch(built, dict(built)) is None
+    why = engine_mismatch(built, {**built, "tensorrt": "10.7.0"})
+    assert "built with TensorRT 10.3.0, this is TensorRT 10.7.0" in why
+    why = engine_mismatch(built, {"tensorrt": "10.3.0", "device_name": "NVIDIA H100", "compute_capability": "9.0"})
+    assert "built on Orin (sm 8.7), this is NVIDIA H100 (sm 9.0)" in why
+
+
+# ---------------------------------------------------------------------------------------------- cross-host flow
+@pytest.fixture(scope="module")
+def orin_bundle(fmnist_dir, tiny_checkpoint, tmp_path_factory):
+    from edgevit.build import build
+
+    out = tmp_path_factory.mktemp("orin")
+    return build("vit-tiny-fmnist", target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+                 weights=str(tiny_checkpoint), out=str(out), calibration="fast")
+
+
+def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle):
+    import onnx
+
+    m = orin_bundle.manifest
+    b = orin_bundle.bundle
+    assert set(m["files"]) == {"model.onnx", "engine_plan.json", "labels.txt"}
+    assert m["backend"]["trt_rules"]["passed"] and m["backend"]["trt_rules"]["qdq_pairs"] > 0
+    assert trt_rules.check(onnx.load(str(b / "model.onnx"))) == []  # what was shipped is what was checked
+    assert m["backend"]["engine"]["status"] == "pending" and "edgevit compile" in m["backend"]["engine"]["next"]
+    assert json.loads((b / "engine_plan.json").read_text()) == m["backend"]["plan"]
+    v = m["validation"]
+    assert "onnxruntime" in v["measured_with"] and "proxy" in v["measured_with"]
+    assert abs(v["reference_top1"] - v["top1"]) == pytest.approx(abs(v["top1_drop"]))
+    assert "skipped" in m["latency_ms"] and "on the device" in m["latency_ms"]["skipped"]
+
+
+def test_cross_host_bundle_predicts_through_onnxruntime(orin_bundle, png):
+    from edgevit.predict import Predictor
+
+    p = Predictor(orin_bundle.bundle)
+    assert p.runner.info["proxy_for"] == "tensorrt"
+    (pred,) = p.predict_files([png], k=2)
+    assert len(pred.top) == 2 and pred.top[0][1] >= pred.top[1][1]
+
+
+def test_compile_without_tensorrt_says_what_is_missing(orin_bundle, capsys):
+    from edgevit.backends.tensorrt import engine_support
+    from edgevit.cli import main
+
+    if engine_support()[0]:
+        pytest.skip("TensorRT and a GPU are present: test_engine_on_gpu covers compile")
+    assert main(["compile", str(orin_bundle.bundle)]) == 1
+    assert "cannot compile here" in capsys.readouterr().err
+
+
+def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, monkeypatch):
+    from edgevit import trt_rules as rules
+    from edgevit.build import build
+    from edgevit.errors import ValidationFailedError
+
+    fake = [rules.Violation("zero-point", "some_q", "non-zero zero-point")]
+    monkeypatch.setattr(rules, "check", lambda model: fake)
+    kw = dict(target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
+              out=str(tmp_path), **TINY_VIT)
+    with pytest.raises(ValidationFailedError, match=r"(?s)\[zero-point\] some_q.*--ignore-trt-rules"):
+        build("vit-tiny-fmnist", **kw)
+    assert not any(tmp_path.iterdir())
+    r = build("vit-tiny-fmnist", ignore_trt_rules=True, **kw)
+    assert r.manifest["backend"]["trt_rules"]["overridden"] and not r.manifest["backend"]["trt_rules"]["passed"]
+
+
+@pytest.mark.parametrize("model", ["vit-tiny-fmnist", "mobilenetv3-fmnist",
+                                   pytest.param("resnet18-fmnist", marks=pytest.mark.slow),
+                                   pytest.param("hybrid-tiny-fmnist", marks=pytest.mark.slow),
+                                   pytest.param("maxvit-pico-fmnist", marks=pytest.mark.slow)])
+def test_every_family_gives_a_legal_qdq_onnx_for_jetson(model, fmnist_dir, tmp_path):
+    from edgevit.build import build
+
+    r = build(model, target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
+              out=str(tmp_path), val_samples=20)
+    assert r.manifest["backend"]["trt_rules"]["passed"], r.manifest["backend"]["trt_rules"]["violations"]
+
+
+def test_engine_on_gpu(orin_bundle, tmp_path):
+    """Builds and runs a real engine; needs TensorRT, pycuda and an NVIDIA GPU."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it needs an NVIDIA GPU)")
+    pytest.importorskip("pycuda", reason="pycuda is not installed (it needs CUDA)")
+    import shutil
+
+    from edgevit.backends.tensorrt import compile_bundle, engine_support
+    from edgevit.build import build
+
+    ok, why = engine_support()
+    if not ok:
+        pytest.skip(why)
+    b = build("vit-tiny-fmnist", target="nvidia-gpu", precision="int8", data="synthetic", out=str(tmp_path),
+              calibration="fast", **TINY_VIT).bundle
+    if not (b / "model.engine").is_file():  # prepared only: finish it as a user on the device would
+        compile_bundle(b)
+    shutil.copytree(b, tmp_path / "copy")
+    from edgevit.predict import Predictor
+
+    p = Predictor(tmp_path / "copy")
+    assert p.runner.info["backend"] == "tensorrt"
