@@ -74,6 +74,29 @@ def _cmd_compile(a) -> int:
     return 0
 
 
+def _cmd_bench(a) -> int:
+    from edgevit.bench import bench
+
+    run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only)
+    ok = sum(c["status"] == "passed" for c in cells)
+    print(f"bench {run['suite']}: {len(cells)} cells ({ok} passed) in {run['seconds']:.0f} s; run {run['run_id']} "
+          f"appended to {a.db}")
+    for c in cells:
+        print(f"  {c['model']:22} {c['target']:12} {c['precision']:5} {c['status']:17} "
+              + (c.get("error") or f"top-1 {c.get('top1')}  p50 {c.get('p50')} ms  ({c.get('executed')})"))
+    return 0
+
+
+def _cmd_report(a) -> int:
+    from edgevit.report import report
+
+    out, found = report(a.db, a.out, a.suite)
+    print(f"report: {out / 'report.html'} and {out / 'summary.md'}")
+    for f in found:
+        print(f"REGRESSION {f['cell']} ({f['kind']}): {f['message']}")
+    return 3 if found else 0
+
+
 def _cmd_predict(a) -> int:
     from edgevit.predict import Predictor
 
@@ -175,6 +198,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-trt-rules", action="store_true",
                    help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
     s.set_defaults(fn=_cmd_build)
+
+    s = sub.add_parser("bench", help="benchmark a suite of models × targets × precisions into the history database")
+    s.add_argument("--suite", required=True, help="suite .toml (benchmarks/quick.toml, benchmarks/fashion-mnist.toml)")
+    s.add_argument("--db", default="benchmarks/results/history.sqlite", help="SQLite history the run is appended to")
+    s.add_argument("--train-missing", action="store_true", help="train models whose weights file does not exist")
+    s.add_argument("--only", help="only the models whose name contains this")
+    s.set_defaults(fn=_cmd_bench)
+
+    s = sub.add_parser("report", help="HTML + Markdown report of the benchmark history; exit 3 on a regression")
+    s.add_argument("--db", default="benchmarks/results/history.sqlite")
+    s.add_argument("--out", default="benchmarks/results/report", help="directory for report.html and summary.md")
+    s.add_argument("--suite", help="report this suite (default: the latest run's)")
+    s.set_defaults(fn=_cmd_report)
 
     s = sub.add_parser("compile", help="on a Jetson / NVIDIA GPU: build the TensorRT engine of a bundle")
     s.add_argument("bundle", help="a bundle written by 'edgevit build --target jetson-...' (or nvidia-gpu)")

@@ -73,7 +73,8 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
     for k, ts in times.items():
         a = np.asarray(ts)
         out[k] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
-                  "mean": round(float(a.mean()), 4), "iterations": len(a), "batch": int(x.shape[0])}
+                  "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4),
+                  "iterations": len(a), "batch": int(x.shape[0])}
     return out
 
 

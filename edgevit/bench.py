@@ -1,0 +1,240 @@
+"""``edgevit bench``: every model × target × precision of a suite, with its peers, into a SQLite history.
+
+A cell is one ``build`` (which already validates against FP32 and times the artifact interleaved with PyTorch eager
+FP32 and the backend's defaults on the FP32 export), plus top-5, p99 and an Offline throughput figure. One cell
+failing is recorded with its error and never stops the others. Every figure is measured in this run, on this host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+from edgevit._progress import say
+from edgevit.errors import EdgevitError, UsageError
+
+BASELINE_FAMILIES = ("mobilenet", "resnet")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, suite TEXT, git_commit TEXT, started TEXT,
+                                 seconds REAL, env TEXT);
+CREATE TABLE IF NOT EXISTS cells (run_id TEXT, model TEXT, family TEXT, target TEXT, precision TEXT, status TEXT,
+                                  error TEXT, top1 REAL, top5 REAL, top1_drop REAL, p50 REAL, p90 REAL, p99 REAL,
+                                  torch_p50 REAL, default_p50 REAL, throughput REAL, size_bytes INTEGER,
+                                  build_seconds REAL, peak_rss_mb REAL, executed TEXT, details TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    model: str
+    weights: str = ""  # a checkpoint; with train_missing, trained there when absent
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    dataset: str
+    models: tuple
+    targets: tuple
+    precisions: tuple
+    val_samples: int | None = None
+    calibration: str = "default"
+    throughput_batch: int = 16
+    latency_tolerance: float = 0.25  # flag p50 (relative to the same run's PyTorch eager) worse by more than this
+    accuracy_tolerance: float = 0.5  # flag top-1 lower by more than this many points
+    history_window: int = 5  # previous runs a cell is compared with
+    path: str = ""
+
+
+def load_suite(path: str | os.PathLike) -> Suite:
+    p = Path(path)
+    if not p.is_file():
+        shipped = Path(__file__).resolve().parent.parent / "benchmarks" / f"{path}.toml"
+        if shipped.is_file():
+            p = shipped
+        else:
+            raise UsageError(f"suite file not found: {path} (pass e.g. benchmarks/quick.toml)")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"cannot read suite {p}: {e}") from None
+    known = set(Suite.__dataclass_fields__) - {"path"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UsageError(f"{p}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    missing = {"name", "dataset", "models", "targets", "precisions"} - set(raw)
+    if missing:
+        raise UsageError(f"{p}: missing key(s) {sorted(missing)}")
+    models = []
+    for m in raw.pop("models"):
+        bad = set(m) - set(SuiteModel.__dataclass_fields__)
+        if bad or "model" not in m:
+            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides'; got {sorted(m)}")
+        models.append(SuiteModel(**m))
+    families = {_family(m.model) for m in models}
+    if not families & set(BASELINE_FAMILIES):
+        raise UsageError(f"{p}: a suite must include a MobileNet or ResNet baseline beside its ViTs")
+    return Suite(models=tuple(models), targets=tuple(raw.pop("targets")), precisions=tuple(raw.pop("precisions")),
+                 description=raw.pop("description", ""), path=str(p), **raw)
+
+
+def _family(model: str) -> str:
+    from edgevit.models import resolve_spec
+
+    return resolve_spec(model).family
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    import onnxruntime
+    import openvino
+    import torch
+
+    from edgevit import __version__
+    from edgevit.measure import host_info
+
+    return {**host_info(), "edgevit": __version__, "torch": torch.__version__, "openvino": openvino.get_version(),
+            "onnxruntime": onnxruntime.__version__, "threads": os.cpu_count()}
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path) -> dict:
+    """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
+    from edgevit.backends import get_backend
+    from edgevit.build import build
+    from edgevit.data import load_dataset, preprocess_split, sample_indices
+    from edgevit.measure import compare_latency, run_batches, top1, topk
+
+    cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
+    t0 = time.perf_counter()
+    try:
+        if sm.weights and not Path(sm.weights).is_file():
+            raise UsageError(f"weights not found: {sm.weights}; train them or run bench with --train-missing")
+        r = build(sm.model, target=target, precision=precision, data=suite.dataset, weights=sm.weights or None,
+                  out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
+                  **sm.overrides)
+        m = r.manifest
+        v, lat = m["validation"], m["latency_ms"]
+        cell["build_seconds"] = round(time.perf_counter() - t0, 1)
+        cell["status"] = "passed" if m["status"] == "ok" else "failed-validation"
+        cell["size_bytes"] = sum(f["bytes"] for f in m["files"].values())
+        runner = get_backend(m["backend"]["name"]).load(r.bundle, m)
+        cell["executed"] = runner.info.get("executed_precision")
+        if "top1" in v:
+            from edgevit.data import Preprocessing
+
+            ds = load_dataset(suite.dataset)
+            pre = Preprocessing.from_dict(m["preprocessing"])
+            n = len(ds.val)
+            idx = sample_indices(n, suite.val_samples, seed=0) if suite.val_samples and suite.val_samples < n \
+                else np.arange(n)
+            split = ds.val.subset(idx)
+            logits = run_batches(runner, preprocess_split(split, pre, "bench images"), pre, desc="top-5")
+            cell.update(top1=top1(logits, split.labels), top5=topk(logits, split.labels, 5), top1_drop=v["top1_drop"])
+        if "artifact" in lat:
+            cell.update(p50=lat["artifact"]["p50"], p90=lat["artifact"]["p90"], p99=lat["artifact"].get("p99"))
+            base = lat["baselines"]
+            cell["torch_p50"] = base["torch_eager_fp32"]["p50"]
+            cell["default_p50"] = next(b["p50"] for k, b in base.items() if k.endswith("_default_fp32_export"))
+            xb = np.zeros((suite.throughput_batch, *m["model"]["input_size"]), np.float32)
+            off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
+            cell["throughput"] = round(suite.throughput_batch * 1000.0 / off["mean"], 1)
+        cell["details"] = {"latency": lat, "validation": v, "backend": {k: m["backend"].get(k) for k in
+                                                                         ("name", "version", "quantizer")},
+                           "throughput_batch": suite.throughput_batch,
+                           "weights": Path(sm.weights).name if sm.weights else "random (accuracy meaningless)"}
+    except (EdgevitError, Exception) as e:  # one failing cell never stops the others
+        cell.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                    build_seconds=round(time.perf_counter() - t0, 1),
+                    details={"traceback": traceback.format_exc(limit=3)})
+    cell["peak_rss_mb"] = _peak_rss_mb()
+    return cell
+
+
+def open_db(path: str | os.PathLike) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path))
+    db.executescript(SCHEMA)
+    return db
+
+
+def record(db: sqlite3.Connection, run: dict, cells: list[dict]) -> None:
+    cols = ["model", "family", "target", "precision", "status", "error", "top1", "top5", "top1_drop", "p50", "p90",
+            "p99", "torch_p50", "default_p50", "throughput", "size_bytes", "build_seconds", "peak_rss_mb", "executed"]
+    with db:
+        db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?)", (run["run_id"], run["suite"], run["git_commit"],
+                                                             run["started"], run["seconds"], json.dumps(run["env"])))
+        for c in cells:
+            db.execute(f"INSERT INTO cells VALUES (?,{','.join('?' * len(cols))},?)",
+                       (run["run_id"], *[c.get(k) for k in cols], json.dumps(c.get("details", {}))))
+
+
+def train_missing(suite: Suite) -> None:
+    """Train the suite's models whose ``weights`` file does not exist yet, with their recipe, where it points."""
+    from edgevit.train import train
+
+    for sm in suite.models:
+        if sm.weights and not Path(sm.weights).is_file():
+            say(f"bench: {sm.weights} is missing; training {sm.model} on {suite.dataset}")
+            r = train(sm.model, suite.dataset, Path(sm.weights).parent, **sm.overrides)
+            if r.best_path != Path(sm.weights):
+                os.replace(r.best_path, sm.weights)
+
+
+def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,
+          train: bool = False, only: str | None = None) -> tuple[dict, list[dict]]:
+    """Run every cell of a suite; append the run to the history database. Returns (run, cells)."""
+    import tempfile
+
+    suite = load_suite(suite_path)
+    if train:
+        train_missing(suite)
+    grid = [(sm, t, p) for sm in suite.models for t in suite.targets for p in suite.precisions
+            if only is None or only in sm.model]
+    run = {"run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+           "suite": suite.name, "git_commit": git_commit(), "started": datetime.now(timezone.utc).isoformat(),
+           "env": {**environment(), "tolerances": {"latency": suite.latency_tolerance,
+                                                   "accuracy": suite.accuracy_tolerance,
+                                                   "window": suite.history_window}}}
+    t0 = time.perf_counter()
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="edgevit-bench-", dir=work) as tmp:
+        for i, (sm, target, precision) in enumerate(grid, 1):
+            from edgevit.targets import load_target
+
+            if precision not in load_target(target).precisions:
+                continue
+            say(f"bench [{i}/{len(grid)}] {sm.model} → {target} {precision}")
+            c = run_cell(sm, target, precision, suite, Path(tmp))
+            say(f"bench [{i}/{len(grid)}] {c['status']}" + (f": {c['error']}" if c.get("error") else
+                f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
+            cells.append(c)
+    run["seconds"] = round(time.perf_counter() - t0, 1)
+    db = open_db(db_path)
+    record(db, run, cells)
+    db.close()
+    return run, cells

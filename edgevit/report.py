@@ -1,0 +1,274 @@
+"""``edgevit report``: the benchmark history as a self-contained HTML page and a Markdown summary.
+
+The latest run's table (grouped by model family, the MobileNet/ResNet baselines beside the ViTs), accuracy against
+latency with the Pareto front per target, trends per cell across runs, and regressions against the recent history.
+Latency is compared as the ratio to the same run's PyTorch eager FP32 of the same model, which cancels most of a
+noisy machine's drift; where a cell has no such peer, its raw p50 is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+from statistics import median
+
+from edgevit.errors import UsageError
+
+FAMILY_ORDER = ("vit", "hybrid", "maxvit", "other", "mobilenet", "resnet")
+DEFAULT_TOLERANCES = {"latency": 0.25, "accuracy": 0.5, "window": 5}
+
+
+def load(db_path: str | os.PathLike, suite: str | None = None) -> tuple[list[dict], list[dict]]:
+    if not Path(db_path).is_file():
+        raise UsageError(f"no benchmark history at {db_path}; run 'edgevit bench --suite ...' first")
+    db = sqlite3.connect(str(db_path))
+    db.row_factory = sqlite3.Row
+    q = "SELECT * FROM runs" + (" WHERE suite = ?" if suite else "") + " ORDER BY started"
+    runs = [dict(r) for r in db.execute(q, (suite,) if suite else ())]
+    if not runs:
+        raise UsageError(f"{db_path} has no runs" + (f" of suite {suite!r}" if suite else ""))
+    ids = {r["run_id"] for r in runs}
+    cells = [dict(c) for c in db.execute("SELECT * FROM cells") if c["run_id"] in ids]
+    db.close()
+    for r in runs:
+        r["env"] = json.loads(r["env"] or "{}")
+    return runs, cells
+
+
+def _key(c: dict) -> tuple:
+    return c["model"], c["target"], c["precision"]
+
+
+def _latency_metric(c: dict) -> tuple[float | None, str]:
+    if c.get("p50") and c.get("torch_p50"):
+        return c["p50"] / c["torch_p50"], "p50 / same-run PyTorch eager p50"
+    return c.get("p50"), "p50 (ms)"
+
+
+def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = None) -> list[dict]:
+    """Cells of the latest run that are slower, less accurate or broken compared with the median of the previous
+    ``window`` runs of the same suite."""
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or runs[-1]["env"].get("tolerances") or {})}
+    latest = runs[-1]
+    previous = [r["run_id"] for r in runs[:-1] if r["suite"] == latest["suite"]][-int(tol["window"]):]
+    found = []
+    for c in (c for c in cells if c["run_id"] == latest["run_id"]):
+        hist = [h for h in cells if h["run_id"] in previous and _key(h) == _key(c)]
+        ok_hist = [h for h in hist if h["status"] == "passed"]
+        name = " ".join(_key(c))
+        if hist and c["status"] != "passed" and ok_hist:
+            found.append({"cell": name, "kind": "status", "message": f"{c['status']} (was passed): {c.get('error')}"})
+            continue
+        metric, what = _latency_metric(c)
+        past = [m for m in (_latency_metric(h)[0] for h in ok_hist) if m]
+        if metric and past and metric > median(past) * (1 + tol["latency"]):
+            found.append({"cell": name, "kind": "latency", "message": f"{what} {metric:.3f} vs median "
+                          f"{median(past):.3f} of {len(past)} previous runs "
+                          f"(+{(metric / median(past) - 1) * 100:.0f}%, tolerance {tol['latency'] * 100:.0f}%)"})
+        accs = [h["top1"] for h in ok_hist if h.get("top1") is not None]
+        if c.get("top1") is not None and accs and c["top1"] < median(accs) - tol["accuracy"]:
+            found.append({"cell": name, "kind": "accuracy", "message": f"top-1 {c['top1']:.2f}% vs median "
+                          f"{median(accs):.2f}% (tolerance {tol['accuracy']} points)"})
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------- charts
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The points no other point beats on both latency (lower) and accuracy (higher), by latency."""
+    front, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def accuracy_latency_chart(latest: list[dict]) -> str | None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({c["target"] for c in latest if c.get("p50") and c.get("top1") is not None})
+    if not targets:
+        return None
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
+    markers = {"fp32": "o", "bf16": "s", "fp16": "D", "int8": "^"}
+    for ax, t in zip(axes[0], targets):
+        pts = [(c["p50"], c["top1"], f"{c['model']} {c['precision']}", c) for c in latest
+               if c["target"] == t and c.get("p50") and c.get("top1") is not None]
+        for x, y, label, c in pts:
+            base = c["family"] in ("mobilenet", "resnet")
+            ax.scatter(x, y, marker=markers.get(c["precision"], "o"), s=60,
+                       color="tab:gray" if base else "tab:blue", edgecolor="black", zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        front = pareto([(x, y, label) for x, y, label, _ in pts])
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", label="Pareto front", zorder=2)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{t}: accuracy vs latency (blue: transformers, gray: CNN baselines)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str]) -> str | None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = {r["run_id"]: i for i, r in enumerate(runs)}
+    keys = sorted({_key(c) for c in cells})
+    if len(runs) < 2 or not keys:
+        return None
+    keys = keys[:24]
+    cols = 4
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        series = sorted((order[c["run_id"]], _latency_metric(c)[0], c.get("top1")) for c in cells
+                        if _key(c) == k and c["status"] == "passed")
+        xs = [s[0] for s in series]
+        ax.plot(xs, [s[1] for s in series], "o-", color="tab:red" if " ".join(k) in flagged else "tab:blue")
+        ax.set_title(" ".join(k), fontsize=8)
+        ax.set_ylabel("p50 / torch p50", fontsize=7)
+        ax.tick_params(labelsize=7)
+        acc = ax.twinx()
+        acc.plot(xs, [s[2] for s in series], "s:", color="tab:green", markersize=3)
+        acc.tick_params(labelsize=6, colors="tab:green")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("trend per cell across runs: latency relative to PyTorch eager (line), top-1 % (green, right axis)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------------- tables
+COLUMNS = [("model", "model"), ("target", "target"), ("precision", "precision"), ("status", "status"),
+           ("weights", "weights"),
+           ("top1", "top-1 %"), ("top5", "top-5 %"), ("top1_drop", "drop vs FP32"), ("p50", "p50 ms"),
+           ("p90", "p90 ms"), ("p99", "p99 ms"), ("x_torch", "× torch eager"), ("x_default", "× backend default"),
+           ("throughput", "img/s (offline)"), ("size_mb", "size MB"), ("build_seconds", "build s"),
+           ("peak_rss_mb", "peak RSS MB"), ("executed", "executed")]
+
+
+def _row(c: dict) -> dict:
+    r = dict(c)
+    r["x_torch"] = round(c["torch_p50"] / c["p50"], 2) if c.get("p50") and c.get("torch_p50") else None
+    r["x_default"] = round(c["default_p50"] / c["p50"], 2) if c.get("p50") and c.get("default_p50") else None
+    r["weights"] = json.loads(c.get("details") or "{}").get("weights", "?")
+    r["size_mb"] = round(c["size_bytes"] / 1e6, 2) if c.get("size_bytes") else None
+    return r
+
+
+def _grouped(latest: list[dict]) -> list[dict]:
+    return sorted((_row(c) for c in latest), key=lambda c: (
+        FAMILY_ORDER.index(c["family"]) if c["family"] in FAMILY_ORDER else 3, c["model"], c["target"],
+        c["precision"]))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1 else (f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}")
+    return str(v)
+
+
+def markdown(runs, latest, found) -> str:
+    run = runs[-1]
+    env = run["env"]
+    lines = [f"# edgevit benchmark: suite {run['suite']}, run {run['run_id']}",
+             "", f"commit {run['git_commit']}, {run['started']}, {run['seconds']} s on {env.get('cpu')} "
+             f"({env.get('cores')} cores, ISA {','.join(env.get('isa', [])) or '?'}); torch {env.get('torch')}, "
+             f"OpenVINO {env.get('openvino')}, ONNX Runtime {env.get('onnxruntime')}. Every figure measured in this "
+             "run on this host; '× torch eager' > 1 means faster than PyTorch eager FP32 of the same model.", "",
+             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for c in _grouped(latest):
+        lines.append("| " + " | ".join(_fmt(c.get(k)) if k != "status" or not c.get("error") else
+                                       f"failed: {c['error'][:80]}" for k, _ in COLUMNS) + " |")
+    lines += ["", f"## Regressions against the previous runs: {len(found)}"]
+    lines += [f"- **{f['cell']}** ({f['kind']}): {f['message']}" for f in found] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(runs, latest, found, charts: dict) -> str:
+    run = runs[-1]
+    esc = html.escape
+    rows = []
+    family = None
+    for c in _grouped(latest):
+        if c["family"] != family:
+            family = c["family"]
+            label = family + (" (baseline)" if family in ("mobilenet", "resnet") else "")
+            rows.append(f'<tr class="fam"><td colspan="{len(COLUMNS)}">{esc(label)}</td></tr>')
+        cls = "bad" if c["status"] != "passed" else ""
+        tds = "".join(f"<td>{esc(_fmt(c.get(k)))}</td>" for k, _ in COLUMNS)
+        title = f' title="{esc(c["error"])}"' if c.get("error") else ""
+        rows.append(f'<tr class="{cls}"{title}>{tds}</tr>')
+    regs = "".join(f"<li><b>{esc(f['cell'])}</b> ({esc(f['kind'])}): {esc(f['message'])}</li>" for f in found)
+    imgs = "".join(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
+                   for title, b64 in charts.items() if b64)
+    env = run["env"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(run['suite'])}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
+tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
+.reg{{color:{'#b00' if found else '#070'}}} img{{max-width:100%}}</style></head><body>
+<h1>edgevit benchmark: suite {esc(run['suite'])}</h1>
+<p>run {esc(run['run_id'])}, commit {esc(run['git_commit'])}, {esc(run['started'])}, {run['seconds']} s, {len(runs)}
+run(s) in the history. Host: {esc(str(env.get('cpu')))} ({env.get('cores')} cores, ISA
+{esc(','.join(env.get('isa', [])))}); torch {esc(str(env.get('torch')))}, OpenVINO {esc(str(env.get('openvino')))},
+ONNX Runtime {esc(str(env.get('onnxruntime')))}. Every figure was measured in this run on this host; latency is the
+wall clock per call at batch 1 (SingleStream), timed interleaved with PyTorch eager FP32 and the backend's defaults on
+the FP32 export of the same model.</p>
+<h2 class="reg">Regressions: {len(found)}</h2><ul>{regs or '<li>none</li>'}</ul>
+<table><tr>{''.join(f'<th>{esc(h)}</th>' for _, h in COLUMNS)}</tr>{''.join(rows)}</table>
+{imgs}</body></html>"""
+
+
+def report(db_path: str = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
+           suite: str | None = None) -> tuple[Path, list[dict]]:
+    """Write ``report.html`` and ``summary.md`` into ``out`` (atomically). Returns (out, regressions)."""
+    from edgevit.bundle import staging_dir
+
+    runs, cells = load(db_path, suite)
+    if suite is None:  # the latest run's suite
+        runs = [r for r in runs if r["suite"] == runs[-1]["suite"]]
+        ids = {r["run_id"] for r in runs}
+        cells = [c for c in cells if c["run_id"] in ids]
+    latest = [c for c in cells if c["run_id"] == runs[-1]["run_id"]]
+    found = regressions(runs, cells)
+    flagged = {f["cell"] for f in found}
+    charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
+              "Trends": trend_chart(runs, cells, flagged)}
+    final = Path(out)
+    with staging_dir(final) as stage:
+        (stage / "report.html").write_text(html_page(runs, latest, found, charts))
+        (stage / "summary.md").write_text(markdown(runs, latest, found))
+        for title, b64 in charts.items():
+            if b64:
+                (stage / ("pareto.png" if title.startswith("Acc") else "trends.png")).write_bytes(
+                    base64.b64decode(b64))
+    return final, found

@@ -1,0 +1,142 @@
+"""Benchmark harness and report: a real run of a tiny suite, history, trends, and an injected slowdown."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgevit.errors import UsageError
+
+SUITE = """
+name = "t"
+dataset = "{data}"
+val_samples = 40
+calibration = "fast"
+targets = ["cpu-x86"]
+precisions = ["fp32", "int8"]
+throughput_batch = 4
+
+[[models]]
+model = "vit-tiny-fmnist"
+weights = "{weights}"
+
+[[models]]
+model = "mobilenetv3-fmnist"
+overrides = {{ bogus_kwarg = 1 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_run(fmnist_dir, tiny_checkpoint, tmp_path_factory):
+    from edgevit.bench import bench
+
+    d = tmp_path_factory.mktemp("bench")
+    suite = d / "t.toml"
+    suite.write_text(SUITE.format(data=f"fashion-mnist:{fmnist_dir}", weights=tiny_checkpoint))
+    run, cells = bench(str(suite), db_path=str(d / "h.sqlite"))
+    return d, run, cells
+
+
+def test_every_cell_is_recorded_and_a_failing_cell_does_not_stop_the_others(bench_run):
+    d, run, cells = bench_run
+    by = {(c["model"], c["precision"]): c for c in cells}
+    assert len(cells) == 4
+    for p in ("fp32", "int8"):
+        ok = by[("vit-tiny-fmnist", p)]
+        assert ok["status"] == "passed", ok.get("error")
+        assert 0 <= ok["top1"] <= ok["top5"] <= 100
+        assert ok["p50"] <= ok["p90"] <= ok["p99"] and ok["torch_p50"] > 0 and ok["default_p50"] > 0
+        assert ok["throughput"] > 0 and ok["size_bytes"] > 0 and ok["peak_rss_mb"] > 0
+        bad = by[("mobilenetv3-fmnist", p)]
+        assert bad["status"] == "failed" and "bogus_kwarg" in bad["error"]
+    assert by[("vit-tiny-fmnist", "int8")]["executed"] == "int8"
+    db = sqlite3.connect(d / "h.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM cells WHERE run_id = ?", (run["run_id"],)).fetchone()[0] == 4
+    env = json.loads(db.execute("SELECT env FROM runs").fetchone()[0])
+    assert env["cpu"] and env["openvino"] and env["tolerances"]["latency"] == 0.25
+
+
+def _copy_run(db_path: Path, run_id: str, new_id: str, slow: float = 1.0, top1_delta: float = 0.0) -> None:
+    """Append a copy of ``run_id`` as a later run, its vit int8 cell slower by ``slow`` (an injected slowdown)."""
+    db = sqlite3.connect(db_path)
+    with db:
+        r = list(db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+        r[0], r[3] = new_id, "2999-01-0" + new_id[-1]  # a later start time
+        db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?)", r)
+        for c in db.execute("SELECT * FROM cells WHERE run_id = ?", (run_id,)).fetchall():
+            c = list(c)
+            c[0] = new_id
+            if c[1] == "vit-tiny-fmnist" and c[4] == "int8":
+                c[10], c[7] = c[10] * slow, c[7] + top1_delta  # p50, top1
+            db.execute(f"INSERT INTO cells VALUES ({','.join('?' * len(c))})", c)
+
+
+def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp_path):
+    import shutil
+
+    from edgevit.cli import main
+
+    d, run, _ = bench_run
+    db = tmp_path / "h.sqlite"
+    shutil.copy(d / "h.sqlite", db)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r1")]) == 0  # one run: nothing to compare
+    _copy_run(db, run["run_id"], "run2")
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r2")]) == 0  # same figures: no regression
+    assert (tmp_path / "r2" / "trends.png").is_file()  # two runs make a trend
+    _copy_run(db, run["run_id"], "run3", slow=2.0, top1_delta=-5.0)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r3")]) == 3
+    md = (tmp_path / "r3" / "summary.md").read_text()
+    assert "Regressions against the previous runs: 2" in md
+    assert "vit-tiny-fmnist cpu-x86 int8** (latency)" in md and "(accuracy)" in md
+    page = (tmp_path / "r3" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "mobilenet (baseline)" in page
+    assert "bogus_kwarg" in page  # the failed cell's error is on the page
+
+
+def test_regressions_follow_the_ratio_to_pytorch_so_a_slow_machine_is_not_a_regression():
+    from edgevit.report import regressions
+
+    runs = [{"run_id": f"r{i}", "suite": "s", "env": {}} for i in range(4)]
+    base = dict(model="m", target="t", precision="int8", status="passed", top1=90.0)
+    cells = [{**base, "run_id": "r0", "p50": 1.0, "torch_p50": 4.0}, {**base, "run_id": "r1", "p50": 1.1,
+             "torch_p50": 4.2}, {**base, "run_id": "r2", "p50": 0.9, "torch_p50": 3.8},
+             {**base, "run_id": "r3", "p50": 2.0, "torch_p50": 8.0}]  # everything twice as slow: a busy machine
+    assert regressions(runs, cells) == []
+    cells[-1]["torch_p50"] = 4.0  # only the artifact got slower
+    assert [f["kind"] for f in regressions(runs, cells)] == ["latency"]
+    cells[-1].update(status="failed", error="boom")
+    assert [f["kind"] for f in regressions(runs, cells)] == ["status"]
+
+
+def test_pareto_front():
+    from edgevit.report import pareto
+
+    pts = [(1.0, 80, "a"), (2.0, 85, "b"), (1.5, 70, "c"), (3.0, 84, "d"), (0.5, 60, "e")]
+    assert [p[2] for p in pareto(pts)] == ["e", "a", "b"]
+
+
+def test_suite_errors(tmp_path):
+    from edgevit.bench import load_suite
+
+    p = tmp_path / "s.toml"
+    p.write_text('name="x"\ndataset="synthetic"\ntargets=["cpu-x86"]\nprecisions=["fp32"]\n'
+                 '[[models]]\nmodel="vit-tiny-fmnist"\n')
+    with pytest.raises(UsageError, match="MobileNet or ResNet baseline"):
+        load_suite(p)
+    p.write_text(p.read_text().replace('name="x"', 'name="x"\nlatency_tol=0.1'))
+    with pytest.raises(UsageError, match="unknown key"):
+        load_suite(p)
+    assert {m.model for m in load_suite("benchmarks/fashion-mnist.toml").models} >= {"maxvit-pico-fmnist",
+                                                                                      "resnet18-fmnist"}
+
+
+@pytest.mark.slow
+def test_quick_suite_runs(tmp_path):
+    """The CI-sized suite end to end (the shipped file, unchanged)."""
+    from edgevit.cli import main
+
+    assert main(["bench", "--suite", "benchmarks/quick.toml", "--db", str(tmp_path / "h.sqlite")]) == 0
+    assert main(["report", "--db", str(tmp_path / "h.sqlite"), "--out", str(tmp_path / "r")]) == 0
