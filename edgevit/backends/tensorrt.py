@@ -251,12 +251,10 @@ class TensorRTBackend:
     signed_symmetric = True  # INT8 must be symmetric and signed (zero-point 0, int8)
 
     def available(self) -> tuple[bool, str]:
-        """The part of a TensorRT build that runs on any host: ONNX, NNCF, ONNX Runtime."""
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as e:
-            return False, f"onnxruntime is not importable ({e}); pip install onnxruntime"
-        return True, "ok"
+        """The part of a TensorRT build that runs on any host needs what the ONNX Runtime backend needs."""
+        from edgevit.backends.onnxruntime import ONNXRuntimeBackend
+
+        return ONNXRuntimeBackend().available()
 
     def version(self) -> str:
         try:
