@@ -258,3 +258,14 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
 
     p = Predictor(tmp_path / "copy")
     assert p.runner.info["backend"] == "tensorrt"
+
+
+def test_best_for_a_remote_target_follows_the_documented_rule(fmnist_dir, tiny_checkpoint, tmp_path):
+    from edgevit.build import build
+
+    r = build("vit-tiny-fmnist", target="jetson-orin-dla", precision="best", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(tiny_checkpoint), out=str(tmp_path), calibration="fast", val_samples=50)
+    sel = r.manifest["selection"]
+    assert sel["chosen"] == "int8" and "cannot be measured on this host" in sel["rule"]
+    assert {c["precision"] for c in sel["candidates"]} == {"int8", "fp16"}  # what the DLA profile allows
+    assert all(c["latency_ms_p50"] is None for c in sel["candidates"])  # nothing was timed that could not be
