@@ -269,3 +269,17 @@ def test_best_for_a_remote_target_follows_the_documented_rule(fmnist_dir, tiny_c
     assert sel["chosen"] == "int8" and "cannot be measured on this host" in sel["rule"]
     assert {c["precision"] for c in sel["candidates"]} == {"int8", "fp16"}  # what the DLA profile allows
     assert all(c["latency_ms_p50"] is None for c in sel["candidates"])  # nothing was timed that could not be
+
+
+def test_layer_summary_reads_the_inspector_json():
+    from edgevit.backends.tensorrt import layer_summary
+
+    layers = {"Layers": [{"Name": "conv", "LayerType": "CaskConvolution",
+                          "Outputs": [{"Format/Datatype": "Channel major INT8 format where channel % 32 == 0"}]},
+                         {"Name": "ln", "LayerType": "Normalization", "Outputs": [{"Format/Datatype":
+                                                                                  "Row major linear FP16 format"}]},
+                         {"Name": "head", "LayerType": "Gemm",
+                          "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+                         "a layer printed as a string at lower verbosity"]}
+    s = layer_summary(layers)
+    assert s["by_precision"] == {"INT8": 1, "FP16": 1, "FP32": 1} and s["by_device"] == {"GPU": 3}

@@ -194,7 +194,9 @@ def layer_summary(layers: dict) -> dict:
             continue
         outs = layer.get("Outputs") or [{}]
         fmt = str(outs[0].get("Format/Datatype", "unknown"))
-        prec = next((p for p in ("Int8", "Half", "Float", "FP8") if p.lower() in fmt.lower()), fmt)
+        low = fmt.lower()  # e.g. "Row major linear FP32", "Channel major FP16 format ...", "Int8"
+        prec = next((name for name, keys in (("INT8", ("int8",)), ("FP16", ("fp16", "half")), ("FP8", ("fp8",)),
+                                             ("FP32", ("fp32", "float"))) if any(k in low for k in keys)), fmt)
         by_precision[prec] = by_precision.get(prec, 0) + 1
         where = "DLA" if "dla" in str(layer.get("LayerType", "")).lower() or "DLA" in str(layer.get("Name", "")) \
             else "GPU"
