@@ -67,24 +67,25 @@ def unsigned_to_signed(model) -> int:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    rewrite: dict[str, str] = {}  # zero-point initializer → its scale initializer
+    rewritten = []
     for n in g.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) == 3 and n.input[2] in inits:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) == 3 and n.input[2] in inits \
+                and n.input[1] in inits:
             zp = numpy_helper.to_array(inits[n.input[2]])
-            if zp.dtype == np.uint8 and not np.any(zp) and n.input[1] in inits:
-                rewrite[n.input[2]] = n.input[1]
-    for zp_name in rewrite:
-        zp = numpy_helper.to_array(inits[zp_name])
-        inits[zp_name].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), zp_name))
-    stale = {n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) == 3
-             and n.input[2] in rewrite}  # their inferred type was uint8
+            if zp.dtype == np.uint8 and not np.any(zp):
+                # new constants for this node: optimizers share equal constants between nodes, and a scale shared
+                # with an int8 pair must not be widened with it
+                scale = numpy_helper.to_array(inits[n.input[1]]) * (255.0 / 127.0)
+                base = (n.name or n.output[0]).replace("/", "_")
+                g.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), f"{base}_int8_scale"),
+                                      numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), f"{base}_int8_zp")])
+                n.input[1], n.input[2] = f"{base}_int8_scale", f"{base}_int8_zp"
+                rewritten.append(n)
+    stale = {n.output[0] for n in rewritten if n.op_type == "QuantizeLinear"}  # their inferred type was uint8
     kept = [v for v in g.value_info if v.name not in stale]
     del g.value_info[:]
     g.value_info.extend(kept)
-    for scale_name in set(rewrite.values()):
-        scale = numpy_helper.to_array(inits[scale_name])
-        inits[scale_name].CopyFrom(numpy_helper.from_array((scale * (255.0 / 127.0)).astype(np.float32), scale_name))
-    return len(rewrite)
+    return len(rewritten)
 
 
 def check(model_or_path) -> list[Violation]:
