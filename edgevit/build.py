@@ -95,7 +95,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.bundle import staging_dir, write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization
-    from edgevit.measure import compare_latency, host_info, run_batches, top1, torch_runner
+    from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.qat import is_qat_checkpoint, restore
     from edgevit.quantize import calibration_images, load_recipe
@@ -211,7 +211,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             got = run_batches(runner, val_u8, pre, desc=f"{precision} ({backend.name})")
             v = {"dataset": ds.spec, "split": ds.val_name, "samples": int(len(labels)),
                  "reference": "PyTorch eager FP32", "reference_top1": top1(ref, labels), "top1": top1(got, labels),
-                 "measured_with": _measured_with(runner)}
+                 "top5": topk(got, labels, 5), "measured_with": _measured_with(runner)}
             v["top1_drop"] = round(v["reference_top1"] - v["top1"], 2)
             v["max_abs_logit_diff"] = round(float(np.abs(ref - got).max()), 5)
             v["argmax_agreement"] = round(float((ref.argmax(1) == got.argmax(1)).mean() * 100), 2)
@@ -249,8 +249,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             if ds:
                 ort_runner = ORTRunner(qdq, threads)
                 got = run_batches(ort_runner, val_u8, pre, desc="Q/DQ ONNX (onnxruntime)")
-                qat["qdq_onnx"] = {"top1": top1(got, val_split.labels), "measured_with":
-                                   f"onnxruntime {ort_runner.info['version']} on {host_info()['cpu']}"}
+                qat["qdq_onnx"] = {"top1": top1(got, val_split.labels), "measured_with": _measured_with(ort_runner)}
             return qdq
 
         if qmodel is not None:  # a QAT checkpoint: first as it is, without training
