@@ -41,7 +41,7 @@ def _cmd_train(a) -> int:
     from edgevit.train import train
 
     r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=a.weights,
-              resume=a.resume, seed=a.seed)
+              resume=a.resume, seed=a.seed, limit=a.limit)
     print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "
           f"{r.best_top1:.2f}%; checkpoints: {r.best_path}, {r.last_path}")
     return 0
@@ -169,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="initial weights to fine-tune from")
     s.add_argument("--resume", help="last.pt of an interrupted run")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int,
+                   help="train on the first N images of the train split (held-out set: N/5); for slow models")
     s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("build", help="quantize, compile, validate and bundle a model for a target")

@@ -120,6 +120,8 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     lr = lr or d.lr
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UsageError("--epochs and --batch-size must be at least 1 and --lr positive")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {limit}); omit it to train on the whole train split")
     torch.manual_seed(seed)
     np.random.seed(seed)
 
@@ -148,6 +150,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
         "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
         "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
+        "train_images": len(tr_idx), "holdout_images": len(ho_idx),
     }
     if resume:
         ck = torch.load(resume, map_location="cpu", weights_only=True)

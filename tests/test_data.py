@@ -109,3 +109,18 @@ def test_balanced_sampling():
     idx = sample_indices(len(labels), 10, seed=0, labels=labels)
     assert len(set(idx)) == 10
     assert np.bincount(labels[idx], minlength=5).tolist() == [2] * 5
+
+
+def test_progress_in_a_log_writes_plain_lines(monkeypatch, capsys):
+    """Under nohup or CI stderr is no terminal: long loops say where they are in whole lines, not a bar."""
+    from edgevit import _progress
+
+    monkeypatch.delenv("EDGEVIT_QUIET", raising=False)
+    monkeypatch.setattr(_progress, "LOG_INTERVAL_S", 0.0)
+    assert list(_progress.progress(range(4), desc="epoch 1/2")) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("epoch 1/2: 1/4 (25%) in ") and "left" in lines[0]
+    assert len(lines) == 3 and "\r" not in "".join(lines)  # the last step is not announced: the caller reports it
+    monkeypatch.setenv("EDGEVIT_QUIET", "1")
+    assert list(_progress.progress(range(4), desc="x")) == [0, 1, 2, 3]
+    assert capsys.readouterr().err == ""
