@@ -26,6 +26,7 @@ from edgevit._progress import say
 from edgevit.errors import UsageError
 
 BASELINE_FAMILIES = ("mobilenet", "resnet")
+TRAIN_KEYS = {"epochs", "batch_size", "lr", "limit", "seed"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, suite TEXT, git_commit TEXT, started TEXT,
                                  seconds REAL, env TEXT);
@@ -41,6 +42,7 @@ class SuiteModel:
     model: str
     weights: str = ""  # a checkpoint; with train_missing, trained there when absent
     overrides: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)  # train() arguments for --train-missing (epochs, limit, lr, ...)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,11 @@ def load_suite(path: str | os.PathLike) -> Suite:
     for m in raw.pop("models"):
         bad = set(m) - set(SuiteModel.__dataclass_fields__)
         if bad or "model" not in m:
-            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides'; got {sorted(m)}")
+            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train'; "
+                             f"got {sorted(m)}")
+        bad = set(m.get("train", {})) - TRAIN_KEYS
+        if bad:
+            raise UsageError(f"{p}: {m['model']}: unknown 'train' key(s) {sorted(bad)}; known: {sorted(TRAIN_KEYS)}")
         models.append(SuiteModel(**m))
     families = {_family(m.model) for m in models}
     if not families & set(BASELINE_FAMILIES):
@@ -190,7 +196,7 @@ def train_missing(suite: Suite) -> None:
     for sm in suite.models:
         if sm.weights and not Path(sm.weights).is_file():
             say(f"bench: {sm.weights} is missing; training {sm.model} on {suite.dataset}")
-            r = train(sm.model, suite.dataset, Path(sm.weights).parent, **sm.overrides)
+            r = train(sm.model, suite.dataset, Path(sm.weights).parent, **sm.train, **sm.overrides)
             if r.best_path != Path(sm.weights):
                 os.replace(r.best_path, sm.weights)
 

@@ -395,6 +395,13 @@ def _build_best(model: str, target: str, out: str, name: str | None, threads: in
                                         + "; ".join(r["rejected"] for r in record))
         backend = get_backend(tgt.backend)
         runners = {p: backend.load(r.bundle, r.manifest, threads) for p, r in built.items()}
+        for p in list(built):  # e.g. bf16 on a CPU without native bf16 runs in fp32: the fp32 candidate again
+            ran = runners[p].info.get("executed_precision")
+            if ran and ran != p and ran in built and len(built) > 1:
+                say(f"--precision best: the {p} candidate executes as {ran} on this host; dropped as a duplicate")
+                record.append({"precision": p, "executed": ran, "rejected": f"executes as {ran} on this host "
+                               f"(it has no native {p}), the same as the {ran} candidate"})
+                del built[p], runners[p]
         size = built[next(iter(built))].manifest["model"]["input_size"]
         remote = any(r.info.get("proxy_for") for r in runners.values())
         if remote:  # the engine runs on the device; nothing here can time it

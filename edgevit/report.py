@@ -107,26 +107,42 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
     targets = sorted({c["target"] for c in latest if c.get("p50") and c.get("top1") is not None})
     if not targets:
         return None
-    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(7.5 * len(targets), 5.0), squeeze=False)
     markers = {"fp32": "o", "bf16": "s", "fp16": "D", "int8": "^"}
+    # One colour per model and one marker per precision, explained in legends: labels beside every point overlap
+    # as soon as two cells land close together, which they do (fp32 and bf16 on a host without bf16, say).
+    models = sorted({c["model"] for c in latest}, key=lambda m: (
+        next((FAMILY_ORDER.index(c["family"]) for c in latest if c["model"] == m and c["family"] in FAMILY_ORDER),
+             3), m))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     for ax, t in zip(axes[0], targets):
         pts = [(c["p50"], c["top1"], f"{c['model']} {c['precision']}", c) for c in latest
                if c["target"] == t and c.get("p50") and c.get("top1") is not None]
-        for x, y, label, c in pts:
+        for x, y, _, c in pts:
             base = c["family"] in ("mobilenet", "resnet")
-            ax.scatter(x, y, marker=markers.get(c["precision"], "o"), s=60,
-                       color="tab:gray" if base else "tab:blue", edgecolor="black", zorder=3)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            ax.scatter(x, y, marker=markers.get(c["precision"], "o"), s=70, linewidths=1.5, zorder=3,
+                       facecolor="white" if base else colors[c["model"]],
+                       edgecolor=colors[c["model"]] if base else "black")
         front = pareto([(x, y, label) for x, y, label, _ in pts])
-        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", label="Pareto front", zorder=2)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", zorder=2)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{t}: accuracy vs latency (blue: transformers, gray: CNN baselines)", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(f"{t}: accuracy vs latency (filled: transformers, hollow: CNN baselines)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        from matplotlib.lines import Line2D
+
+        shown = {c["model"] for *_, c in pts}
+        handles = [Line2D([], [], ls="", marker="o", markersize=8, color=colors[m], label=m)
+                   for m in models if m in shown]
+        handles += [Line2D([], [], ls="", marker=markers.get(p, "o"), markersize=8, color="gray", label=p)
+                    for p in markers if any(c["precision"] == p for *_, c in pts)]
+        handles.append(Line2D([], [], ls="--", color="tab:red", label="Pareto front: " + " → ".join(
+            p[2] for p in front)))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 

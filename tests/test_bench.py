@@ -131,6 +131,27 @@ def test_suite_errors(tmp_path):
         load_suite(p)
     assert {m.model for m in load_suite("benchmarks/fashion-mnist.toml").models} >= {"maxvit-pico-fmnist",
                                                                                       "resnet18-fmnist"}
+    p.write_text('name="x"\ndataset="synthetic"\ntargets=["cpu-x86"]\nprecisions=["fp32"]\n'
+                 '[[models]]\nmodel="resnet18-fmnist"\ntrain={epochs=1, limt=5}\n')
+    with pytest.raises(UsageError, match=r"unknown 'train' key\(s\) \['limt'\]"):
+        load_suite(p)
+
+
+def test_train_missing_follows_the_suite_recipe(tmp_path):
+    """--train-missing trains with the suite's recorded recipe (e.g. a limit for a slow model), where it points."""
+    import torch
+
+    from edgevit.bench import load_suite, train_missing
+
+    w = tmp_path / "ck" / "tiny.pt"
+    p = tmp_path / "s.toml"
+    p.write_text(f'name="x"\ndataset="synthetic"\ntargets=["cpu-x86"]\nprecisions=["fp32"]\n'
+                 f'[[models]]\nmodel="mobilenetv3-fmnist"\n[[models]]\nmodel="vit-tiny-fmnist"\nweights="{w}"\n'
+                 f'overrides={{embed_dim=32, depth=1, num_heads=2}}\ntrain={{epochs=1, limit=40, batch_size=20}}\n')
+    train_missing(load_suite(p))
+    ck = torch.load(w, map_location="cpu", weights_only=True)
+    assert ck["edgevit"]["train_images"] == 40 and ck["epoch"] == 1
+    assert ck["edgevit"]["model_overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
 
 
 @pytest.mark.slow
