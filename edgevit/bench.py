@@ -171,6 +171,23 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     return cell
 
 
+def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path) -> dict:
+    """``run_cell`` in a fresh process: its peak memory is the cell's own (not the bench's high-water mark so
+    far), and a crash in a native library (a segfault, the OOM killer) fails that cell, not the run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    t0 = time.perf_counter()
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(run_cell, sm, target, precision, suite, work).result()
+    except BrokenProcessPool as e:
+        return {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision,
+                "status": "failed", "error": f"the cell's process died ({e}); a crash in a native library or "
+                "out of memory", "build_seconds": round(time.perf_counter() - t0, 1), "details": {}}
+
+
 def open_db(path: str | os.PathLike) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(str(path))
@@ -225,7 +242,7 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
             if precision not in load_target(target).precisions:
                 continue
             say(f"bench [{i}/{len(grid)}] {sm.model} → {target} {precision}")
-            c = run_cell(sm, target, precision, suite, Path(tmp))
+            c = run_cell_isolated(sm, target, precision, suite, Path(tmp))
             say(f"bench [{i}/{len(grid)}] {c['status']}" + (f": {c['error']}" if c.get("error") else
                 f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
             cells.append(c)

@@ -212,6 +212,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell_text(c: dict, key: str) -> str:
+    if key == "status" and c.get("error"):  # why it failed, where the reader looks (the full text in the history)
+        return f"{c['status']}: {c['error'][:100]}"
+    return _fmt(c.get(key))
+
+
 def markdown(runs, latest, found) -> str:
     run = runs[-1]
     env = run["env"]
@@ -222,8 +228,7 @@ def markdown(runs, latest, found) -> str:
              "run on this host; '× torch eager' > 1 means faster than PyTorch eager FP32 of the same model.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in _grouped(latest):
-        lines.append("| " + " | ".join(_fmt(c.get(k)) if k != "status" or not c.get("error") else
-                                       f"failed: {c['error'][:80]}" for k, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell_text(c, k) for k, _ in COLUMNS) + " |")
     lines += ["", f"## Regressions against the previous runs: {len(found)}"]
     lines += [f"- **{f['cell']}** ({f['kind']}): {f['message']}" for f in found] or ["- none"]
     return "\n".join(lines) + "\n"
@@ -240,7 +245,7 @@ def html_page(runs, latest, found, charts: dict) -> str:
             label = family + (" (baseline)" if family in ("mobilenet", "resnet") else "")
             rows.append(f'<tr class="fam"><td colspan="{len(COLUMNS)}">{esc(label)}</td></tr>')
         cls = "bad" if c["status"] != "passed" else ""
-        tds = "".join(f"<td>{esc(_fmt(c.get(k)))}</td>" for k, _ in COLUMNS)
+        tds = "".join(f"<td>{esc(_cell_text(c, k))}</td>" for k, _ in COLUMNS)
         title = f' title="{esc(c["error"])}"' if c.get("error") else ""
         rows.append(f'<tr class="{cls}"{title}>{tds}</tr>')
     regs = "".join(f"<li><b>{esc(f['cell'])}</b> ({esc(f['kind'])}): {esc(f['message'])}</li>" for f in found)
@@ -249,7 +254,7 @@ def html_page(runs, latest, found, charts: dict) -> str:
     env = run["env"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(run['suite'])}</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}} td:nth-child(4){{max-width:28em}}
 tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
 .reg{{color:{'#b00' if found else '#070'}}} img{{max-width:100%}}</style></head><body>
 <h1>edgevit benchmark: suite {esc(run['suite'])}</h1>

@@ -53,6 +53,9 @@ def test_every_cell_is_recorded_and_a_failing_cell_does_not_stop_the_others(benc
         bad = by[("mobilenetv3-fmnist", p)]
         assert bad["status"] == "failed" and "bogus_kwarg" in bad["error"]
     assert by[("vit-tiny-fmnist", "int8")]["executed"] == "int8"
+    # each cell runs in its own process, so its peak memory is its own: the failing cells that ran last (they stop
+    # before any runtime is loaded) did not inherit the INT8 cell's high-water mark
+    assert by[("mobilenetv3-fmnist", "int8")]["peak_rss_mb"] < by[("vit-tiny-fmnist", "int8")]["peak_rss_mb"]
     db = sqlite3.connect(d / "h.sqlite")
     assert db.execute("SELECT COUNT(*) FROM cells WHERE run_id = ?", (run["run_id"],)).fetchone()[0] == 4
     env = json.loads(db.execute("SELECT env FROM runs").fetchone()[0])
