@@ -112,6 +112,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     tgt.check_precision(precision)
     spec = resolve_spec(model)
     backend = get_backend(tgt.backend)
+    signed = getattr(backend, "signed_symmetric", False)  # TensorRT: int8 symmetric quantizers only
     require(backend)
     recipe = load_recipe(calibration, calib_samples) if precision == "int8" else None
     if precision == "int8" and not data:
@@ -148,6 +149,12 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     if weights and is_qat_checkpoint(meta):
         if precision != "int8":
             raise UsageError(f"{weights} is a quantization-aware training checkpoint: build it with --precision int8")
+        trained_for = ev.get("qat_quantizer")  # absent in checkpoints older than this field: the rules check decides
+        if signed and trained_for and trained_for != "signed symmetric":
+            raise UsageError(
+                f"{weights} was quantization-aware trained for {ev.get('qat_target', 'another target')} with "
+                f"{trained_for} quantizers; {tgt.name} ({backend.name}) needs signed symmetric INT8. Train QAT for "
+                f"this target from the FP32 weights: --weights FP32.pt --target {tgt.name} --qat-epochs N")
         qmodel = restore(fresh(), state, meta)
         if not meta.get("fp32_model"):
             raise WeightsError(f"{weights} holds no FP32 reference weights ('fp32_model'); rebuild it with edgevit")
@@ -234,11 +241,12 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                 if qmodel is None:
                     say("QAT: PTQ initialisation of the PyTorch model")
                     qmodel = quantize_torch(net, calib, recipe, spec.is_transformer,
-                                            preset="performance" if getattr(backend, "signed_symmetric", False)
-                                            else None)
+                                            preset="performance" if signed else None)
                 res = finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=qat_lr,
                                samples=qat_samples, checkpoint=qat_ckpt, previous=prev, fp32_state=net.state_dict(),
                                meta={**ev, "model": spec.alias, "classes": classes, "model_overrides": model_overrides,
+                                     "qat_target": tgt.name, "qat_quantizer": "signed symmetric" if signed
+                                     else f"{backend.name} default",
                                      "preprocessing": pre.to_dict()})
                 qat.update(checkpoint=str(qat_ckpt), history=res.history, seconds=res.seconds, distill=distill,
                            epochs=epochs, rebuilt_from_checkpoint=False)

@@ -77,6 +77,24 @@ def test_qat_resumes_from_its_checkpoint(qat_build, fmnist_dir, tmp_path):
     assert [t["method"] for t in r.manifest["accuracy_gate"]["tried"]] == ["QAT checkpoint", "QAT"]
 
 
+def test_cpu_qat_checkpoint_is_refused_for_tensorrt_with_the_fix(qat_build, fmnist_dir, tmp_path):
+    """A checkpoint trained with OpenVINO's (asymmetric) quantizers cannot give TensorRT's signed symmetric Q/DQ:
+    the build says so up front and names the fix, instead of failing 500 rule checks after the export."""
+    import torch
+
+    from edgevit.build import build
+    from edgevit.errors import UsageError
+
+    _, out = qat_build
+    ck = out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"
+    meta = torch.load(ck, map_location="cpu", weights_only=True)["edgevit"]
+    assert meta["qat_target"] == "cpu-x86" and meta["qat_quantizer"] == "openvino default"
+    with pytest.raises(UsageError, match=r"needs signed symmetric INT8.*--target jetson-orin --qat-epochs N"):
+        build("vit-tiny-fmnist", target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(ck), out=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_qdq_export_is_standard_onnx_that_matches_torch(fmnist_dir):
     import onnx
     import onnxruntime as ort
