@@ -146,13 +146,13 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
     return _png(fig)
 
 
-def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str]) -> str | None:
+def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], tolerances: dict | None = None) -> str | None:
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or runs[-1]["env"].get("tolerances") or {})}
     order = {r["run_id"]: i for i, r in enumerate(runs)}
     keys = sorted({_key(c) for c in cells})
     if len(runs) < 2 or not keys:
@@ -165,17 +165,30 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str]) -> str |
         series = sorted((order[c["run_id"]], _latency_metric(c)[0], c.get("top1")) for c in cells
                         if _key(c) == k and c["status"] == "passed")
         xs = [s[0] for s in series]
+        ys = [s[1] for s in series if s[1]]
         ax.plot(xs, [s[1] for s in series], "o-", color="tab:red" if " ".join(k) in flagged else "tab:blue")
+        if len(ys) >= 2:  # where the latest run would be flagged: the median of the runs before it, plus the tolerance
+            limit = median(ys[:-1][-int(tol["window"]):]) * (1 + tol["latency"])
+            ax.axhline(limit, color="tab:red", lw=0.8, ls="--")
+            ys.append(limit)
+        # from zero, so that a 2 % wobble does not fill the panel like a 2x slowdown would
+        ax.set_ylim(0, max(ys, default=1) * 1.15)
+        ax.set_xlim(-0.3, len(runs) - 0.7)
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, [f"#{i + 1}\n{runs[i]['git_commit']}" for i in ticks], fontsize=6)
         ax.set_title(" ".join(k), fontsize=8)
         ax.set_ylabel("p50 / torch p50", fontsize=7)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
         acc = ax.twinx()
+        accs = [s[2] for s in series if s[2] is not None]
         acc.plot(xs, [s[2] for s in series], "s:", color="tab:green", markersize=3)
+        if accs:
+            acc.set_ylim(min(accs) - 2, max(accs) + 2)
         acc.tick_params(labelsize=6, colors="tab:green")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("trend per cell across runs: latency relative to PyTorch eager (line), top-1 % (green, right axis)",
-                 fontsize=9)
+    fig.suptitle("trend per cell across runs (run number, commit): latency relative to the same run's PyTorch eager "
+                 "(blue; red when flagged), the flag threshold (red dashes), top-1 % (green, right axis)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
