@@ -72,7 +72,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
             raise UsageError(f"suite file not found: {path} (pass e.g. benchmarks/quick.toml)")
     try:
         raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read suite {p}: {e}") from None
     known = set(Suite.__dataclass_fields__) - {"path"}
     unknown = set(raw) - known
@@ -81,8 +81,12 @@ def load_suite(path: str | os.PathLike) -> Suite:
     missing = {"name", "dataset", "models", "targets", "precisions"} - set(raw)
     if missing:
         raise UsageError(f"{p}: missing key(s) {sorted(missing)}")
+    _check_types(p, raw)
     models = []
     for m in raw.pop("models"):
+        if not isinstance(m, dict):
+            raise UsageError(f"{p}: 'models' must be [[models]] tables, got {type(m).__name__}")
+        _check_types(p, m, SuiteModel, where=f"model {m.get('model', '?')!r}: ")
         bad = set(m) - set(SuiteModel.__dataclass_fields__)
         if bad or "model" not in m:
             raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train'; "
@@ -91,11 +95,40 @@ def load_suite(path: str | os.PathLike) -> Suite:
         if bad:
             raise UsageError(f"{p}: {m['model']}: unknown 'train' key(s) {sorted(bad)}; known: {sorted(TRAIN_KEYS)}")
         models.append(SuiteModel(**m))
+    from edgevit.targets import load_target
+
+    for t in raw["targets"]:
+        load_target(t)  # an unknown target is an error now, not a failed cell later
     families = {_family(m.model) for m in models}
     if not families & set(BASELINE_FAMILIES):
         raise UsageError(f"{p}: a suite must include a MobileNet or ResNet baseline beside its ViTs")
     return Suite(models=tuple(models), targets=tuple(raw.pop("targets")), precisions=tuple(raw.pop("precisions")),
                  description=raw.pop("description", ""), path=str(p), **raw)
+
+
+_TOML_TYPES = {"str": str, "int": int, "float": (int, float), "dict": dict, "tuple": list, "bool": bool,
+               "int | None": int}
+
+
+def _check_types(p: Path, raw: dict, cls=None, where: str = "") -> None:
+    """Every key of a suite table has its field's type (lists of strings for targets and precisions)."""
+    from edgevit.targets import PRECISIONS
+
+    cls = cls or Suite
+    for k, v in raw.items():
+        f = cls.__dataclass_fields__.get(k)
+        if f is None:
+            continue
+        want = _TOML_TYPES.get(str(f.type))
+        if want and (not isinstance(v, want) or isinstance(v, bool) and want is not bool):
+            raise UsageError(f"{p}: {where}{k!r} must be {str(f.type).replace('tuple', 'a list')}, "
+                             f"not {type(v).__name__}")
+        if k in ("targets", "precisions") and (not v or not all(isinstance(x, str) for x in v)):
+            raise UsageError(f"{p}: {k!r} must be a non-empty list of names")
+        if k == "precisions" and set(v) - set(PRECISIONS):
+            raise UsageError(f"{p}: unknown precision(s) {sorted(set(v) - set(PRECISIONS))}; known: {PRECISIONS}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed" and v <= 0:
+            raise UsageError(f"{p}: {where}{k!r} must be positive, got {v}")
 
 
 def _family(model: str) -> str:
@@ -188,10 +221,48 @@ def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite,
                 "out of memory", "build_seconds": round(time.perf_counter() - t0, 1), "details": {}}
 
 
-def open_db(path: str | os.PathLike) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path))
-    db.executescript(SCHEMA)
+def open_db(path: str | os.PathLike, create: bool = True) -> sqlite3.Connection:
+    """Open the history and prove it is one (checked before any cell runs, so a bad file loses no measurement):
+    a missing file is created when ``create``; anything that is not an SQLite file with edgevit's two tables (or an
+    empty one) is one error naming the path."""
+    from edgevit.errors import DatasetError
+
+    p = Path(path)
+    fix = "pass another --db, or move the file away"
+    if p.is_dir():
+        raise UsageError(f"--db {p} is a directory; pass a file path such as {p / 'history.sqlite'}")
+    if not p.exists():
+        if not create:
+            raise UsageError(f"no benchmark history at {p}; run 'edgevit bench --suite ...' first")
+        if p.parent.exists() and not p.parent.is_dir():
+            raise UsageError(f"--db {p}: {p.parent} is a file, not a directory")
+        p.parent.mkdir(parents=True, exist_ok=True)
+    elif p.stat().st_size:
+        with open(p, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise DatasetError(f"{p} is not an SQLite database, so not an edgevit benchmark history; {fix}")
+    try:
+        uri = f"file:{p.resolve().as_posix()}?mode={'rwc' if create else 'ro'}"
+        db = sqlite3.connect(uri, uri=True)
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("integrity check failed")
+        tables = {r[0]: {c[1] for c in db.execute(f"PRAGMA table_info('{r[0]}')")}
+                  for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise DatasetError(f"{p} is a damaged SQLite database ({e}); {fix}") from None
+    want = {"runs": {"run_id", "suite", "git_commit", "started", "seconds", "env"}, "cells": {"run_id", "model",
+            "target", "precision", "status", "p50", "top1", "details"}}
+    foreign = set(tables) - set(want)
+    wrong = [t for t in want if t in tables and not want[t] <= tables[t]]
+    if foreign or wrong:
+        db.close()
+        raise DatasetError(f"{p} is an SQLite database but not an edgevit benchmark history (tables "
+                           f"{', '.join(sorted(tables))}); {fix}")
+    if create:
+        db.executescript(SCHEMA)
+    elif len(tables) < 2:
+        db.close()
+        raise UsageError(f"{p} holds no benchmark runs yet; run 'edgevit bench --suite ... --db {p}' first")
     return db
 
 
@@ -224,10 +295,15 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
     import tempfile
 
     suite = load_suite(suite_path)
+    db = open_db(db_path)  # before any cell or training: a bad history must not lose the run's measurements
     if train:
         train_missing(suite)
     grid = [(sm, t, p) for sm in suite.models for t in suite.targets for p in suite.precisions
             if only is None or only in sm.model]
+    if not grid:
+        db.close()
+        raise UsageError(f"--only {only!r} matches no model of suite {suite.name} "
+                         f"({', '.join(sm.model for sm in suite.models)})")
     run = {"run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
            "suite": suite.name, "git_commit": git_commit(), "started": datetime.now(timezone.utc).isoformat(),
            "env": {**environment(), "tolerances": {"latency": suite.latency_tolerance,
@@ -247,7 +323,6 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
                 f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
             cells.append(c)
     run["seconds"] = round(time.perf_counter() - t0, 1)
-    db = open_db(db_path)
     record(db, run, cells)
     db.close()
     return run, cells

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -68,6 +69,34 @@ def _measured_with(runner) -> str:
     return where
 
 
+def _bundle_path(out: str | os.PathLike, name: str | None, default: str) -> Path:
+    """``out/name`` with a name that is one plain path component (never ``..``, a slash or a hidden name)."""
+    bundle_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", default)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", bundle_name) or bundle_name.startswith("."):
+        raise UsageError(f"bundle name {bundle_name!r} may only use letters, digits, '.', '_' and '-', and may not "
+                         "start with '.'")
+    return Path(out) / bundle_name
+
+
+def _check_qat_output(path: Path, weights: str | None, force: bool) -> None:
+    """The QAT checkpoint a build writes may replace only an earlier QAT checkpoint (or the one it resumes)."""
+    from edgevit.models import read_state_dict
+    from edgevit.outputs import OutputExistsError, check_output_file
+    from edgevit.qat import is_qat_checkpoint
+
+    if force or not (path.exists() or path.is_symlink()):
+        return check_output_file(path, "QAT checkpoint", force=True) and None
+    if weights and path.resolve() == Path(weights).resolve():
+        return
+    try:
+        ours = path.is_file() and not path.is_symlink() and is_qat_checkpoint(read_state_dict(str(path))[1])
+    except WeightsError:
+        ours = False
+    if not ours:
+        raise OutputExistsError(f"{path} exists and is not an edgevit QAT checkpoint; pass --force to replace it, "
+                                "or choose another --out/--name")
+
+
 def _weights_meta(meta: dict, spec) -> dict:
     """The edgevit training metadata of a checkpoint, checked against the requested model."""
     ev = meta.get("edgevit") if isinstance(meta.get("edgevit"), dict) else {}
@@ -83,20 +112,22 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
-          ignore_trt_rules: bool = False, **model_overrides) -> BuildResult:
+          ignore_trt_rules: bool = False, force: bool = False, **model_overrides) -> BuildResult:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
     training from that initialisation (``distill``: from the FP32 model), whose checkpoint is written beside the bundle
     as ``<name>.qat.pt``. ``weights`` may be such a checkpoint: it is rebuilt (or, with ``qat_epochs``, resumed)
-    without calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points)."""
+    without calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points).
+    ``out/<name>`` is replaced only if it is an edgevit bundle (or empty), unless ``force``."""
     from edgevit import __version__
     from edgevit.backends import BuildJob, get_backend, require
-    from edgevit.bundle import staging_dir, write_manifest
+    from edgevit.bundle import write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization
     from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
+    from edgevit.outputs import check_output, claim, output_dir
     from edgevit.qat import is_qat_checkpoint, restore
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
@@ -106,7 +137,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
-                           **model_overrides)
+                           force=force, **model_overrides)
     t_start = time.perf_counter()
     tgt = load_target(target)
     tgt.check_precision(precision)
@@ -114,6 +145,11 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     backend = get_backend(tgt.backend)
     signed = getattr(backend, "signed_symmetric", False)  # TensorRT: int8 symmetric quantizers only
     require(backend)
+    final = _bundle_path(out, name, f"{spec.alias}-{tgt.name}-{precision}")
+    bundle_name = final.name
+    check_output(final, "bundle", force)  # before any work: a user's directory is refused, not replaced
+    if qat_epochs:
+        _check_qat_output(final.with_name(f"{bundle_name}.qat.pt"), weights, force)
     recipe = load_recipe(calibration, calib_samples) if precision == "int8" else None
     if precision == "int8" and not data:
         raise UsageError("int8 calibration needs images: pass --data (fashion-mnist, imagefolder:DIR, or "
@@ -170,12 +206,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         say("warning: no --weights: the model is randomly initialised; accuracy figures are meaningless "
             "(latency is still real)")
 
-    bundle_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec.alias}-{tgt.name}-{precision}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", bundle_name) or bundle_name.startswith("."):
-        raise UsageError(f"bundle name {bundle_name!r} may only use letters, digits, '.', '_' and '-'")
-    final = Path(out) / bundle_name
 
-    with tempfile.TemporaryDirectory(prefix="edgevit-") as work, staging_dir(final) as stage:
+    with claim(final, "bundle", force), tempfile.TemporaryDirectory(prefix="edgevit-") as work, \
+            output_dir(final, "bundle", force, claimed=True) as stage:
         work = Path(work)
         # -- validation images (held out: the dataset's val/test split, never calibration images) -----------
         if ds:
@@ -376,20 +409,22 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
 BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # the candidates --precision best builds, where the target allows them
 
 
-def _build_best(model: str, target: str, out: str, name: str | None, threads: int | None, **kw) -> BuildResult:
+def _build_best(model: str, target: str, out: str, name: str | None, threads: int | None, force: bool = False,
+                **kw) -> BuildResult:
     """Build every precision the target allows, time them against each other on this host in interleaved rounds,
     and keep the fastest that passes the accuracy gate. Every candidate is recorded in the manifest."""
     from edgevit.backends import get_backend
-    from edgevit.bundle import read_manifest, staging_dir, update_manifest
+    from edgevit.bundle import read_manifest, update_manifest
     from edgevit.measure import compare_latency
     from edgevit.models import resolve_spec
+    from edgevit.outputs import claim, output_dir
     from edgevit.targets import load_target
 
     tgt = load_target(target)
     spec = resolve_spec(model)
     cands = [p for p in BEST_ORDER if p in tgt.precisions]
-    final = Path(out) / (name or f"{spec.alias}-{tgt.name}-best")
-    with tempfile.TemporaryDirectory(prefix="edgevit-best-") as work:
+    final = _bundle_path(out, name, f"{spec.alias}-{tgt.name}-best")
+    with claim(final, "bundle", force), tempfile.TemporaryDirectory(prefix="edgevit-best-") as work:
         built: dict[str, BuildResult] = {}
         record: list[dict] = []
         for p in cands:
@@ -431,7 +466,7 @@ def _build_best(model: str, target: str, out: str, name: str | None, threads: in
                            "latency_ms_p50": lat[p]["p50"], "latency_ms_p90": lat[p]["p90"],
                            "top1": r.manifest["validation"].get("top1"),
                            "top1_drop": r.manifest["validation"].get("top1_drop")})
-        with staging_dir(final) as stage:
+        with output_dir(final, "bundle", force, claimed=True) as stage:
             shutil.rmtree(stage)
             shutil.copytree(built[chosen].bundle, stage)
             m = read_manifest(stage)

@@ -1,94 +1,247 @@
 """The deployable bundle: one directory with the compiled model, ``manifest.json`` and ``labels.txt``.
 
-Written into a temporary sibling directory and renamed when complete; every file's sha256 is in the manifest and is
-verified on load, so a tampered or truncated bundle is refused."""
+This module is the only reader and writer of manifests. A bundle is trusted only after :func:`read_manifest` has
+checked, in this order, without opening any file the manifest names before its path is proven safe:
+
+1. the manifest is strict JSON (no NaN/Infinity) of the one schema below: every field has the right type and range,
+   names are known (precision, backend, interpolation), sizes are positive, labels match the class count;
+2. every path in ``files`` is relative, normalised, inside the bundle, and a regular file reached through no
+   symlink; the bundle holds no file the manifest does not list (nothing unlisted can be loaded);
+3. the files the bundle's backend loads (IR xml + bin, ONNX and its external data, engine, plan) and ``labels.txt``
+   are all listed, and ``labels.txt`` says what the manifest's labels say;
+4. every file's size and sha256 match.
+
+Anything else is a :class:`~edgevit.errors.BundleError` ("damaged bundle", exit 1) naming the field or file.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
+import re
+import stat
+from pathlib import Path, PurePosixPath
 
 from edgevit.errors import BundleError
 from edgevit.models import sha256_file
+from edgevit.outputs import dumps, loads, write_text
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-REQUIRED_KEYS = ("schema_version", "edgevit_version", "model", "preprocessing", "labels", "target", "precision",
-                 "backend", "files", "validation", "calibration", "latency_ms")
+LABELS = "labels.txt"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+STATUSES = ("ok", "failed-validation")
+MAX_SIDE = 4096  # no bundle's input is larger: the preprocessing of a damaged manifest must not allocate gigabytes
+MAX_CLASSES = 1_000_000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@contextmanager
-def staging_dir(final: Path):
-    """A temporary directory beside ``final``; on success it replaces ``final`` (an older bundle of the same name is
-    swapped out only once the new one is complete); on any error it is removed and ``final`` is left untouched."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+# ------------------------------------------------------------------------------------------------------ schema
+def _fail(field: str, why: str) -> BundleError:
+    return BundleError(f"damaged bundle: manifest field {field!r} {why}; rebuild the bundle")
+
+
+def _get(d: dict, key: str, where: str, kinds, optional: bool = False):
+    field = f"{where}.{key}" if where else key
+    if key not in d:
+        if optional:
+            return None
+        raise _fail(field, "is missing")
+    v = d[key]
+    if optional and v is None:
+        return None
+    if isinstance(v, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise _fail(field, f"must be {_kind_name(kinds)}, not a boolean")
+    if not isinstance(v, kinds):
+        raise _fail(field, f"must be {_kind_name(kinds)}, not {type(v).__name__}")
+    return v
+
+
+def _kind_name(kinds) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+             bool: "a boolean"}
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _int(d: dict, key: str, where: str, lo: int, hi: int, optional: bool = False):
+    v = _get(d, key, where, int, optional)
+    if v is not None and not lo <= v <= hi:
+        raise _fail(f"{where}.{key}", f"is {v}, outside {lo}..{hi}")
+    return v
+
+
+def _numbers(d: dict, key: str, where: str, n: int, positive: bool = False) -> list:
+    v = _get(d, key, where, list)
+    ok = len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                             and (x > 0 or not positive) for x in v)
+    if not ok:
+        raise _fail(f"{where}.{key}", f"must be {n} finite{' positive' if positive else ''} numbers, got {v!r}"[:200])
+    return v
+
+
+def _choice(d: dict, key: str, where: str, choices, optional: bool = False):
+    v = _get(d, key, where, str, optional)
+    if v is not None and v not in choices:
+        raise _fail(f"{where}.{key}" if where else key, f"is {v!r}, not one of {', '.join(choices)}")
+    return v
+
+
+def validate_manifest(m) -> dict:
+    """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
+    from edgevit.backends import BACKENDS
+    from edgevit.data import INTERPOLATIONS
+    from edgevit.targets import Target
+
+    if not isinstance(m, dict):
+        raise BundleError(f"damaged bundle: {MANIFEST} holds {type(m).__name__}, not an object; rebuild the bundle")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{MANIFEST}: schema_version {m.get('schema_version')!r} is not supported (this edgevit "
+                          f"reads {SCHEMA_VERSION}); rebuild the bundle with this edgevit")
+    _get(m, "edgevit_version", "", str)
+    model = _get(m, "model", "", dict)
+    for k in ("alias", "timm_name", "family"):
+        _get(model, k, "model", str)
+    classes = _int(model, "num_classes", "model", 1, MAX_CLASSES)
+    size = _get(model, "input_size", "model", list)
+    if len(size) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SIDE
+                                 for s in size):
+        raise _fail("model.input_size", f"must be [channels, height, width] of integers 1..{MAX_SIDE}, got {size!r}")
+    _get(model, "random_init", "model", bool, optional=True)
+    for k in ("weights", "weights_sha256"):
+        _get(model, k, "model", str, optional=True)
+
+    pre = _get(m, "preprocessing", "", dict)
+    psize = _get(pre, "input_size", "preprocessing", list)
+    if psize != size[1:]:
+        raise _fail("preprocessing.input_size", f"is {psize!r}, but model.input_size is {size!r}")
+    _int(pre, "resize", "preprocessing", min(size[1:]), 2 * MAX_SIDE)
+    _choice(pre, "interpolation", "preprocessing", INTERPOLATIONS)
+    _numbers(pre, "mean", "preprocessing", 3)
+    _numbers(pre, "std", "preprocessing", 3, positive=True)
+    _choice(pre, "channels", "preprocessing", ("RGB",), optional=True)
+    _choice(pre, "layout", "preprocessing", ("NCHW",), optional=True)
+
+    labels = _get(m, "labels", "", list)
+    if not all(isinstance(x, str) and x and "\n" not in x for x in labels):
+        raise _fail("labels", "must be a list of non-empty one-line strings")
+    if len(labels) != classes:
+        raise _fail("labels", f"has {len(labels)} labels for model.num_classes {classes}")
+
+    target = _get(m, "target", "", dict)
+    for name, f in Target.__dataclass_fields__.items():
+        if name in target and name != "path":
+            kinds = {"int": int, "str": str, "bool": bool, "tuple": list}.get(str(f.type), object)
+            _get(target, name, "target", kinds)
+    _get(target, "name", "target", str)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in target.items()
+                  if k in Target.__dataclass_fields__})
+    except (TypeError, ValueError, Exception) as e:  # TargetError names the field
+        raise _fail("target", f"is not a valid target profile ({e})") from None
+
+    precision = _choice(m, "precision", "", PRECISIONS)
+    if precision not in target.get("precisions", PRECISIONS):
+        raise _fail("precision", f"is {precision!r}, which target {target['name']!r} does not allow")
+    backend = _get(m, "backend", "", dict)
+    _choice(backend, "name", "backend", tuple(BACKENDS))
+    _get(backend, "version", "backend", str)
+    if backend["name"] != target.get("backend", backend["name"]):
+        raise _fail("backend.name", f"is {backend['name']!r} but the target's backend is {target['backend']!r}")
+    _get(backend, "runtime", "backend", dict, optional=True)
+
+    files = _get(m, "files", "", dict)
+    if not files:
+        raise _fail("files", "lists no files")
+    for rel, info in files.items():
+        where = f"files[{rel!r}]"
+        if not isinstance(info, dict):
+            raise _fail(where, f"must be an object with sha256 and bytes, not {type(info).__name__}")
+        digest = _get(info, "sha256", where, str)
+        if not _HEX64.fullmatch(digest):
+            raise _fail(f"{where}.sha256", "is not a sha256 hex digest")
+        _int(info, "bytes", where, 1, 1 << 40)
+
+    for k in ("validation", "latency_ms"):
+        _get(m, k, "", dict)
+    for k in ("calibration", "accuracy_gate", "qat", "selection"):
+        _get(m, k, "", dict, optional=True)
+    _choice(m, "status", "", STATUSES, optional=True)
+    _choice(m, "requested_precision", "", ("best",), optional=True)
+    return m
 
 
-def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
-    """Add checksums of the listed files and write ``manifest.json`` (via a temporary file)."""
-    files = {}
-    for rel in manifest.pop("_files"):
-        p = bundle_dir / rel
-        if not p.is_file():
-            raise BundleError(f"bundle file {rel} was not written")
-        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    manifest["files"] = files
-    manifest["schema_version"] = SCHEMA_VERSION
-    return update_manifest(bundle_dir, manifest)
+# ------------------------------------------------------------------------------------------------------- paths
+def safe_member(bundle: Path, rel: str) -> Path:
+    """``bundle/rel`` if ``rel`` is a relative, normalised path inside the bundle reached through no symlink and
+    naming a regular file; BundleError otherwise. Nothing is opened."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise BundleError(f"damaged bundle: file name {rel!r} is not a plain relative path; rebuild the bundle")
+    pp = PurePosixPath(rel)
+    if pp.is_absolute() or str(pp) != rel or any(part in ("..", ".", "") for part in pp.parts):
+        raise BundleError(f"damaged bundle: {rel!r} points outside the bundle or is not normalised; refusing it "
+                          "(rebuild the bundle)")
+    p = bundle
+    for i, part in enumerate(pp.parts):
+        p = p / part
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise BundleError(f"bundle {bundle.name}: {rel} is missing; rebuild the bundle") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise BundleError(f"damaged bundle: {rel} is (or passes through) a symlink; bundles hold only regular "
+                              "files, rebuild the bundle")
+        last = i == len(pp.parts) - 1
+        if last and not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"damaged bundle: {rel} is not a regular file; rebuild the bundle")
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise BundleError(f"damaged bundle: {rel} is not inside a directory of the bundle; rebuild the bundle")
+    return p
 
 
-def update_manifest(bundle_dir: Path, manifest: dict) -> dict:
-    """(Re)write ``manifest.json`` atomically; the manifest is not among the checksummed files."""
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"internal error: manifest lacks {missing}")
-    tmp = Path(bundle_dir) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, Path(bundle_dir) / MANIFEST)
-    return manifest
+def _unlisted(bundle: Path, listed: set[str]) -> list[str]:
+    found = []
+    for root, dirs, names in os.walk(bundle):
+        for n in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = PurePosixPath(os.path.relpath(os.path.join(root, n), bundle)).as_posix()
+            if rel != MANIFEST and rel not in listed:
+                found.append(rel)
+    return sorted(found)
 
 
+# ---------------------------------------------------------------------------------------------------- read/write
 def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
-    """Load and check a bundle's manifest; with ``verify`` every file's size and sha256 must match."""
+    """Load a bundle's manifest and prove the bundle is what it says (see the module docstring); ``verify=False``
+    skips only the checksums."""
     d = Path(bundle_dir)
     if not d.is_dir():
         raise BundleError(f"bundle not found: {d} (pass the directory that 'edgevit build' wrote)")
+    d = d.resolve()
     mp = d / MANIFEST
-    if not mp.is_file():
-        raise BundleError(f"{d} is not an edgevit bundle: {MANIFEST} is missing")
+    if mp.is_symlink() or not mp.is_file():
+        raise BundleError(f"{d} is not an edgevit bundle: {MANIFEST} is missing (or not a regular file)")
     try:
-        m = json.loads(mp.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mp} is not valid JSON ({e}); the bundle is damaged, rebuild it") from None
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{mp}: schema_version {m.get('schema_version')!r} is not supported "
-                          f"(this edgevit reads {SCHEMA_VERSION})")
-    missing = [k for k in REQUIRED_KEYS if k not in m]
+        m = loads(mp.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"damaged bundle: {mp} is not valid JSON ({e}); rebuild the bundle") from None
+    validate_manifest(m)
+    listed = set(m["files"])
+    for rel in sorted(listed):
+        safe_member(d, rel)
+    extra = _unlisted(d, listed)
+    if extra:
+        raise BundleError(f"damaged bundle: {d.name} holds {', '.join(extra[:3])}, which its manifest does not list; "
+                          "rebuild the bundle (or remove what was added)")
+    from edgevit.backends import get_backend
+
+    need = {LABELS, *get_backend(m["backend"]["name"]).required_files(d, m)}
+    missing = sorted(need - listed)
     if missing:
-        raise BundleError(f"{mp} lacks {', '.join(missing)}; the bundle is damaged, rebuild it")
+        raise BundleError(f"damaged bundle: the runtime loads {', '.join(missing)}, which the manifest does not list; "
+                          "rebuild the bundle")
     if verify:
-        for rel, info in m["files"].items():
+        for rel, info in sorted(m["files"].items()):
             p = d / rel
-            if not p.is_file():
-                raise BundleError(f"bundle {d.name}: {rel} is missing; rebuild the bundle")
             size = p.stat().st_size
             if size != info["bytes"]:
                 how = "truncated" if size < info["bytes"] else "modified"
@@ -97,4 +250,30 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
             if sha256_file(p) != info["sha256"]:
                 raise BundleError(f"bundle {d.name}: {rel} does not match its sha256 in the manifest (modified "
                                   "after the build); rebuild the bundle")
+    try:
+        text = (d / LABELS).read_text()
+    except UnicodeDecodeError:
+        raise BundleError(f"damaged bundle: {LABELS} is not UTF-8 text; rebuild the bundle") from None
+    if text.splitlines() != m["labels"]:
+        raise BundleError(f"damaged bundle: {LABELS} does not match the manifest's labels; rebuild the bundle")
     return m
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
+    """Add checksums of the listed files (``_files``) and write ``manifest.json``; the result must read back."""
+    files = {}
+    for rel in sorted(set(manifest.pop("_files"))):
+        p = bundle_dir / rel
+        if p.is_symlink() or not p.is_file():
+            raise BundleError(f"internal error: bundle file {rel} was not written")
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest["files"] = files
+    manifest["schema_version"] = SCHEMA_VERSION
+    return update_manifest(bundle_dir, manifest)
+
+
+def update_manifest(bundle_dir: Path, manifest: dict) -> dict:
+    """(Re)write ``manifest.json`` atomically as strict JSON, after checking it against the schema."""
+    validate_manifest(manifest)
+    write_text(Path(bundle_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")
+    return manifest

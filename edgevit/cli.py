@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from edgevit import __version__
@@ -54,7 +53,7 @@ def _cmd_build(a) -> int:
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
-              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules)
+              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force)
     print(summary(r))
     return 0
 
@@ -90,7 +89,7 @@ def _cmd_bench(a) -> int:
 def _cmd_report(a) -> int:
     from edgevit.report import report
 
-    out, found = report(a.db, a.out, a.suite)
+    out, found = report(a.db, a.out, a.suite, force=a.force)
     print(f"report: {out / 'report.html'} and {out / 'summary.md'}")
     for f in found:
         print(f"REGRESSION {f['cell']} ({f['kind']}): {f['message']}")
@@ -98,12 +97,13 @@ def _cmd_report(a) -> int:
 
 
 def _cmd_predict(a) -> int:
+    from edgevit.outputs import dumps
     from edgevit.predict import Predictor
 
     preds = Predictor(a.bundle, threads=a.threads).predict_files(a.images, k=a.top_k)
     for p in preds:
         if a.json:
-            print(json.dumps({"image": p.source, "top": [{"label": lb, "score": round(s, 5)} for lb, s in p.top]}))
+            print(dumps({"image": p.source, "top": [{"label": lb, "score": round(s, 5)} for lb, s in p.top]}))
         else:
             print(p.source + ":  " + "  ".join(f"{lb} {s:.3f}" for lb, s in p.top))
     return 0
@@ -113,7 +113,7 @@ def _cmd_demo(a) -> int:
     from edgevit.demo import run_demo
 
     s = run_demo(a.bundle, a.source, output=a.output, jsonl=a.jsonl, headless=True if a.headless else None,
-                 max_fps=a.max_fps, max_frames=a.max_frames, top_k=a.top_k, threads=a.threads)
+                 max_fps=a.max_fps, max_frames=a.max_frames, top_k=a.top_k, threads=a.threads, force=a.force)
     print(s.text())
     return 0
 
@@ -121,7 +121,7 @@ def _cmd_demo(a) -> int:
 def _cmd_inspect(a) -> int:
     from edgevit.inspection import inspect_model
 
-    r = inspect_model(a.model, a.weights, a.out, bundle=a.bundle, data=a.data, images=a.images)
+    r = inspect_model(a.model, a.weights, a.out, bundle=a.bundle, data=a.data, images=a.images, force=a.force)
     for key in ("filters", "position", "attention", "sqnr"):
         print(f"{key:10} {a.out}/{r.figures[key]}" if key in r.figures else f"{key:10} -- {r.notes[key]}")
     for e in r.worst_layers:
@@ -137,6 +137,43 @@ def _cmd_verify(a) -> int:
     print(f"{a.bundle}: ok ({len(m['files'])} files verified; {m['model']['alias']} {m['precision']} for "
           f"{m['target']['name']})")
     return 0
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi, checked before any work starts."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range {lo}..{hi}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number "
+                                             f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+THREADS = _int_in(1, 1024)
+INPUT_SIZE = _int_in(8, 1024)  # a ViT at 1024 px already has 4096 tokens of 16 px
+COUNT = _int_in(1, 100_000_000)
+EPOCHS = _int_in(1, 100_000)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,13 +200,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="zoo alias or timm name")
     s.add_argument("--data", required=True, help="fashion-mnist[:DIR] | imagefolder:DIR | DIR | synthetic")
     s.add_argument("--out", required=True, help="directory for best.pt / last.pt")
-    s.add_argument("--epochs", type=int, help="default: the model's recipe")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
+    s.add_argument("--epochs", type=EPOCHS, help="default: the model's recipe")
+    s.add_argument("--batch-size", type=_int_in(1, 65536))
+    s.add_argument("--lr", type=_float_in(0, 10, lo_open=True))
     s.add_argument("--weights", help="initial weights to fine-tune from")
     s.add_argument("--resume", help="last.pt of an interrupted run")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=int,
+    s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
+    s.add_argument("--limit", type=COUNT,
                    help="train on the first N images of the train split (held-out set: N/5); for slow models")
     s.set_defaults(fn=_cmd_train)
 
@@ -183,22 +220,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="build", help="directory the bundle is written into")
     s.add_argument("--name", help="bundle directory name (default MODEL-TARGET-PRECISION)")
     s.add_argument("--calibration", help="calibration recipe name or .toml (default: calibration/default.toml)")
-    s.add_argument("--calib-samples", type=int, help="override the recipe's sample count")
-    s.add_argument("--val-samples", type=int, help="validation images (default: the whole held-out split)")
-    s.add_argument("--input-size", type=int, help="input resolution (position embeddings are resampled)")
-    s.add_argument("--threads", type=int, help="inference threads (default: the target's)")
-    s.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+    s.add_argument("--calib-samples", type=COUNT, help="override the recipe's sample count")
+    s.add_argument("--val-samples", type=COUNT, help="validation images (default: the whole held-out split)")
+    s.add_argument("--input-size", type=INPUT_SIZE, help="input resolution (position embeddings are resampled)")
+    s.add_argument("--threads", type=THREADS, help="inference threads (default: the target's)")
+    s.add_argument("--max-drop", type=_float_in(0, 100), default=DEFAULT_MAX_DROP,
                    help=f"accuracy gate: top-1 points INT8 may lose vs FP32 (default {DEFAULT_MAX_DROP}); over it, "
                         "accuracy-aware PTQ is tried (or QAT, with --qat-epochs), then the build fails")
     s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
-    s.add_argument("--qat-epochs", type=int, default=0,
+    s.add_argument("--qat-epochs", type=_int_in(0, 100_000), default=0,
                    help="quantization-aware training epochs from the PTQ initialisation (int8); the checkpoint is "
                         "written to OUT/NAME.qat.pt, and --weights NAME.qat.pt rebuilds or resumes it")
     s.add_argument("--distill", action="store_true", help="QAT distils from the FP32 model")
-    s.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default: 2%% of the model's training lr)")
-    s.add_argument("--qat-samples", type=int, help="QAT training images per epoch (default: the whole train split)")
+    s.add_argument("--qat-lr", type=_float_in(0, 10, lo_open=True),
+                   help="QAT peak learning rate (default: 2%% of the model's training lr)")
+    s.add_argument("--qat-samples", type=COUNT, help="QAT training images per epoch (default: the whole train split)")
     s.add_argument("--ignore-trt-rules", action="store_true",
                    help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
+    s.add_argument("--force", action="store_true",
+                   help="replace OUT even if it is not an edgevit bundle (never /, ~ or the working directory)")
     s.set_defaults(fn=_cmd_build)
 
     s = sub.add_parser("bench", help="benchmark a suite of models × targets × precisions into the history database")
@@ -212,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--db", default="benchmarks/results/history.sqlite")
     s.add_argument("--out", default="benchmarks/results/report", help="directory for report.html and summary.md")
     s.add_argument("--suite", help="report this suite (default: the latest run's)")
+    s.add_argument("--force", action="store_true",
+                   help="replace OUT even if it is not an edgevit report (never /, ~ or the working directory)")
     s.set_defaults(fn=_cmd_report)
 
     s = sub.add_parser("compile", help="on a Jetson / NVIDIA GPU: build the TensorRT engine of a bundle")
@@ -221,9 +263,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="classify images with a bundle")
     s.add_argument("bundle")
     s.add_argument("images", nargs="+")
-    s.add_argument("-k", "--top-k", type=int, default=3)
+    s.add_argument("-k", "--top-k", type=_int_in(1, 1000), default=3)
     s.add_argument("--json", action="store_true", help="one JSON line per image")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=THREADS)
     s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser("demo", help="live classification from a camera, stream, video file or image directory")
@@ -234,10 +276,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write the annotated video here (.mp4, .avi, .mkv, .mov)")
     s.add_argument("--jsonl", help="write one JSON line per frame here")
     s.add_argument("--headless", action="store_true", help="no window (chosen automatically without a display)")
-    s.add_argument("--max-fps", type=float, help="read the source at most this often")
-    s.add_argument("--max-frames", type=int, help="stop after this many frames")
-    s.add_argument("-k", "--top-k", type=int, default=3)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--max-fps", type=_float_in(0, 1000, lo_open=True), help="read the source at most this often")
+    s.add_argument("--max-frames", type=COUNT, help="stop after this many frames")
+    s.add_argument("-k", "--top-k", type=_int_in(1, 1000), default=3)
+    s.add_argument("--threads", type=THREADS)
+    s.add_argument("--force", action="store_true", help="replace existing --output/--jsonl files")
     s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("inspect", help="figures of what a ViT learned and where INT8 hurts it")
@@ -245,8 +288,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="the trained weights (omitted: random init)")
     s.add_argument("--bundle", help="an INT8 OpenVINO bundle of these weights (omitted: quantize on the fly)")
     s.add_argument("--data", help="real images for attention distance and SQNR (default: the bundle's dataset)")
-    s.add_argument("--images", type=int, default=64, help="validation images to average over")
+    s.add_argument("--images", type=_int_in(1, 100_000), default=64, help="validation images to average over")
     s.add_argument("--out", required=True, help="directory for the PNG figures and index.html")
+    s.add_argument("--force", action="store_true",
+                   help="replace OUT even if it is not an edgevit inspect page (never /, ~ or the working directory)")
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
@@ -256,7 +301,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, _frame):
-    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: temporary bundles and outputs are removed or finished
+    from edgevit.errors import Terminated
+
+    raise Terminated(signum)  # unwinds like Ctrl-C: staging directories are removed, demo outputs finished
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,11 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except EdgevitError as e:
-        print(f"edgevit: error: {e}", file=sys.stderr)
+        print(f"edgevit: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("edgevit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)
+        print("edgevit: stopped by " + (f"signal {signum}" if signum else "Ctrl-C"), file=sys.stderr)
+        return 128 + (signum or 2)
+    except OSError as e:  # the file system said no: disk full, permission, read-only, ...
+        where = f" {e.filename}" if e.filename else ""
+        fix = {28: "free some space or write elsewhere", 122: "free some space or write elsewhere",
+               13: "check the permissions or write elsewhere", 30: "write elsewhere"}.get(e.errno, "")
+        print(f"edgevit: error:{where}: {e.strerror or e}" + (f"; {fix}" if fix else ""), file=sys.stderr)
+        return 1
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ FASHION_MNIST_CLASSES = [
 ]
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+INTERPOLATIONS = tuple(_INTERPOLATION)
+# The image reader's limits, checked from the header before any pixel is decoded. 120 MP covers 108 MP phone
+# photos; a classifier's centre crop has no use for panoramas wider than 20:1, and bounding the aspect ratio bounds
+# what the resize to the model's input allocates. EDGEVIT_MAX_IMAGE_PIXELS raises the pixel budget.
+MAX_IMAGE_PIXELS = 120_000_000
+MAX_ASPECT_RATIO = 20.0
+Image.MAX_IMAGE_PIXELS = None  # our own budget below replaces PIL's warning/exception pair
 
 
 # --------------------------------------------------------------------------------------------------- preprocessing
@@ -57,8 +64,9 @@ class Preprocessing:
 
     def resize_crop(self, img: Image.Image) -> np.ndarray:
         """PIL image → uint8 HWC RGB array of ``input_size``."""
-        img = img.convert("RGB")
+        img = to_rgb8(img)
         w, h = img.size
+        check_image_size(w, h, "image")
         scale = self.resize / min(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         if (nw, nh) != (w, h):
@@ -82,18 +90,78 @@ class Preprocessing:
         return self.normalize(self.resize_crop(img))
 
 
+def _pixel_budget() -> int:
+    raw = os.environ.get("EDGEVIT_MAX_IMAGE_PIXELS")
+    if raw is None:
+        return MAX_IMAGE_PIXELS
+    try:
+        v = int(raw)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ImageError(f"EDGEVIT_MAX_IMAGE_PIXELS must be a positive integer, got {raw!r}")
+    return v
+
+
+def check_image_size(w: int, h: int, what: str) -> None:
+    """Refuse an image whose pixels would not fit the budget, from its declared size (before decoding)."""
+    budget = _pixel_budget()
+    if w < 1 or h < 1:
+        raise ImageError(f"{what} declares {w}x{h} pixels; it is damaged")
+    if w * h > budget:
+        raise ImageError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of {budget / 1e6:.0f} MP; "
+                         "downscale it first (or raise EDGEVIT_MAX_IMAGE_PIXELS)")
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ImageError(f"{what} is {w}x{h}, an aspect ratio over {MAX_ASPECT_RATIO:.0f}:1 that a classifier's "
+                         "centre crop cannot use; crop it first")
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL image → 8-bit RGB, converted as a viewer would show it: 16/32-bit and float images are scaled (not
+    clipped) to 8 bits, palette and alpha images are composited over black (a transparent pixel contributes nothing,
+    like the black background of Fashion-MNIST-style data), CMYK/YCbCr/LAB converted."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img)
+        if img.mode.startswith("I;16"):
+            a8 = (a.astype(np.uint32) * 255 + 32767) // 65535  # 65535 → 255, 32768 → 128
+        elif img.mode == "I":  # 32-bit integers: PNG 16-bit greyscale in older Pillow; scale by the declared range
+            a = a.astype(np.int64)
+            top = 255 if a.max(initial=0) <= 255 and a.min(initial=0) >= 0 else 65535
+            a8 = np.clip(a, 0, top) * 255 // top
+        else:  # float: [0, 1] if it fits there, else its own range
+            a = np.nan_to_num(a.astype(np.float64))
+            lo, hi = (0.0, 1.0) if a.min(initial=0) >= 0 and a.max(initial=0) <= 1 else (a.min(), a.max())
+            a8 = np.round((a - lo) / ((hi - lo) or 1.0) * 255)
+        return Image.fromarray(a8.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
+    """The one image reader (predict, demo, datasets, inspect): checks the declared size against the pixel budget
+    and aspect bound before decoding, applies the EXIF orientation, returns 8-bit RGB (see :func:`to_rgb8`)."""
+    from PIL import ImageOps
+
     p = Path(path)
     if not p.is_file():
-        raise ImageError(f"image not found: {p}")
+        raise ImageError(f"image not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
     if p.stat().st_size == 0:
         raise ImageError(f"image file is empty: {p}")
     try:
-        img = Image.open(p)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
+        with Image.open(p) as img:
+            check_image_size(*img.size, what=f"image {p}")
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return to_rgb8(img)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot read image {p}: {e}; pass a PNG, JPEG or other image file") from None
-    return img
 
 
 # ---------------------------------------------------------------------------------------------------- datasets

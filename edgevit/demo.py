@@ -7,7 +7,6 @@ directories are read frame by frame, in order, to their end."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -314,6 +313,7 @@ class DemoSummary:
     dropped: int = 0
     reopened: int = 0
     stopped_by_user: bool = False
+    stopped_by: str = "Ctrl-C"
     headless: bool = True
     stage_ms: dict = field(default_factory=dict)  # stage -> {"mean", "p90"}
     outputs: list[str] = field(default_factory=list)
@@ -324,7 +324,7 @@ class DemoSummary:
 
     def text(self) -> str:
         stages = "  ".join(f"{k} {v['mean']:.2f}/{v['p90']:.2f}" for k, v in self.stage_ms.items())
-        end = "stopped by Ctrl-C" if self.stopped_by_user else "end of source"
+        end = f"stopped by {self.stopped_by}" if self.stopped_by_user else "end of source"
         lines = [f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} FPS), {end}; "
                  f"{self.dropped} stale frames dropped, {self.reopened} reconnects",
                  f"per frame, mean/p90 ms: {stages}"]
@@ -335,16 +335,27 @@ class DemoSummary:
 def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, jsonl: str | None = None,
              headless: bool | None = None, max_fps: float | None = None, max_frames: int | None = None,
              top_k: int = 3, threads: int | None = None, opener: Callable[[], FrameSource] | None = None,
-             reconnects: int = 10, backoff_s: float = 0.5) -> DemoSummary:
-    """Run the demo loop until the source ends, ``max_frames`` frames, or Ctrl-C."""
+             reconnects: int = 10, backoff_s: float = 0.5, force: bool = False) -> DemoSummary:
+    """Run the demo loop until the source ends, ``max_frames`` frames, Ctrl-C or SIGTERM (both finish the outputs).
+    An existing ``output``/``jsonl`` file is replaced only with ``force``."""
     from PIL import Image
 
+    from edgevit.outputs import check_output_file, dumps
     from edgevit.predict import Predictor, softmax
 
-    if max_fps is not None and max_fps <= 0:
-        raise UsageError("--max-fps must be positive")
+    if max_fps is not None and not 0 < max_fps < float("inf"):
+        raise UsageError("--max-fps must be a positive number")
+    if max_frames is not None and max_frames < 1:
+        raise UsageError("--max-frames must be at least 1")
+    if top_k < 1:
+        raise UsageError("--top-k must be at least 1")
     if output and Path(output).suffix.lower() not in VIDEO_CODECS:
         raise UsageError(f"--output must end in one of {', '.join(VIDEO_CODECS)}, got {output!r}")
+    if output and jsonl and Path(output).resolve() == Path(jsonl).resolve():
+        raise UsageError("--output and --jsonl name the same file; pass two paths")
+    for path, what in ((output, "--output"), (jsonl, "--jsonl")):
+        if path:
+            check_output_file(path, what, force)
     cv2 = _cv2()
     pred = Predictor(bundle, threads=threads)
     show, why = display_available()
@@ -396,7 +407,7 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
                        "ms": {k: round(v, 3) for k, v in stage.items()}}
                 if frame.name:
                     rec["image"] = frame.name
-                jf.write(json.dumps(rec) + "\n")
+                jf.write(dumps(rec) + "\n")
             if not headless:
                 cv2.imshow("edgevit", annotated)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -407,8 +418,9 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
             if max_frames and summary.frames >= max_frames:
                 break
         ok = True
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated): keep what was recorded
         summary.stopped_by_user, ok = True, True
+        summary.stopped_by = "SIGTERM" if getattr(e, "signum", None) else "Ctrl-C"
     finally:
         summary.seconds = time.perf_counter() - t_start
         cap.close()

@@ -62,3 +62,12 @@ class BundleError(EdgevitError):
 
 class ValidationFailedError(EdgevitError):
     """A built artifact whose measured accuracy or outputs fail a check."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``systemctl stop``, ``kill``): unwinds exactly like Ctrl-C, so a build removes its staging directory
+    and the demo finishes its video and JSON lines; the CLI exits 143."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum

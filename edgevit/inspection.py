@@ -293,14 +293,19 @@ def _write_page(r: InspectReport, title: str) -> None:
 
 def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundle: str | None = None,
                   data: str | None = None, images: int = 64, calib_samples: int = 128,
-                  input_size: int | None = None, **model_overrides) -> InspectReport:
-    """Write the figures and ``index.html`` into ``out``."""
+                  input_size: int | None = None, force: bool = False, **model_overrides) -> InspectReport:
+    """Write the figures and ``index.html`` into ``out`` (replaced only if it is an earlier inspect page or empty,
+    unless ``force``)."""
     import torch
 
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
+    from edgevit.outputs import check_output, output_dir
 
     spec = resolve_spec(model)
+    check_output(Path(out), "inspect", force)
+    if images < 1:
+        raise UsageError("--images must be at least 1")
     manifest = None
     if bundle:
         from edgevit.bundle import read_manifest
@@ -329,79 +334,80 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundl
         say("warning: no --weights: inspecting a randomly initialised model")
     pre = data_config(spec, size)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    r = InspectReport(out)
+    final = Path(out)
+    with output_dir(final, "inspect", force) as out:
+        r = InspectReport(out)
 
-    # 1. filters of the layer that reads the image
-    name, conv = first_rgb_conv(net)
-    if conv is not None:
-        comps, ratio = principal_filters(conv.weight.detach().numpy(), k=16)
-        draw_filters(comps, ratio, out / "patch_filters.png", name)
-        r.figures["filters"] = "patch_filters.png"
-        r.notes["filters"] = (f"The first 16 principal components of the {conv.out_channels} filters of '{name}' "
-                              f"({conv.kernel_size[0]}x{conv.kernel_size[1]}, the layer that reads the RGB image"
-                              + (")." if name == "patch_embed.proj" else "; this model has a convolutional stem, so "
-                                 "these are the stem's filters, not a patch projection)."))
-    else:
-        r.notes["filters"] = "No convolution reads the RGB image in this model; nothing to draw."
-
-    geo = vit_geometry(net, size)
-    # 2. position embeddings
-    if geo:
-        grid, patch_px, prefix = geo
-        sim = position_similarity(net.pos_embed.detach().numpy(), grid, prefix)
-        draw_position_similarity(sim, out / "position_similarity.png")
-        r.figures["position"] = "position_similarity.png"
-        r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
-    else:
-        r.notes["position"] = (f"{spec.alias} has no absolute position embeddings"
-                               + (" (MaxViT uses relative position biases inside its windows)"
-                                  if spec.family == "maxvit" else "") + "; nothing to draw.")
-
-    x = None
-    if ds:
-        idx = sample_indices(len(ds.val), images, seed=0)
-        x = pre.normalize(preprocess_split(ds.val.subset(idx), pre, "inspection images"))
-    # 3. attention distance
-    if geo and x is not None:
-        grid, patch_px, prefix = geo
-        maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
-        if maps:
-            r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
-            draw_attention_distance(r.attention_distance, out / "attention_distance.png", size)
-            r.figures["attention"] = "attention_distance.png"
-            r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens only, "
-                                    f"{patch_px:g} px per token.")
-    if "attention" not in r.figures:
-        r.notes["attention"] = ("Needs --data (real images)." if x is None else
-                                f"{spec.alias} has no global token attention to measure"
-                                + (" (MaxViT attends within fixed windows and grids)" if spec.family == "maxvit"
-                                   else "") + ".")
-
-    # 4. per-layer quantization error
-    if x is not None:
-        import openvino as ov
-
-        if manifest:
-            ov_model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
-            how = f"INT8 bundle {Path(bundle).name}"
+        # 1. filters of the layer that reads the image
+        name, conv = first_rgb_conv(net)
+        if conv is not None:
+            comps, ratio = principal_filters(conv.weight.detach().numpy(), k=16)
+            draw_filters(comps, ratio, out / "patch_filters.png", name)
+            r.figures["filters"] = "patch_filters.png"
+            r.notes["filters"] = (f"The first 16 principal components of the {conv.out_channels} filters of '{name}' "
+                                  f"({conv.kernel_size[0]}x{conv.kernel_size[1]}, the layer that reads the RGB image"
+                                  + (")." if name == "patch_embed.proj" else "; this model has a convolutional stem, "
+                                     "so these are the stem's filters, not a patch projection)."))
         else:
-            ov_model, how = _quantize_on_the_fly(net, pre, ds, spec, calib_samples)
-        ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
-        errors = layer_sqnr(net, ov_model, x)
-        if errors:
-            draw_sqnr(errors, out / "layer_sqnr.png")
-            r.figures["sqnr"] = "layer_sqnr.png"
-            r.worst_layers = sorted(errors, key=lambda e: e.sqnr_db)[:3]
-            r.notes["sqnr"] = (f"SQNR of each Linear/Conv output, {how} vs FP32 PyTorch, on {len(x)} images of "
-                               f"{ds.spec}. Worst: " + ", ".join(f"{e.name} {e.sqnr_db:.1f} dB"
-                                                                 for e in r.worst_layers) + ".")
+            r.notes["filters"] = "No convolution reads the RGB image in this model; nothing to draw."
+
+        geo = vit_geometry(net, size)
+        # 2. position embeddings
+        if geo:
+            grid, patch_px, prefix = geo
+            sim = position_similarity(net.pos_embed.detach().numpy(), grid, prefix)
+            draw_position_similarity(sim, out / "position_similarity.png")
+            r.figures["position"] = "position_similarity.png"
+            r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
         else:
-            r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."
-    else:
-        r.notes["sqnr"] = "Needs --data (real images) to compare FP32 and INT8 layer outputs."
-    _write_page(r, f"edgevit inspect: {spec.alias}" + (f" ({Path(weights).name})" if weights else " (random init)"))
+            r.notes["position"] = (f"{spec.alias} has no absolute position embeddings"
+                                   + (" (MaxViT uses relative position biases inside its windows)"
+                                      if spec.family == "maxvit" else "") + "; nothing to draw.")
+
+        x = None
+        if ds:
+            idx = sample_indices(len(ds.val), images, seed=0)
+            x = pre.normalize(preprocess_split(ds.val.subset(idx), pre, "inspection images"))
+        # 3. attention distance
+        if geo and x is not None:
+            grid, patch_px, prefix = geo
+            maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
+            if maps:
+                r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
+                draw_attention_distance(r.attention_distance, out / "attention_distance.png", size)
+                r.figures["attention"] = "attention_distance.png"
+                r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens "
+                                        f"only, {patch_px:g} px per token.")
+        if "attention" not in r.figures:
+            r.notes["attention"] = ("Needs --data (real images)." if x is None else
+                                    f"{spec.alias} has no global token attention to measure"
+                                    + (" (MaxViT attends within fixed windows and grids)" if spec.family == "maxvit"
+                                       else "") + ".")
+
+        # 4. per-layer quantization error
+        if x is not None:
+            import openvino as ov
+
+            if manifest:
+                ov_model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
+                how = f"INT8 bundle {Path(bundle).name}"
+            else:
+                ov_model, how = _quantize_on_the_fly(net, pre, ds, spec, calib_samples)
+            ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
+            errors = layer_sqnr(net, ov_model, x)
+            if errors:
+                draw_sqnr(errors, out / "layer_sqnr.png")
+                r.figures["sqnr"] = "layer_sqnr.png"
+                r.worst_layers = sorted(errors, key=lambda e: e.sqnr_db)[:3]
+                r.notes["sqnr"] = (f"SQNR of each Linear/Conv output, {how} vs FP32 PyTorch, on {len(x)} images of "
+                                   f"{ds.spec}. Worst: " + ", ".join(f"{e.name} {e.sqnr_db:.1f} dB"
+                                                                     for e in r.worst_layers) + ".")
+            else:
+                r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."
+        else:
+            r.notes["sqnr"] = "Needs --data (real images) to compare FP32 and INT8 layer outputs."
+        _write_page(r, f"edgevit inspect: {spec.alias}" + (f" ({Path(weights).name})" if weights else " (random init)"))
+    r.out = final
     return r
 
 

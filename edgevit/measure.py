@@ -38,7 +38,19 @@ def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, p
     """Logits of ``fn`` over uint8 NHWC images, normalised batch by batch."""
     outs = [fn(pre.normalize(images_u8[s:s + batch_size]))
             for s in progress(range(0, len(images_u8), batch_size), desc=desc, min_total=5)]
-    return np.concatenate(outs).astype(np.float32)
+    return require_finite(np.concatenate(outs).astype(np.float32), desc)
+
+
+def require_finite(logits: np.ndarray, what: str) -> np.ndarray:
+    """Logits with a NaN or an infinity are a broken model, never an accuracy: fail with how many images."""
+    bad = ~np.isfinite(logits).reshape(len(logits), -1).all(1)
+    if bad.any():
+        from edgevit.errors import ValidationFailedError
+
+        raise ValidationFailedError(f"{what} produced NaN or infinite logits on {int(bad.sum())} of {len(logits)} "
+                                    "images; the weights (or the artifact) are broken: check --weights, nothing was "
+                                    "written")
+    return logits
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:

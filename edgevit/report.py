@@ -17,16 +17,16 @@ import sqlite3
 from pathlib import Path
 from statistics import median
 
-from edgevit.errors import UsageError
+from edgevit.errors import DatasetError, UsageError
 
 FAMILY_ORDER = ("vit", "hybrid", "maxvit", "other", "mobilenet", "resnet")
 DEFAULT_TOLERANCES = {"latency": 0.25, "accuracy": 0.5, "window": 5}
 
 
 def load(db_path: str | os.PathLike, suite: str | None = None) -> tuple[list[dict], list[dict]]:
-    if not Path(db_path).is_file():
-        raise UsageError(f"no benchmark history at {db_path}; run 'edgevit bench --suite ...' first")
-    db = sqlite3.connect(str(db_path))
+    from edgevit.bench import open_db
+
+    db = open_db(db_path, create=False)
     db.row_factory = sqlite3.Row
     q = "SELECT * FROM runs" + (" WHERE suite = ?" if suite else "") + " ORDER BY started"
     runs = [dict(r) for r in db.execute(q, (suite,) if suite else ())]
@@ -36,7 +36,11 @@ def load(db_path: str | os.PathLike, suite: str | None = None) -> tuple[list[dic
     cells = [dict(c) for c in db.execute("SELECT * FROM cells") if c["run_id"] in ids]
     db.close()
     for r in runs:
-        r["env"] = json.loads(r["env"] or "{}")
+        try:
+            r["env"] = json.loads(r["env"] or "{}")
+        except ValueError:
+            raise DatasetError(f"{db_path}: run {r['run_id']} has an unreadable env record; the history is "
+                               "damaged") from None
     return runs, cells
 
 
@@ -267,7 +271,8 @@ def html_page(runs, latest, found, charts: dict) -> str:
     env = run["env"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(run['suite'])}</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}} td:nth-child(4){{max-width:28em}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
+td:nth-child(4){{max-width:28em}}
 tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
 .reg{{color:{'#b00' if found else '#070'}}} img{{max-width:100%}}</style></head><body>
 <h1>edgevit benchmark: suite {esc(run['suite'])}</h1>
@@ -283,9 +288,12 @@ the FP32 export of the same model.</p>
 
 
 def report(db_path: str = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
-           suite: str | None = None) -> tuple[Path, list[dict]]:
-    """Write ``report.html`` and ``summary.md`` into ``out`` (atomically). Returns (out, regressions)."""
-    from edgevit.bundle import staging_dir
+           suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
+    """Write ``report.html`` and ``summary.md`` into ``out`` (atomically; ``out`` is replaced only if it is an edgevit
+    report or empty, unless ``force``). Returns (out, regressions)."""
+    from edgevit.outputs import check_output, output_dir
+
+    check_output(Path(out), "report", force)
 
     runs, cells = load(db_path, suite)
     if suite is None:  # the latest run's suite
@@ -298,7 +306,7 @@ def report(db_path: str = "benchmarks/results/history.sqlite", out: str = "bench
     charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
               "Trends": trend_chart(runs, cells, flagged)}
     final = Path(out)
-    with staging_dir(final) as stage:
+    with output_dir(final, "report", force) as stage:
         (stage / "report.html").write_text(html_page(runs, latest, found, charts))
         (stage / "summary.md").write_text(markdown(runs, latest, found))
         for title, b64 in charts.items():

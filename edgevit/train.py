@@ -103,6 +103,59 @@ def _save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def _check_run_dir(out: Path) -> None:
+    """``out`` may hold anything, but the checkpoints train writes there must be edgevit's own (or absent)."""
+    from edgevit.outputs import OutputExistsError
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; pass a directory for best.pt and last.pt")
+    for name in CHECKPOINTS:
+        p = out / name
+        if p.is_dir() or p.is_symlink():
+            raise OutputExistsError(f"{p} is a directory or a symlink; choose another --out")
+        if p.exists() and _edgevit_checkpoint(p) is None:
+            raise OutputExistsError(f"{p} exists and is not an edgevit checkpoint; move it away or choose another "
+                                    "--out")
+
+
+def _edgevit_checkpoint(path: Path) -> dict | None:
+    """An edgevit training checkpoint as a dict, or None for anything else (missing, garbage, foreign)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
+            AttributeError, TypeError):
+        return None
+    if not isinstance(ck, dict) or not isinstance(ck.get("edgevit"), dict) or not isinstance(ck.get("model"), dict):
+        return None
+    return ck
+
+
+def _read_resume(resume: str, spec) -> dict:
+    p = Path(resume)
+    if not p.is_file():
+        raise WeightsError(f"--resume {resume}: no such file; pass the last.pt of an interrupted run")
+    ck = _edgevit_checkpoint(p)
+    if ck is None:
+        raise WeightsError(f"--resume {resume} is not an edgevit training checkpoint; pass the last.pt that "
+                           "'edgevit train' wrote")
+    for key in ("optimizer", "scheduler", "epoch", "best_top1", "total_steps"):
+        if key not in ck:
+            raise WeightsError(f"--resume {resume} has no {key!r}: it is a best.pt or weights file, not a last.pt; "
+                               "resume from last.pt, or start from it with --weights")
+    trained = ck["edgevit"].get("model")
+    if trained != spec.alias:
+        raise WeightsError(f"{resume} is a checkpoint of {trained!r}, not {spec.alias!r}")
+    return ck
+
+
 def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, weights: str | None = None,
           resume: str | None = None, seed: int = 0, limit: int | None = None, **model_overrides) -> TrainResult:
@@ -122,6 +175,9 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         raise UsageError("--epochs and --batch-size must be at least 1 and --lr positive")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit}); omit it to train on the whole train split")
+    out = Path(out)
+    _check_run_dir(out)
+    ck = _read_resume(resume, spec) if resume else None
     torch.manual_seed(seed)
     np.random.seed(seed)
 
@@ -144,7 +200,6 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=min(0.3, 1.0 / epochs), anneal_strategy="cos")
     start_epoch, best, history = 0, -1.0, []
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
@@ -152,19 +207,19 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
         "train_images": len(tr_idx), "holdout_images": len(ho_idx),
     }
-    if resume:
-        ck = torch.load(resume, map_location="cpu", weights_only=True)
-        trained = ck.get("edgevit", {}).get("model")
-        if trained != spec.alias:
-            raise WeightsError(f"{resume} is a checkpoint of {trained!r}, not {spec.alias!r}")
+    if ck:
         if ck.get("total_steps") != epochs * steps_per_epoch:
             raise UsageError(
                 f"{resume} was trained for a schedule of {ck.get('total_steps')} steps, this run asks for "
                 f"{epochs * steps_per_epoch}; resume with the same --epochs and --batch-size"
             )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{resume} does not fit this model and run ({str(e).splitlines()[0][:160]}); resume "
+                               "with the same --model and options it was trained with") from None
         start_epoch, best, history = ck["epoch"], ck["best_top1"], list(ck.get("history", []))
         say(f"resumed from {resume} after epoch {start_epoch} (best held-out top-1 {best:.2f}%)")
 

@@ -57,6 +57,10 @@ class Backend(Protocol):
     def version(self) -> str: ...
     def build(self, job: BuildJob) -> Built: ...
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner: ...
+    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+        """Every file :meth:`load` reads from a bundle (relative paths): the verifier requires each to be listed and
+        checksummed in the manifest, so nothing unverified is ever loaded."""
+        ...
     def load_default(self, onnx_path: Path, threads: int | None = None) -> Runner:
         """The backend with its own defaults on the FP32 export: the plain recipe edgevit is measured against."""
         ...
@@ -73,3 +77,28 @@ def require(backend: Backend) -> None:
     ok, why = backend.available()
     if not ok:
         raise BackendUnavailableError(f"backend {backend.name} cannot run here: {why}")
+
+
+def onnx_external_files(bundle_dir: Path, manifest: dict, name: str) -> set[str]:
+    """The external-data files the bundle's ONNX model ``name`` makes its runtime load (relative to the bundle);
+    read only once the verifier has proven ``name`` a listed regular file inside the bundle."""
+    import onnx
+
+    if name not in manifest["files"]:
+        return set()
+    path = Path(bundle_dir) / name
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a damaged protobuf: onnx raises DecodeError and others
+        from edgevit.errors import BundleError
+
+        raise BundleError(f"damaged bundle: {name} is not a readable ONNX model ({e}); rebuild the bundle") from None
+    found = set()
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {e.value for e in t.external_data if e.key == "location"}
+    return found

@@ -71,6 +71,11 @@ class ONNXRuntimeBackend:
             shutil.copyfile(job.onnx_path, out)
         return Built(files=["model.onnx"], details=details)
 
+    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+        from edgevit.backends import onnx_external_files
+
+        return {"model.onnx", *onnx_external_files(bundle_dir, manifest, "model.onnx")}
+
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         return ORTRunner(Path(bundle_dir) / "model.onnx", threads or manifest["target"].get("threads"))
 

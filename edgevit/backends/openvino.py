@@ -116,6 +116,9 @@ class OpenVINOBackend:
         details["compile_config"] = self._config(job.precision, job.target)
         return Built(files=["model.xml", "model.bin"], details=details)
 
+    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+        return {"model.xml", "model.bin"}
+
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         from edgevit.targets import Target
 

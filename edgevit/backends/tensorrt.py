@@ -20,6 +20,7 @@ import numpy as np
 
 from edgevit.backends import BuildJob, Built
 from edgevit.errors import BackendUnavailableError, BundleError, TargetError, ValidationFailedError
+from edgevit.outputs import dumps
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "engine_plan.json"
@@ -177,7 +178,7 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
     engine = runtime.deserialize_cuda_engine(bytes(serialized))
     inspector = engine.create_engine_inspector()
     layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    (out_dir / LAYERS_FILE).write_text(json.dumps(layers, indent=1))
+    (out_dir / LAYERS_FILE).write_text(dumps(layers, indent=1))
     from edgevit.models import sha256_file
 
     return {**info, "onnx_sha256": sha256_file(onnx_path), "precision": plan["precision"], "plan": plan,
@@ -304,7 +305,7 @@ class TensorRTBackend:
         ok, why = engine_support()
         version = device_info()["tensorrt"] if ok else ASSUMED_TENSORRT
         plan = engine_plan(target, job.precision, version, shape)
-        (job.out_dir / PLAN_FILE).write_text(json.dumps(plan, indent=1))
+        (job.out_dir / PLAN_FILE).write_text(dumps(plan, indent=1))
         details["plan"] = plan
         files = [ONNX_FILE, PLAN_FILE]
         if ok and _is_target_device(target):
@@ -319,6 +320,16 @@ class TensorRTBackend:
             details["engine"] = {"status": "pending", "why": why,
                                  "next": f"on the {target.device}: edgevit compile BUNDLE"}
         return Built(files=files, details=details)
+
+    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+        from edgevit.backends import onnx_external_files
+
+        need = {ONNX_FILE, PLAN_FILE, *onnx_external_files(bundle_dir, manifest, ONNX_FILE)}
+        engine = manifest["backend"].get("engine")
+        if (Path(bundle_dir) / ENGINE_FILE).exists() or (isinstance(engine, dict)
+                                                         and engine.get("status", "built") != "pending"):
+            need.add(ENGINE_FILE)
+        return need
 
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         engine = manifest["backend"].get("engine", {})
@@ -358,8 +369,9 @@ def _is_target_device(target) -> bool:
 def compile_bundle(bundle: str | Path, log=print) -> dict:
     """Finish a TensorRT bundle on the device: build the engine from its checked ONNX with the plan re-derived for
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
-    from edgevit.bundle import read_manifest, staging_dir, write_manifest
+    from edgevit.bundle import read_manifest, write_manifest
     from edgevit.measure import compare_latency, host_info
+    from edgevit.outputs import output_dir
     from edgevit.targets import Target
 
     bundle = Path(bundle)
@@ -370,11 +382,11 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     if not ok:
         raise BackendUnavailableError(f"cannot compile here: {why}")
     target = Target(**{k: v for k, v in m["target"].items() if k in Target.__dataclass_fields__})
-    with staging_dir(bundle) as stage:
+    with output_dir(bundle, "bundle") as stage:
         shutil.rmtree(stage)
         shutil.copytree(bundle, stage)
         plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]))
-        (stage / PLAN_FILE).write_text(json.dumps(plan, indent=1))
+        (stage / PLAN_FILE).write_text(dumps(plan, indent=1))
         record = build_engine(stage / ONNX_FILE, plan, stage, log)
         runner = TRTRunner(stage / ENGINE_FILE, record)
         proxy = _proxy(stage / ONNX_FILE, None)
