@@ -266,6 +266,20 @@ def open_db(path: str | os.PathLike, create: bool = True) -> sqlite3.Connection:
     return db
 
 
+def check_db(path: str | os.PathLike) -> None:
+    """Fail now, not after the run, if ``path`` cannot take the run (an existing file is opened and checked; a new
+    one is created only when the run is recorded)."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        open_db(p).close()
+        return
+    for a in p.parents:
+        if a.exists():
+            if not a.is_dir():
+                raise UsageError(f"--db {p}: {a} is a file, not a directory")
+            break
+
+
 def record(db: sqlite3.Connection, run: dict, cells: list[dict]) -> None:
     cols = ["model", "family", "target", "precision", "status", "error", "top1", "top5", "top1_drop", "p50", "p90",
             "p99", "torch_p50", "default_p50", "throughput", "size_bytes", "build_seconds", "peak_rss_mb", "executed"]
@@ -295,13 +309,12 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
     import tempfile
 
     suite = load_suite(suite_path)
-    db = open_db(db_path)  # before any cell or training: a bad history must not lose the run's measurements
+    check_db(db_path)  # before any cell or training: a bad history must not lose the run's measurements
     if train:
         train_missing(suite)
     grid = [(sm, t, p) for sm in suite.models for t in suite.targets for p in suite.precisions
             if only is None or only in sm.model]
     if not grid:
-        db.close()
         raise UsageError(f"--only {only!r} matches no model of suite {suite.name} "
                          f"({', '.join(sm.model for sm in suite.models)})")
     run = {"run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
@@ -323,6 +336,7 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
                 f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
             cells.append(c)
     run["seconds"] = round(time.perf_counter() - t0, 1)
+    db = open_db(db_path)
     record(db, run, cells)
     db.close()
     return run, cells

@@ -208,14 +208,21 @@ def claim(final: str | os.PathLike, kind: str, force: bool = False) -> Iterator[
     """Check and lock ``final`` for the whole of a long job, before any work starts."""
     final = Path(final)
     check_output(final, kind, force)
+    created = [a for a in (final.parent, *final.parent.parents) if not a.exists()]
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise OutputExistsError(f"{final.parent} is a file, not a directory: pass a directory to --out") from None
-    with output_lock(final):
-        _remove_leftovers(final)
-        check_output(final, kind, force)
-        yield final
+    try:
+        with output_lock(final):
+            _remove_leftovers(final)
+            check_output(final, kind, force)
+            yield final
+    except BaseException:
+        for a in created:  # a failed job leaves no empty --out directories it made
+            with contextlib.suppress(OSError):
+                a.rmdir()
+        raise
 
 
 # ------------------------------------------------------------------------------------------------------- files

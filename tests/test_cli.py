@@ -38,7 +38,7 @@ def test_help_and_listings():
     (["train", "--model", "vit-tiny-fmnist", "--data", "imagefolder:/nonexistent", "--out", "x"], 2,
      "image folder not found"),
     (["train", "--model", "vit-tiny-fmnist", "--data", "synthetic", "--out", "x", "--limit", "0"], 2,
-     "--limit must be at least 1"),
+     "--limit: 0 is out of range 1.."),
     (["predict", "/nonexistent/bundle", "x.png"], 1, "bundle not found"),
     (["build"], 2, "required: --model"),
 ])

@@ -177,3 +177,36 @@ def test_cli_demo_unopenable_source_and_headless(int8_bundle, video, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "running headless" in p.stderr and "5 frames" in p.stdout
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 5
+
+
+def test_sigterm_finishes_outputs_like_ctrl_c(int8_bundle, fmnist_dir, tmp_path):
+    """``systemctl stop`` sends SIGTERM: the demo must keep its JSON lines and video, not discard them."""
+    import signal
+    import time
+
+    from PIL import Image
+
+    from edgevit.data import load_dataset
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    arr = load_dataset(f"fashion-mnist:{fmnist_dir}").val.arrays
+    for i in range(400):
+        Image.fromarray(arr[i % len(arr)]).save(frames / f"{i:03d}.png")
+    out, lines = tmp_path / "o.avi", tmp_path / "o.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "edgevit", "demo", str(int8_bundle), "--source", str(frames),
+                          "--headless", "--max-fps", "10", "--output", str(out), "--jsonl", str(lines)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "EDGEVIT_QUIET": "1"})
+    partial = tmp_path / ".o.jsonl.partial.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
+        time.sleep(0.2)
+    assert partial.exists(), "the demo never started writing"
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr  # a clean stop: outputs finished, summary printed
+    assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
+    recs = [json.loads(x) for x in lines.read_text().splitlines()]
+    assert 1 <= len(recs) < 400 and len(_decoded(out)) == len(recs)
+    assert not partial.exists() and not (tmp_path / ".o.avi.partial.avi").exists()

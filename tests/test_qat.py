@@ -130,7 +130,7 @@ def test_qdq_export_is_standard_onnx_that_matches_torch(fmnist_dir):
 @pytest.mark.parametrize("args, needle", [
     (["--precision", "fp32", "--qat-epochs", "1"], "need --precision int8"),
     (["--distill"], "add --qat-epochs"),
-    (["--qat-epochs", "-1"], "--qat-epochs must be 0 or more"),
+    (["--qat-epochs", "-1"], "--qat-epochs: -1 is out of range 0.."),
 ])
 def test_qat_flag_misuse_is_a_usage_error(args, needle, fmnist_dir, tmp_path, capsys):
     from edgevit.cli import main
