@@ -41,15 +41,17 @@ def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, p
     return require_finite(np.concatenate(outs).astype(np.float32), desc)
 
 
-def require_finite(logits: np.ndarray, what: str) -> np.ndarray:
+BROKEN_WEIGHTS = "the weights (or the artifact) are broken: check --weights; nothing was written"
+
+
+def require_finite(logits: np.ndarray, what: str, fix: str = BROKEN_WEIGHTS) -> np.ndarray:
     """Logits with a NaN or an infinity are a broken model, never an accuracy: fail with how many images."""
     bad = ~np.isfinite(logits).reshape(len(logits), -1).all(1)
     if bad.any():
         from edgevit.errors import ValidationFailedError
 
         raise ValidationFailedError(f"{what} produced NaN or infinite logits on {int(bad.sum())} of {len(logits)} "
-                                    "images; the weights (or the artifact) are broken: check --weights, nothing was "
-                                    "written")
+                                    f"images; {fix}")
     return logits
 
 

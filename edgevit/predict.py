@@ -47,7 +47,11 @@ class Predictor:
 
     def probabilities(self, images: list) -> np.ndarray:
         """PIL images → softmax probabilities (N, classes)."""
-        return softmax(self.runner(np.stack([self.preprocessing(img) for img in images])))
+        from edgevit.measure import require_finite
+
+        logits = self.runner(np.stack([self.preprocessing(img) for img in images]))
+        return softmax(require_finite(np.asarray(logits), f"bundle {self.path.name}",
+                                      "its model is broken: rebuild it from good weights"))
 
     def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """One image's probabilities → the ``k`` best (label, probability), best first."""

@@ -4,6 +4,9 @@ validity logic. Engine building needs TensorRT and a GPU; those tests skip thems
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +182,10 @@ def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle)
 
     m = orin_bundle.manifest
     b = orin_bundle.bundle
-    assert set(m["files"]) == {"model.onnx", "engine_plan.json", "labels.txt"}
+    assert set(m["files"]) == {"model.onnx", "engine_plan.json", "build_engine.sh", "labels.txt"}
+    assert m["backend"]["plan"]["tensorrt"] == "10.3"  # the target's TensorRT (JetPack 6), not this host's
+    assert os.access(b / "build_engine.sh", os.X_OK)
+    assert subprocess.run(["bash", "-n", str(b / "build_engine.sh")]).returncode == 0
     assert m["backend"]["trt_rules"]["passed"] and m["backend"]["trt_rules"]["qdq_pairs"] > 0
     assert trt_rules.check(onnx.load(str(b / "model.onnx"))) == []  # what was shipped is what was checked
     assert m["backend"]["engine"]["status"] == "pending" and "edgevit compile" in m["backend"]["engine"]["next"]
@@ -238,9 +244,9 @@ def test_every_family_gives_a_legal_qdq_onnx_for_jetson(model, fmnist_dir, tmp_p
 
 
 def test_engine_on_gpu(orin_bundle, tmp_path):
-    """Builds and runs a real engine; needs TensorRT, pycuda and an NVIDIA GPU."""
+    """Builds and runs a real engine; needs TensorRT, cuda-python and an NVIDIA GPU."""
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (it needs an NVIDIA GPU)")
-    pytest.importorskip("pycuda", reason="pycuda is not installed (it needs CUDA)")
+    pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'edgevit[tensorrt]')")
     import shutil
 
     from edgevit.backends.tensorrt import compile_bundle, engine_support
@@ -300,3 +306,124 @@ def test_rewrite_leaves_a_scale_shared_with_an_int8_pair_alone():
     assert inits["s"] == np.float32(0.02)  # the int8 pair's scale is untouched
     assert {n.input[1] for n in g.node if n.name in ("q8", "dq8")} == {"s"}
     assert all(np.isclose(inits[n.input[1]], 0.02 * 255 / 127) for n in g.node if n.name in ("q_x", "dq_x"))
+
+
+# --------------------------------------------------------------------------------- trtexec-ready bundles
+def _trtexec_flags(script: str) -> dict:
+    """The ``--flag[=value]`` arguments of the trtexec call in a build_engine.sh."""
+    body = script[script.index('exec "$TRTEXEC"'):]
+    flags = {}
+    for tok in shlex.split(body.replace("\\\n", " "))[2:]:
+        if tok.startswith("--"):
+            k, _, v = tok[2:].partition("=")
+            flags[k] = v
+    return flags
+
+
+@pytest.mark.parametrize("name", sorted(list_targets()))
+def test_build_engine_sh_matches_the_plan_for_every_profile(name):
+    from edgevit.backends.tensorrt import build_script
+
+    t = load_target(name)
+    if t.backend != "tensorrt":
+        pytest.skip(f"{name} is not a TensorRT target")
+    for precision in t.precisions:
+        for version in {t.tensorrt or "10.3", "8.5", "10.3", "11.1"}:
+            try:
+                plan = engine_plan(t, precision, version, (3, 224, 224))
+            except TargetError:
+                continue  # a combination the plan refuses (fp16 strongly typed, fp32 on DLA)
+            f = _trtexec_flags(build_script(plan))
+            assert f["onnx"] == "model.onnx" and f["saveEngine"].endswith("/model.engine")
+            assert ("stronglyTyped" in f) == plan["strongly_typed"]
+            assert ("int8" in f) == ("INT8" in plan["builder_flags"])
+            assert ("fp16" in f) == ("FP16" in plan["builder_flags"])
+            if plan["device"] == "DLA":
+                assert f["useDLACore"] == str(plan["dla_core"])
+                assert ("allowGPUFallback" in f) == plan["gpu_fallback"]
+            else:
+                assert "useDLACore" not in f and "allowGPUFallback" not in f
+            prof = plan["optimization_profile"]["input"]
+            for key, flag in (("min", "minShapes"), ("opt", "optShapes"), ("max", "maxShapes")):
+                assert f[flag] == "input:" + "x".join(map(str, prof[key]))
+            assert f["maxShapes"].split(":")[1].split("x")[0] == str((t.batch_range or (t.batch,) * 3)[2])
+            if plan["workspace_bytes"]:
+                assert f["memPoolSize"] == f"workspace:{t.workspace_mb}"
+            else:
+                assert "memPoolSize" not in f
+            assert f["timingCacheFile"].endswith("/timing.cache") and f["profilingVerbosity"] == "detailed"
+            assert f["exportLayerInfo"].endswith("engine_layers.json") and "exportProfile" in f
+
+
+# ----------------------------------------------------------------- the engine runner and builder, stand-ins
+class _ProfileContext:
+    """Stands in for IExecutionContext: like TensorRT, refuses shapes outside the profile (returns False)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi, self.shapes = lo, hi, []
+
+    def set_input_shape(self, name, shape) -> bool:
+        ok = self.lo <= shape[0] <= self.hi
+        if ok:
+            self.shapes.append(tuple(shape))
+        return ok
+
+
+def test_runner_splits_batches_to_the_engine_profile_and_checks_the_shape():
+    from edgevit.backends.tensorrt import TRTRunner
+    from edgevit.errors import ValidationFailedError
+
+    r = object.__new__(TRTRunner)
+    r._context, r._input, r.min_batch, r.max_batch = _ProfileContext(1, 8), "input", 1, 8
+    r._execute = lambda x: x.reshape(len(x), -1)[:, :2] * 2  # what the engine would return, per image
+    x = np.random.default_rng(0).standard_normal((100, 3, 4, 4)).astype(np.float32)  # validation's batches of 100
+    got = r(x)
+    assert np.allclose(got, x.reshape(100, -1)[:, :2] * 2)
+    assert max(s[0] for s in r._context.shapes) == 8 and sum(s[0] for s in r._context.shapes) == 100
+    r.max_batch = 16  # a profile that lies about its range: the refused shape is an error, not garbage
+    with pytest.raises(ValidationFailedError, match="allows batch 1..16"):
+        r(x)
+
+
+class _Cache:
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+class _RefusingConfig:
+    """Stands in for IBuilderConfig: refuses a timing cache from another device, like set_timing_cache does."""
+
+    def __init__(self) -> None:
+        self.used = None
+
+    def create_timing_cache(self, blob: bytes):
+        return _Cache(blob)
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False  # never trust a foreign cache
+        if cache.blob == b"from another device":
+            return False
+        self.used = cache
+        return True
+
+
+def test_timing_cache_from_another_device_is_replaced_not_trusted(tmp_path):
+    from edgevit.backends.tensorrt import apply_timing_cache
+
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"from another device")
+    said = []
+    cfg = _RefusingConfig()
+    assert apply_timing_cache(cfg, cache, said.append) is False
+    assert cfg.used.blob == b"" and "another device" in said[0]
+    cache.write_bytes(b"good")
+    cfg = _RefusingConfig()
+    assert apply_timing_cache(cfg, cache, said.append) is True and cfg.used.blob == b"good"
+
+
+def test_engine_from_another_board_with_the_same_gpu_is_refused():
+    rec = {"tensorrt": "10.3", "device_name": "Orin", "compute_capability": "8.7",
+           "board": "NVIDIA Jetson AGX Orin Developer Kit"}
+    nano = {**rec, "board": "NVIDIA Jetson Orin Nano Developer Kit"}
+    assert "Orin Nano" in engine_mismatch(rec, nano)
+    assert engine_mismatch(rec, dict(rec)) is None

@@ -5,7 +5,9 @@ Two halves. Everything up to the engine runs on any host: a Q/DQ INT8 ONNX (NNCF
 target profile. The engine itself is built where TensorRT and the GPU are, because an engine is bound to the device,
 the TensorRT version and the build flags: at the end of ``edgevit build`` when this host is that device, otherwise
 with ``edgevit compile BUNDLE`` on the device. The engine code below follows TensorRT's Python API (8.5 to 11.x) and
-runs only where ``tensorrt`` and ``pycuda`` import and a CUDA device exists.
+runs only where ``tensorrt`` and ``cuda-python`` import and a CUDA device exists. CUDA is driven through
+cuda-python's runtime bindings (``cuda.bindings.runtime``), as TensorRT's own samples do since 10.x: the primary
+context, pinned host buffers, aarch64 wheels for Jetson (pycuda has none and fails to build there).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ PLAN_FILE = "engine_plan.json"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE_FILE = "timing.cache"
 LAYERS_FILE = "engine_layers.json"
+PROFILE_FILE = "engine_profile.json"
+SCRIPT_FILE = "build_engine.sh"
 ASSUMED_TENSORRT = "10.3"  # JetPack 6's TensorRT, for plans written where TensorRT is not installed
 
 
@@ -81,6 +85,72 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
     }
 
 
+def _dims(shape: list[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def trtexec_args(plan: dict, out: str = ".") -> list[str]:
+    """The ``trtexec`` arguments that build the engine ``plan`` describes, for the plan's TensorRT version: the
+    same precision (``--int8``/``--fp16`` before TensorRT 11, ``--stronglyTyped`` from 11), DLA core and GPU
+    fallback, shapes of the batch range, timing cache, workspace pool, detailed profiling, layer and profile export.
+    What it writes goes into ``out``."""
+    args = [f"--onnx={plan['onnx']}", f"--saveEngine={out}/{ENGINE_FILE}"]
+    if plan["strongly_typed"]:
+        args.append("--stronglyTyped")
+    args += [f"--{flag.lower()}" for flag in plan["builder_flags"] if flag in ("INT8", "FP16", "BF16", "FP8")]
+    if plan["device"] == "DLA":
+        args.append(f"--useDLACore={plan['dla_core']}")
+        if plan["gpu_fallback"]:
+            args.append("--allowGPUFallback")
+    for key, flag in (("min", "minShapes"), ("opt", "optShapes"), ("max", "maxShapes")):
+        args.append(f"--{flag}=" + ",".join(f"{name}:{_dims(s[key])}"
+                                             for name, s in plan["optimization_profile"].items()))
+    if plan.get("workspace_bytes"):
+        args.append(f"--memPoolSize=workspace:{plan['workspace_bytes'] >> 20}")  # MiB, the unit every version reads
+    args += [f"--timingCacheFile={out}/{plan['timing_cache']}", "--profilingVerbosity=detailed",
+             f"--exportLayerInfo={out}/{LAYERS_FILE}", "--separateProfileRun", "--dumpProfile",
+             f"--exportProfile={out}/{PROFILE_FILE}"]
+    return args
+
+
+def build_script(plan: dict) -> str:
+    """``build_engine.sh``: the plan as the ``trtexec`` command it means, for users who build with NVIDIA's tools."""
+    lines = " \\\n    ".join(a.replace("=$OUT/", '="$OUT"/') for a in trtexec_args(plan, out="$OUT"))
+    return f"""#!/usr/bin/env bash
+# Builds this bundle's TensorRT engine with NVIDIA's trtexec, exactly as engine_plan.json says (written by edgevit
+# for TensorRT {plan['tensorrt']}, {plan['precision']} on the {plan['device']}{'' if plan['dla_core'] is None
+                                                                          else f" core {plan['dla_core']}"}).
+# It writes the engine, timing cache, layer info and profile into OUT (default: a sibling folder BUNDLE.trtexec), never
+# into the bundle, which stays verifiable. `edgevit compile BUNDLE` builds the same engine into the bundle and also
+# checks it against ONNX Runtime and records it in the manifest.
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT="${{OUT:-$PWD.trtexec}}"
+mkdir -p "$OUT"
+TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
+if [ ! -x "$TRTEXEC" ]; then
+  echo "trtexec not found: install TensorRT (JetPack ships it in /usr/src/tensorrt/bin) or set TRTEXEC" >&2
+  exit 1
+fi
+exec "$TRTEXEC" \\
+    {lines} "$@"
+"""
+
+
+def write_plan(out_dir: Path, plan: dict) -> list[str]:
+    """``engine_plan.json`` and its ``build_engine.sh`` (executable as the umask allows); the bundle files they are
+    with the ONNX."""
+    import os
+
+    from edgevit.outputs import umask, write_text
+
+    (out_dir / PLAN_FILE).write_text(dumps(plan, indent=1))
+    script = out_dir / SCRIPT_FILE
+    write_text(script, build_script(plan))
+    os.chmod(script, 0o777 & ~umask())
+    return [ONNX_FILE, PLAN_FILE, SCRIPT_FILE]
+
+
 def engine_mismatch(record: dict, current: dict) -> str | None:
     """Why an engine built as ``record`` cannot run here (``current``: tensorrt, device_name, compute_capability), or
     None. TensorRT engines are bound to the TensorRT version and the GPU they were built on."""
@@ -92,6 +162,8 @@ def engine_mismatch(record: dict, current: dict) -> str | None:
             record.get("device_name") != current.get("device_name"):
         problems.append(f"it was built on {record.get('device_name')} (sm {record.get('compute_capability')}), this "
                         f"is {current.get('device_name')} (sm {current.get('compute_capability')})")
+    elif record.get("board") and current.get("board") and record["board"] != current["board"]:
+        problems.append(f"it was built on a {record['board']}, this is a {current['board']}")
     return "; ".join(problems) or None
 
 
@@ -102,17 +174,46 @@ def _trt():
     return trt
 
 
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def cuda_call(result):
+    """cuda-python returns ``(error, *values)``: raise on an error, return the value(s)."""
+    cudart = _cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = cudart.cudaGetErrorName(err)[1]
+        raise RuntimeError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else values
+
+
+def board_model() -> str | None:
+    """The Jetson board (``NVIDIA Jetson AGX Orin Developer Kit``...): every Orin reports sm 8.7, the board differs."""
+    try:
+        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\x00").decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
 def device_info() -> dict:
     """TensorRT version and the CUDA device of this host (raises ImportError / RuntimeError where there is none)."""
     trt = _trt()
-    import pycuda.driver as cuda
-
-    cuda.init()
-    if cuda.Device.count() < 1:
+    cudart = _cudart()
+    if cuda_call(cudart.cudaGetDeviceCount()) < 1:
         raise RuntimeError("no CUDA device")
-    dev = cuda.Device(0)
-    major, minor = dev.compute_capability()
-    return {"tensorrt": trt.__version__, "device_name": dev.name(), "compute_capability": f"{major}.{minor}"}
+    prop = cuda_call(cudart.cudaGetDeviceProperties(0))
+    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    info = {"tensorrt": trt.__version__, "device_name": name.split("\x00")[0],
+            "compute_capability": f"{prop.major}.{prop.minor}"}
+    board = board_model()
+    if board:
+        info["board"] = board
+    return info
 
 
 def engine_support() -> tuple[bool, str]:
@@ -120,8 +221,9 @@ def engine_support() -> tuple[bool, str]:
     try:
         info = device_info()
     except ImportError as e:
-        return False, f"TensorRT/pycuda not importable ({e.name or e}): pip install 'edgevit[tensorrt]' on the device"
-    except Exception as e:  # pycuda raises its own errors when there is no driver
+        return False, (f"TensorRT/cuda-python not importable ({e.name or e}): pip install 'edgevit[tensorrt]' on the "
+                       "device (JetPack provides TensorRT)")
+    except Exception as e:  # cuda-python reports a missing driver as a CUDA error
         return False, f"no usable CUDA device ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     return True, f"TensorRT {info['tensorrt']} on {info['device_name']} (sm {info['compute_capability']})"
 
@@ -161,8 +263,7 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
         profile.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
     config.add_optimization_profile(profile)
     cache_path = out_dir / TIMING_CACHE_FILE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)  # a cache from another device is refused, not trusted
+    apply_timing_cache(config, cache_path, log)
 
     log(f"building the TensorRT engine ({plan['precision']}, {plan['device']}) on {info['device_name']}")
     t0 = time.perf_counter()
@@ -172,18 +273,40 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
                                     "TensorRT log above")
     seconds = time.perf_counter() - t0
     (out_dir / ENGINE_FILE).write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    cache = config.get_timing_cache()
+    if cache is not None:
+        cache_path.write_bytes(bytes(cache.serialize()))
+    else:
+        cache_path.unlink(missing_ok=True)
 
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(bytes(serialized))
     inspector = engine.create_engine_inspector()
+    context = engine.create_execution_context()  # without one, a dynamic-shape engine's formats read "N/A"
+    for name, shp in plan["optimization_profile"].items():
+        context.set_input_shape(name, tuple(shp["opt"]))
+    inspector.execution_context = context
     layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     (out_dir / LAYERS_FILE).write_text(dumps(layers, indent=1))
     from edgevit.models import sha256_file
 
     return {**info, "onnx_sha256": sha256_file(onnx_path), "precision": plan["precision"], "plan": plan,
             "build_seconds": round(seconds, 1), "layers": layer_summary(layers),
-            "files": [ENGINE_FILE, TIMING_CACHE_FILE, LAYERS_FILE]}
+            "files": [ENGINE_FILE, LAYERS_FILE] + ([TIMING_CACHE_FILE] if cache_path.is_file() else [])}
+
+
+def apply_timing_cache(config, cache_path: Path, log=print) -> bool:
+    """Use the timing cache at ``cache_path`` if TensorRT accepts it; a cache from another device or TensorRT is
+    refused (``set_timing_cache`` returns False) and replaced by a fresh one, never trusted blindly. Returns whether
+    the old cache was used."""
+    old = cache_path.read_bytes() if cache_path.is_file() else b""
+    if old and config.set_timing_cache(config.create_timing_cache(old), ignore_mismatch=False):
+        return True
+    if old:
+        log(f"the timing cache {cache_path.name} is from another device or TensorRT version; starting a fresh one")
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        log("TensorRT refused an empty timing cache; building without one")
+    return False
 
 
 def layer_summary(layers: dict) -> dict:
@@ -205,47 +328,88 @@ def layer_summary(layers: dict) -> dict:
     return {"by_precision": by_precision, "by_device": by_device}
 
 
+def profile_chunks(x: np.ndarray, max_batch: int) -> list[np.ndarray]:
+    """``x`` split into batches the engine's optimization profile allows (at most ``max_batch`` images each)."""
+    return [x[s:s + max_batch] for s in range(0, len(x), max(1, max_batch))]
+
+
 class TRTRunner:
-    """Runs a TensorRT engine with pycuda device buffers and one CUDA stream."""
+    """Runs a TensorRT engine with cuda-python: the primary CUDA context, one stream, pinned host buffers. Inputs of
+    any batch are split into the batches the engine's profile allows."""
 
-    def __init__(self, engine_path: Path, record: dict) -> None:
+    def __init__(self, engine_path: Path, record: dict, plan: dict | None = None) -> None:
         trt = _trt()
-        import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-        import pycuda.driver as cuda
-
+        cudart = _cudart()
         why = engine_mismatch(record, device_info())
         if why:
             raise BundleError(f"{engine_path} cannot run here: {why}; rebuild it on this device with "
                               f"`edgevit compile {engine_path.parent}`")
-        self._cuda = cuda
-        self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
+        self._cudart = cudart
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        plan = plan or record.get("plan") or {}
+        if plan.get("dla_core") is not None:
+            runtime.DLA_core = int(plan["dla_core"])  # as trtexec --useDLACore does, before deserializing
+        self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self._engine is None:
+            raise BundleError(f"TensorRT could not deserialize {engine_path}; rebuild it with `edgevit compile`")
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self._stream = cuda.Stream()
+        lo, _, hi = self._engine.get_tensor_profile_shape(self._input, 0)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self._stream = cuda_call(cudart.cudaStreamCreate())
         self._buffers: dict[int, tuple] = {}
         self.info = {"backend": "tensorrt", "version": trt.__version__, "device": record.get("device_name"),
-                     "executed_precision": record.get("precision"), "engine_layers": record.get("layers")}
+                     "executed_precision": record.get("precision"), "engine_layers": record.get("layers"),
+                     "batch_range": [self.min_batch, self.max_batch]}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        cuda = self._cuda
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        self._context.set_input_shape(self._input, x.shape)
+        return np.concatenate([self._run(c) for c in profile_chunks(x, self.max_batch)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if not self._context.set_input_shape(self._input, tuple(x.shape)):
+            raise ValidationFailedError(f"TensorRT refused input shape {tuple(x.shape)}: the engine's profile allows "
+                                        f"batch {self.min_batch}..{self.max_batch}")
+        return self._execute(x)
+
+    def _pinned(self, shape: tuple) -> tuple[int, np.ndarray]:
+        import ctypes
+
+        count = int(np.prod(shape))
+        ptr = cuda_call(self._cudart.cudaMallocHost(count * 4))
+        return ptr, np.ctypeslib.as_array((ctypes.c_float * count).from_address(int(ptr))).reshape(shape)
+
+    def _execute(self, x: np.ndarray) -> np.ndarray:
+        cudart, n = self._cudart, x.shape[0]
         if n not in self._buffers:
             out_shape = tuple(self._context.get_tensor_shape(self._output))
-            host_out = cuda.pagelocked_empty(out_shape, np.float32)
-            self._buffers[n] = (cuda.mem_alloc(x.nbytes), cuda.mem_alloc(host_out.nbytes), host_out)
-        d_in, d_out, host_out = self._buffers[n]
+            h_in, h_out = self._pinned(x.shape), self._pinned(out_shape)
+            d_in = cuda_call(cudart.cudaMalloc(x.nbytes))
+            d_out = cuda_call(cudart.cudaMalloc(h_out[1].nbytes))
+            self._buffers[n] = (h_in, h_out, d_in, d_out)
+        (_, host_in), (_, host_out), d_in, d_out = self._buffers[n]
+        np.copyto(host_in, x)
         self._context.set_tensor_address(self._input, int(d_in))
         self._context.set_tensor_address(self._output, int(d_out))
-        cuda.memcpy_htod_async(d_in, x, self._stream)
-        if not self._context.execute_async_v3(stream_handle=self._stream.handle):
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_call(cudart.cudaMemcpyAsync(d_in, host_in.ctypes.data, x.nbytes, h2d, self._stream))
+        if not self._context.execute_async_v3(stream_handle=int(self._stream)):
             raise RuntimeError("TensorRT execution failed")
-        cuda.memcpy_dtoh_async(host_out, d_out, self._stream)
-        self._stream.synchronize()
+        cuda_call(cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, d2h, self._stream))
+        cuda_call(cudart.cudaStreamSynchronize(self._stream))
         return np.array(host_out)
+
+    def __del__(self) -> None:
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for (hp, _), (op, _), d_in, d_out in getattr(self, "_buffers", {}).values():
+            for ptr in (hp, op):
+                cudart.cudaFreeHost(ptr)
+            for ptr in (d_in, d_out):
+                cudart.cudaFree(ptr)
 
 
 # ------------------------------------------------------------------------------------------------------ backend
@@ -303,12 +467,14 @@ class TensorRTBackend:
         target = job.target
         shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
         ok, why = engine_support()
-        version = device_info()["tensorrt"] if ok else ASSUMED_TENSORRT
+        here = ok and _is_target_device(target)
+        # the plan is for the TensorRT that will build the engine: this host's when it is the device, else the
+        # target's (JetPack's), never the workstation's
+        version = device_info()["tensorrt"] if here else (target.tensorrt or ASSUMED_TENSORRT)
         plan = engine_plan(target, job.precision, version, shape)
-        (job.out_dir / PLAN_FILE).write_text(dumps(plan, indent=1))
+        files = write_plan(job.out_dir, plan)
         details["plan"] = plan
-        files = [ONNX_FILE, PLAN_FILE]
-        if ok and _is_target_device(target):
+        if here:
             record = build_engine(job.out_dir / ONNX_FILE, plan, job.out_dir)
             details["engine"] = {k: v for k, v in record.items() if k != "plan"}
             files += record["files"]
@@ -338,7 +504,7 @@ class TensorRTBackend:
             if not ok:
                 raise BackendUnavailableError(f"{bundle_dir} holds a TensorRT engine, which needs TensorRT and the "
                                               f"GPU it was built on: {why}")
-            return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine)
+            return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
         return _proxy(Path(bundle_dir) / ONNX_FILE, threads)
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
@@ -386,9 +552,9 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
         shutil.rmtree(stage)
         shutil.copytree(bundle, stage)
         plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]))
-        (stage / PLAN_FILE).write_text(dumps(plan, indent=1))
+        write_plan(stage, plan)
         record = build_engine(stage / ONNX_FILE, plan, stage, log)
-        runner = TRTRunner(stage / ENGINE_FILE, record)
+        runner = TRTRunner(stage / ENGINE_FILE, record, plan)
         proxy = _proxy(stage / ONNX_FILE, None)
         x = np.random.default_rng(0).standard_normal((8, *m["model"]["input_size"])).astype(np.float32)
         got, want = np.concatenate([runner(x[i:i + 1]) for i in range(8)]), proxy(x)
@@ -402,6 +568,6 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
         m["latency_ms"] = {"host": {**host_info(), "gpu": record["device_name"]}, "batch": 1, "artifact":
                            lat["engine"], "p50": lat["engine"]["p50"], "p90": lat["engine"]["p90"],
                            "method": "TensorRT engine on the device, wall clock per call incl. copies"}
-        m["_files"] = sorted(set(m["files"]) | set(record["files"]))
+        m["_files"] = sorted(set(m["files"]) | set(record["files"]) | {SCRIPT_FILE})
         write_manifest(stage, m)
     return read_manifest(bundle)
