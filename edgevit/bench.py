@@ -158,6 +158,14 @@ def environment() -> dict:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux keeps ``ru_maxrss`` across fork+exec, so a spawned cell would report its
+    parent's high-water mark if the parent was bigger; ``VmHWM`` belongs to the address space exec made new."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
