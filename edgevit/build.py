@@ -132,6 +132,11 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.quantize import calibration_images, load_recipe
     from edgevit.targets import load_target
 
+    if target == "auto":
+        from edgevit.detect import detect_target
+
+        target, why = detect_target()
+        say(f"--target auto: {target} ({why})")
     if precision == "best":
         return _build_best(model, target=target, data=data, weights=weights, out=out, calibration=calibration,
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,

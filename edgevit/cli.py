@@ -31,6 +31,13 @@ def _cmd_targets(a) -> int:
         note = "" if ok else (f"  [bundle up to the engine here; engine on the device: {why}]" if prep
                               else f"  [{prep_why if not prep else why}]")
         print(f"{t.name:20} {t.backend:12} {','.join(t.precisions):18} {can:10} {t.description}{note}")
+    from edgevit.detect import detect_target
+
+    try:
+        auto, why = detect_target()
+        print(f"\nauto (--target auto) on this host: {auto}, because {why}")
+    except EdgevitError as e:
+        print(f"\nauto (--target auto) on this host: none ({e})")
     print("\nyes: builds and runs here. prepare: builds the checked bundle here (Q/DQ ONNX, its accuracy, the engine "
           "plan); run `edgevit compile BUNDLE` on the device to build the engine.")
     return 0
@@ -212,7 +219,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="quantize, compile, validate and bundle a model for a target")
     s.add_argument("--model", required=True, help="zoo alias or timm name")
-    s.add_argument("--target", default="cpu-x86", help="profile name from 'edgevit targets' or a .toml path")
+    s.add_argument("--target", default="cpu-x86",
+                   help="profile name from 'edgevit targets', a .toml path, or auto: detect this host's board/GPU/CPU")
     s.add_argument("--precision", default="int8",
                    help="fp32 | bf16 | int8 (as the target allows) | best: the fastest measured that passes the gate")
     s.add_argument("--data", help="calibration and validation data (required for int8)")

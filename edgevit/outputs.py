@@ -61,11 +61,21 @@ def _is_bundle(d: Path) -> bool:
     return isinstance(m, dict) and "schema_version" in m and "edgevit_version" in m
 
 
+# What report/inspect directories held before they carried the marker: such a directory holding nothing else is
+# edgevit's own, so upgrading edgevit does not break a nightly job that rewrites its report.
+_LEGACY = {"report": {"report.html", "summary.md", "pareto.png", "trends.png"},
+           "inspect": {"index.html", "patch_filters.png", "position_similarity.png", "attention_distance.png",
+                       "layer_sqnr.png"}}
+
+
 def _has_marker(d: Path, kind: str) -> bool:
     try:
         m = json.loads((d / MARKER).read_text())
     except (OSError, ValueError):
-        return False
+        names = {p.name for p in d.iterdir()}
+        legacy = _LEGACY.get(kind, set())
+        return bool(names) and names <= legacy and ("report.html" in names or "index.html" in names) and all(
+            (d / n).is_file() and not (d / n).is_symlink() for n in names)
     return isinstance(m, dict) and m.get("kind") == kind
 
 

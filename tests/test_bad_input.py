@@ -474,3 +474,37 @@ def test_disk_full_is_one_line_naming_the_path(capsys, monkeypatch):
     rc, _, err = cli(capsys, "models")
     assert rc == 1 and err.strip().splitlines() == [
         "edgevit: error: /data/out/model.bin: No space left on device; free some space or write elsewhere"]
+
+
+def test_a_report_written_before_the_marker_is_still_ours(tmp_path):
+    from edgevit.outputs import owned_by_edgevit
+
+    old = tmp_path / "report"
+    old.mkdir()
+    for n in ("report.html", "summary.md", "pareto.png"):
+        (old / n).write_text("x")
+    assert owned_by_edgevit(old, "report")
+    (old / "notes.txt").write_text("mine")
+    assert not owned_by_edgevit(old, "report")
+
+
+def test_two_builds_into_the_same_bundle_at_once(tmp_path):
+    """Both may finish (one after the other) or one is refused at once; never a traceback, never a leftover."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgevit", "build", "--model", "vit-tiny-fmnist", "--precision", "fp32",
+           "--out", str(tmp_path / "out"), "--name", "same"]
+    env = {**os.environ, "EDGEVIT_QUIET": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert any(rc == 0 for rc, _ in results), results
+    for rc, err in results:
+        assert "Traceback" not in err
+        if rc:
+            assert rc == 1 and len(err.strip().splitlines()) == 1 and "another edgevit process" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same"]
+    from edgevit.bundle import read_manifest
+
+    read_manifest(tmp_path / "out" / "same")

@@ -40,3 +40,31 @@ def test_recipes():
         load_recipe("fats")
     with pytest.raises(UsageError, match="at least 1"):
         load_recipe(samples=0)
+
+
+@pytest.mark.parametrize("model,want", [
+    ("NVIDIA Jetson AGX Orin Developer Kit", "jetson-orin"),
+    ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "jetson-orin-nx"),
+    ("NVIDIA Jetson Orin Nano Developer Kit", "jetson-orin-nano"),
+    ("NVIDIA Jetson Xavier NX Developer Kit", "jetson-xavier-nx"),
+])
+def test_auto_detects_the_jetson_board_from_its_device_tree(tmp_path, model, want):
+    from edgevit.detect import detect_target
+
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(model.encode() + b"\x00")
+    name, why = detect_target(tmp_path)
+    assert name == want and model in why
+    load_target(name)  # every answer is a shipped profile
+
+
+def test_auto_refuses_a_jetson_without_a_profile_and_falls_back_to_the_cpu(tmp_path):
+    from edgevit.detect import detect_target
+    from edgevit.errors import TargetError
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R32 (release), REVISION: 7.1, GCID: 1, BOARD: t186ref\n")
+    with pytest.raises(TargetError, match="no profile for"):
+        detect_target(tmp_path)
+    name, why = detect_target(tmp_path / "empty")  # an ordinary host: its CPU, with the reason
+    assert name in ("cpu-x86", "cpu-onnxruntime") and "no Jetson board" in why
