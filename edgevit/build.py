@@ -233,7 +233,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
 
         # -- calibrate + compile ----------------------------------------------------------------------------
         calib = None
-        if precision == "int8" and qmodel is None:
+        if precision == "int8" and ds is not None and (qmodel is None or signed):  # TensorRT: V's scale too
             say(f"calibrating INT8 with {min(recipe.samples, len(ds.train))} images from {ds.spec} "
                 f"({Path(recipe.path).name}, {'transformer' if spec.is_transformer else 'CNN'} recipe)")
             calib, _ = calibration_images(ds, pre, recipe)

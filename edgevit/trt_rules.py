@@ -88,6 +88,82 @@ def unsigned_to_signed(model) -> int:
     return len(rewritten)
 
 
+SOFTMAX_SCALE = 1.0 / 127.0  # softmax outputs lie in [0, 1]: the fixed scale TensorRT's fused INT8 MHA expects
+
+
+def attention_matmuls(graph) -> list:
+    """The ``softmax(QK^T) @ V`` MatMul of every attention block: a MatMul whose first input is a Softmax output."""
+    producer = {o: n for n in graph.node for o in n.output}
+    found = []
+    for n in graph.node:
+        if n.op_type != "MatMul":
+            continue
+        p = producer.get(n.input[0])
+        if p is not None and p.op_type == "DequantizeLinear":  # already quantized: look through Q/DQ
+            q = producer.get(p.input[0])
+            p = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if p is not None and p.op_type == "Softmax":
+            found.append(n)
+    return found
+
+
+def _softmax_of(producer: dict, matmul):
+    p = producer[matmul.input[0]]
+    while p.op_type != "Softmax":
+        p = producer[p.input[0]]
+    return p
+
+
+def _insert_qdq(graph, tensor: str, scale: float, user, index: int, tag: str) -> None:
+    from onnx import helper, numpy_helper
+
+    base = f"{tag}_{(user.name or user.output[0]).replace('/', '_')}_{index}"
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), f"{base}_scale"),
+                              numpy_helper.from_array(np.asarray(0, np.int8), f"{base}_zp")])
+    q = helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zp"], [f"{base}_q"], name=f"{base}_Q")
+    dq = helper.make_node("DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zp"], [f"{base}_dq"],
+                          name=f"{base}_DQ")
+    at = list(graph.node).index(user)
+    graph.node.insert(at, dq)
+    graph.node.insert(at, q)
+    user.input[index] = f"{base}_dq"
+
+
+def quantize_attention(model, images: np.ndarray, input_name: str) -> list[str]:
+    """Quantize both inputs of every attention block's ``softmax @ V`` MatMul, so TensorRT can fuse the block into
+    its INT8 multi-head attention kernel (its fusion wants Q/DQ on both batched-MatMul inputs; NNCF leaves this
+    MatMul in float). The softmax output gets the fixed scale 1/127, as NVIDIA's Model Optimizer does; V gets a
+    symmetric per-tensor scale from its largest magnitude on ``images`` (run through ONNX Runtime). Returns the names
+    of the MatMuls changed."""
+    import onnx
+    import onnxruntime as ort
+
+    g = model.graph
+    todo = [n for n in attention_matmuls(g) if not _from_dq(g, n.input[1]) or not _from_dq(g, n.input[0])]
+    if not todo:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend([onnx.helper.make_tensor_value_info(n.input[1], onnx.TensorProto.FLOAT, None)
+                               for n in todo])
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax = np.zeros(len(todo))
+    for s in range(0, len(images), 16):
+        outs = sess.run(None, {input_name: np.ascontiguousarray(images[s:s + 16], np.float32)})
+        amax = np.maximum(amax, [float(np.abs(o).max()) for o in outs])
+    for n, a in zip(todo, amax):
+        if not _from_dq(g, n.input[0]):
+            _insert_qdq(g, n.input[0], SOFTMAX_SCALE, n, 0, "attn_softmax")
+        if not _from_dq(g, n.input[1]):
+            _insert_qdq(g, n.input[1], max(a, 1e-8) / 127.0, n, 1, "attn_v")
+    return [n.name or n.output[0] for n in todo]
+
+
+def _from_dq(graph, tensor: str) -> bool:
+    return any(n.op_type == "DequantizeLinear" and tensor in n.output for n in graph.node)
+
+
 def check(model_or_path) -> list[Violation]:
     """Every way ``model`` breaks TensorRT's explicit-quantization rules (empty: the graph is legal)."""
     import onnx
@@ -149,7 +225,31 @@ def check(model_or_path) -> list[Violation]:
                 elif user.op_type in COMPUTE_OPS and len(user.input) > 1 and user.input[1] == n.output[0]:
                     if user.op_type in ("Conv", "ConvTranspose", "Gemm") or n.input[0] in consts:
                         _check_per_channel(n, user, consts, out, name)
+    for mm in attention_matmuls(g):
+        qk = producer.get(_first_matmul_input(producer, _softmax_of(producer, mm)))
+        unquantized = [i for i in mm.input if producer.get(i) is None or producer[i].op_type != "DequantizeLinear"]
+        if qk is not None and qk.op_type == "MatMul":
+            unquantized += [i for i in qk.input if producer.get(i) is None
+                            or producer[i].op_type != "DequantizeLinear"]
+        if unquantized:
+            out.append(Violation("unfused-attention", mm.name or mm.output[0],
+                                 f"{len(unquantized)} batched-MatMul input(s) of this attention block are not "
+                                 "quantized (" + ", ".join(unquantized[:2]) + "): TensorRT cannot use its fused "
+                                 "INT8 attention; quantize softmax output and V (edgevit does this for PTQ and QAT)"))
     return out
+
+
+def _first_matmul_input(producer: dict, softmax) -> str:
+    """The tensor that feeds a Softmax through elementwise scaling/bias ops: the output of the ``Q @ K^T`` MatMul."""
+    t = softmax.input[0]
+    for _ in range(4):
+        p = producer.get(t)
+        if p is None or p.op_type == "MatMul":
+            return t
+        if p.op_type not in ("Mul", "Div", "Add", "Cast", "Where"):
+            return t
+        t = p.input[0]
+    return t
 
 
 def _is_residual_add(add, producer: dict, consts: dict) -> bool:

@@ -427,3 +427,26 @@ def test_engine_from_another_board_with_the_same_gpu_is_refused():
     nano = {**rec, "board": "NVIDIA Jetson Orin Nano Developer Kit"}
     assert "Orin Nano" in engine_mismatch(rec, nano)
     assert engine_mismatch(rec, dict(rec)) is None
+
+
+# ------------------------------------------------------------------------------------ fused INT8 attention
+def test_every_attention_block_is_quantized_for_tensorrts_fused_mha(orin_bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(orin_bundle.bundle / "model.onnx"))
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    blocks = trt_rules.attention_matmuls(g)
+    assert len(blocks) == TINY_VIT["depth"] and orin_bundle.manifest["backend"]["attention_qdq"]["matmuls"] == 1
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for mm in blocks:
+        softmax_dq, v_dq = (producer[i] for i in mm.input)
+        assert softmax_dq.op_type == v_dq.op_type == "DequantizeLinear"
+        assert inits[softmax_dq.input[1]] == pytest.approx(1 / 127)  # the fixed scale the fusion expects
+        assert inits[v_dq.input[1]] > 0 and inits[v_dq.input[2]] == 0
+    # undo it: the rules check names the block that would not fuse
+    for mm in blocks:
+        mm.input[0] = producer[producer[mm.input[0]].input[0]].input[0]
+    bad = [v for v in trt_rules.check(model) if v.rule == "unfused-attention"]
+    assert [v.node for v in bad] == [mm.name for mm in blocks]

@@ -452,6 +452,10 @@ class TensorRTBackend:
         if job.precision == "int8":
             model = trt_rules.constants_to_initializers(clean_onnx(model))
             rewritten = trt_rules.unsigned_to_signed(model)
+            fused = (trt_rules.quantize_attention(model, job.calibration, INPUT_NAME)
+                     if job.calibration is not None else [])
+            details["attention_qdq"] = {"matmuls": len(fused), "softmax_scale": "1/127",
+                                        "v_scale": "max |V| / 127 on the calibration images"}
             violations = trt_rules.check(model)
             details["trt_rules"] = {"violations": [str(v) for v in violations], "passed": not violations,
                                     "unsigned_rewritten_to_int8": rewritten,
