@@ -164,8 +164,61 @@ def _from_dq(graph, tensor: str) -> bool:
     return any(n.op_type == "DequantizeLinear" and tensor in n.output for n in graph.node)
 
 
-def check(model_or_path) -> list[Violation]:
-    """Every way ``model`` breaks TensorRT's explicit-quantization rules (empty: the graph is legal)."""
+def version_tuple(version: str) -> tuple[int, int]:
+    parts = (str(version).split(".") + ["0"])[:2]
+    return int(parts[0]), int(parts[1]) if parts[1].isdigit() else 0
+
+
+LAYERNORM_SINCE = (8, 6)  # TensorRT's ONNX parser imports LayerNormalization from 8.6 on
+
+
+def decompose_layernorm(model) -> list[str]:
+    """Rewrite every ``LayerNormalization`` as the primitives TensorRT < 8.6 parses (ReduceMean, Sub, Mul, Add, Sqrt,
+    Div), with the same epsilon, scale and bias. Returns the new nodes' names: the engine plan keeps them in FP32
+    (in FP16 the squared deviations of a ViT's residual stream overflow). Changes ``model`` in place."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    new_names: list[str] = []
+    nodes = []
+    for n in g.node:
+        if n.op_type != "LayerNormalization":
+            nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
+        if axis >= 0:
+            raise ValueError(f"{n.name}: LayerNormalization over a positive axis ({axis}) is not decomposed")
+        axes = list(range(axis, 0))
+        base = (n.name or n.output[0]).replace("/", "_")
+        t = {k: f"{base}_{k}" for k in ("mean", "dev", "sq", "var", "vare", "std", "norm", "scaled")}
+        g.initializer.append(numpy_helper.from_array(np.asarray(eps, np.float32), f"{base}_eps"))
+        x, scale = n.input[0], n.input[1]
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        parts = [
+            helper.make_node("ReduceMean", [x], [t["mean"]], axes=axes, keepdims=1),
+            helper.make_node("Sub", [x, t["mean"]], [t["dev"]]),
+            helper.make_node("Mul", [t["dev"], t["dev"]], [t["sq"]]),
+            helper.make_node("ReduceMean", [t["sq"]], [t["var"]], axes=axes, keepdims=1),
+            helper.make_node("Add", [t["var"], f"{base}_eps"], [t["vare"]]),
+            helper.make_node("Sqrt", [t["vare"]], [t["std"]]),
+            helper.make_node("Div", [t["dev"], t["std"]], [t["norm"]]),
+            helper.make_node("Mul", [t["norm"], scale], [t["scaled"] if bias else n.output[0]]),
+        ]
+        if bias:
+            parts.append(helper.make_node("Add", [t["scaled"], bias], [n.output[0]]))
+        for i, p in enumerate(parts):
+            p.name = f"{base}/ln_{i}_{p.op_type}"
+            new_names.append(p.name)
+        nodes += parts
+    del g.node[:]
+    g.node.extend(nodes)
+    return new_names
+
+
+def check(model_or_path, tensorrt: str | None = None) -> list[Violation]:
+    """Every way ``model`` breaks TensorRT's explicit-quantization rules (empty: the graph is legal); with
+    ``tensorrt`` also the ops that TensorRT version cannot import."""
     import onnx
 
     model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
@@ -185,6 +238,9 @@ def check(model_or_path) -> list[Violation]:
 
     for n in g.node:
         name = n.name or f"{n.op_type}:{n.output[0]}"
+        if n.op_type == "LayerNormalization" and tensorrt and version_tuple(tensorrt) < LAYERNORM_SINCE:
+            out.append(Violation("unsupported-op", name, f"TensorRT {tensorrt} cannot import LayerNormalization "
+                                                         "(8.6 can); decompose it (edgevit does for such targets)"))
         if n.domain not in STANDARD_DOMAINS:
             out.append(Violation("custom-op", name, f"op {n.domain}::{n.op_type} has no TensorRT importer; export "
                                                     "standard ONNX (QuantizeLinear/DequantizeLinear)"))
@@ -225,7 +281,8 @@ def check(model_or_path) -> list[Violation]:
                 elif user.op_type in COMPUTE_OPS and len(user.input) > 1 and user.input[1] == n.output[0]:
                     if user.op_type in ("Conv", "ConvTranspose", "Gemm") or n.input[0] in consts:
                         _check_per_channel(n, user, consts, out, name)
-    for mm in attention_matmuls(g):
+    quantized = any(n.op_type == "QuantizeLinear" for n in g.node)  # an FP32/FP16 graph has nothing to fuse
+    for mm in attention_matmuls(g) if quantized else []:
         qk = producer.get(_first_matmul_input(producer, _softmax_of(producer, mm)))
         unquantized = [i for i in mm.input if producer.get(i) is None or producer[i].op_type != "DequantizeLinear"]
         if qk is not None and qk.op_type == "MatMul":

@@ -286,9 +286,11 @@ def test_layer_summary_reads_the_inspector_json():
                                                                                   "Row major linear FP16 format"}]},
                          {"Name": "head", "LayerType": "Gemm",
                           "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+                         {"Name": "mha", "LayerType": "MHA",  # format and type in separate fields (TensorRT 11)
+                          "Outputs": [{"Format": "Row major linear", "Datatype": "Half"}]},
                          "a layer printed as a string at lower verbosity"]}
     s = layer_summary(layers)
-    assert s["by_precision"] == {"INT8": 1, "FP16": 1, "FP32": 1} and s["by_device"] == {"GPU": 3}
+    assert s["by_precision"] == {"INT8": 1, "FP16": 2, "FP32": 1} and s["by_device"] == {"GPU": 4}
 
 
 def test_rewrite_leaves_a_scale_shared_with_an_int8_pair_alone():
@@ -450,3 +452,45 @@ def test_every_attention_block_is_quantized_for_tensorrts_fused_mha(orin_bundle)
         mm.input[0] = producer[producer[mm.input[0]].input[0]].input[0]
     bad = [v for v in trt_rules.check(model) if v.rule == "unfused-attention"]
     assert [v.node for v in bad] == [mm.name for mm in blocks]
+
+
+# -------------------------------------------------------------------- TensorRT 8.5 (Jetson Xavier NX, JetPack 5)
+def test_layernorm_is_decomposed_exactly_for_tensorrt_before_8_6(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edgevit.export import INPUT_NAME, export_onnx
+    from edgevit.models import create_model, resolve_spec
+
+    net = create_model(resolve_spec("vit-tiny-fmnist"), num_classes=10, **TINY_VIT).eval()
+    path = export_onnx(net, (32, 32), tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    assert any(v.rule == "unsupported-op" for v in trt_rules.check(model, tensorrt="8.5"))
+    assert not any(v.rule == "unsupported-op" for v in trt_rules.check(model, tensorrt="8.6"))
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
+    names = trt_rules.decompose_layernorm(model)
+    assert names and not any(n.op_type == "LayerNormalization" for n in model.graph.node)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {INPUT_NAME: x})[0]
+    assert np.abs(got - want).max() < 1e-4
+    assert trt_rules.check(model, tensorrt="8.5") == []
+
+
+def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(fmnist_dir, tmp_path):
+    import onnx
+
+    from edgevit.backends.tensorrt import build_script
+    from edgevit.build import build
+
+    r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              out=str(tmp_path), calibration="fast", val_samples=40, **TINY_VIT)
+    model = onnx.load(str(r.bundle / "model.onnx"))
+    plan = r.manifest["backend"]["plan"]
+    assert plan["tensorrt"] == "8.5" and not any(n.op_type == "LayerNormalization" for n in model.graph.node)
+    assert trt_rules.check(model, tensorrt="8.5") == []
+    names = {n.name for n in model.graph.node}
+    assert plan["fp32_layers"] and set(plan["fp32_layers"]) <= names
+    flags = _trtexec_flags(build_script(plan))
+    assert flags["precisionConstraints"] == "obey"
+    assert flags["layerPrecisions"] == ",".join(f"{n}:fp32" for n in plan["fp32_layers"])

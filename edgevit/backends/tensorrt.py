@@ -36,7 +36,7 @@ ASSUMED_TENSORRT = "10.3"  # JetPack 6's TensorRT, for plans written where Tenso
 
 # ---------------------------------------------------------------------------------------------------- pure logic
 def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tuple[int, int, int],
-                input_name: str = "input") -> dict:
+                input_name: str = "input", fp32_layers: list[str] | tuple = ()) -> dict:
     """The builder settings for ``target`` at ``precision`` with a given TensorRT version: what ``compile`` applies.
 
     TensorRT 11 removed the FP16/INT8 builder flags (every network is strongly typed; the ONNX's types decide).
@@ -81,6 +81,8 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
         "timing_cache": TIMING_CACHE_FILE,
         "profiling_verbosity": "DETAILED",
         "expected_compute_capability": target.compute_capability or None,
+        # layers pinned to FP32 in a weakly typed build (a decomposed LayerNorm), with precision constraints obeyed
+        "fp32_layers": list(fp32_layers) if not strongly_typed else [],
         "notes": notes,
     }
 
@@ -105,6 +107,9 @@ def trtexec_args(plan: dict, out: str = ".") -> list[str]:
     for key, flag in (("min", "minShapes"), ("opt", "optShapes"), ("max", "maxShapes")):
         args.append(f"--{flag}=" + ",".join(f"{name}:{_dims(s[key])}"
                                              for name, s in plan["optimization_profile"].items()))
+    if plan.get("fp32_layers"):
+        args += ["--precisionConstraints=obey",
+                 "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan["fp32_layers"])]
     if plan.get("workspace_bytes"):
         args.append(f"--memPoolSize=workspace:{plan['workspace_bytes'] >> 20}")  # MiB, the unit every version reads
     args += [f"--timingCacheFile={out}/{plan['timing_cache']}", "--profilingVerbosity=detailed",
@@ -249,6 +254,15 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
     config = builder.create_builder_config()
     for flag in plan["builder_flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    pinned = set(plan.get("fp32_layers", []))
+    if pinned:
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.name in pinned:
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     if plan["workspace_bytes"]:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_bytes"])
     if plan["device"] == "DLA":
@@ -317,7 +331,11 @@ def layer_summary(layers: dict) -> dict:
         if not isinstance(layer, dict):
             continue
         outs = layer.get("Outputs") or [{}]
-        fmt = str(outs[0].get("Format/Datatype", "unknown"))
+        out0 = outs[0] if isinstance(outs[0], dict) else {}
+        # TensorRT <= 10 reports "Format/Datatype"; later versions split it into separate format and type fields
+        fmt = str(out0.get("Format/Datatype") or " ".join(str(v) for k, v in out0.items()
+                                                          if "type" in k.lower() or "format" in k.lower())
+                  or "unknown")
         low = fmt.lower()  # e.g. "Row major linear FP32", "Channel major FP16 format ...", "Int8"
         prec = next((name for name, keys in (("INT8", ("int8",)), ("FP16", ("fp16", "half")), ("FP8", ("fp8",)),
                                              ("FP32", ("fp32", "float"))) if any(k in low for k in keys)), fmt)
@@ -449,6 +467,12 @@ class TensorRTBackend:
             details["quantizer"] = "nncf (ONNX, symmetric INT8 for TensorRT)"
         else:
             model = onnx.load(str(job.onnx_path))
+        target = job.target
+        ok, why = engine_support()
+        here = ok and _is_target_device(target)
+        # the plan is for the TensorRT that will build the engine: this host's when it is the device, else the
+        # target's (JetPack's), never the workstation's
+        version = device_info()["tensorrt"] if here else (target.tensorrt or ASSUMED_TENSORRT)
         if job.precision == "int8":
             model = trt_rules.constants_to_initializers(clean_onnx(model))
             rewritten = trt_rules.unsigned_to_signed(model)
@@ -466,16 +490,19 @@ class TensorRTBackend:
                     "no bundle written; pass --ignore-trt-rules to build it anyway")
             if violations:
                 details["trt_rules"]["overridden"] = True
+        fp32_layers: list[str] = []
+        if trt_rules.version_tuple(version) < trt_rules.LAYERNORM_SINCE:
+            fp32_layers = trt_rules.decompose_layernorm(model)
+            details["layernorm"] = (f"decomposed for TensorRT {version} (no LayerNormalization importer before "
+                                    f"8.6); {len(fp32_layers)} layers pinned to FP32")
+            left = [v for v in trt_rules.check(model, tensorrt=version) if v.rule == "unsupported-op"]
+            if left:
+                raise ValidationFailedError(f"the ONNX still has ops TensorRT {version} cannot import: "
+                                            f"{trt_rules.report(left)}")
         onnx.save(model, str(job.out_dir / ONNX_FILE))
 
-        target = job.target
         shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
-        ok, why = engine_support()
-        here = ok and _is_target_device(target)
-        # the plan is for the TensorRT that will build the engine: this host's when it is the device, else the
-        # target's (JetPack's), never the workstation's
-        version = device_info()["tensorrt"] if here else (target.tensorrt or ASSUMED_TENSORRT)
-        plan = engine_plan(target, job.precision, version, shape)
+        plan = engine_plan(target, job.precision, version, shape, fp32_layers=fp32_layers)
         files = write_plan(job.out_dir, plan)
         details["plan"] = plan
         if here:
@@ -555,7 +582,8 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     with output_dir(bundle, "bundle") as stage:
         shutil.rmtree(stage)
         shutil.copytree(bundle, stage)
-        plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]))
+        plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]),
+                           fp32_layers=m["backend"].get("plan", {}).get("fp32_layers", []))
         write_plan(stage, plan)
         record = build_engine(stage / ONNX_FILE, plan, stage, log)
         runner = TRTRunner(stage / ENGINE_FILE, record, plan)
