@@ -95,3 +95,17 @@ def check_onnx(path: Path, model, images: np.ndarray, atol: float = 1e-3) -> flo
             f"ONNX export of {path.name} differs from PyTorch by {diff:.4g} (tolerance {atol * scale:.4g})"
         )
     return diff
+
+
+FP32_OPS_IN_FP16 = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf")
+
+
+def fp16_typed(model):
+    """An FP16-typed copy of an FP32 ONNX for strongly typed TensorRT (11+: no FP16 builder flag, the ONNX's types
+    decide): weights and activations in FP16, inputs and outputs kept float32, and LayerNorm, Softmax and the
+    statistics of a decomposed LayerNorm (ReduceMean, Pow, Sqrt) and GELU's Erf kept in FP32, with casts around them.
+    onnxruntime's converter does the typing."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS_IN_FP16),
+                                    disable_shape_infer=False)

@@ -146,8 +146,8 @@ def test_plan_flags_follow_the_tensorrt_version():
     assert engine_plan(load_target("jetson-xavier-nx"), "fp16", "8.5", (3, 32, 32))["builder_flags"] == ["FP16"]
     with pytest.raises(TargetError, match="DLA core 0, which runs only fp16 and int8"):
         engine_plan(dla, "fp32", "10.3", (3, 32, 32))
-    with pytest.raises(TargetError, match="strongly typed"):
-        engine_plan(orin, "fp16", "11.0", (3, 32, 32))
+    p16 = engine_plan(orin, "fp16", "11.0", (3, 32, 32))  # strongly typed: the FP16-typed ONNX decides
+    assert p16["strongly_typed"] and p16["builder_flags"] == []
 
 
 def test_orin_nano_has_no_dla_and_a_dla_core_it_lacks_is_refused(tmp_path):
@@ -494,3 +494,19 @@ def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(
     flags = _trtexec_flags(build_script(plan))
     assert flags["precisionConstraints"] == "obey"
     assert flags["layerPrecisions"] == ",".join(f"{n}:fp32" for n in plan["fp32_layers"])
+
+
+def test_fp16_bundle_ships_an_fp16_typed_onnx_and_measures_it(fmnist_dir, tiny_checkpoint, tmp_path):
+    import onnx
+
+    from edgevit.build import build
+
+    r = build("vit-tiny-fmnist", target="jetson-orin", precision="fp16", data=f"fashion-mnist:{fmnist_dir}",
+              weights=str(tiny_checkpoint), out=str(tmp_path))
+    model = onnx.load(str(r.bundle / "model.onnx"))
+    types = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    ops_fp32 = {n.op_type for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")}
+    assert ops_fp32  # still there, and fed through casts to FP32
+    v = r.manifest["validation"]
+    assert "onnxruntime" in v["measured_with"] and abs(v["top1_drop"]) <= 1.0

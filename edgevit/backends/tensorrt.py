@@ -39,7 +39,8 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
                 input_name: str = "input", fp32_layers: list[str] | tuple = ()) -> dict:
     """The builder settings for ``target`` at ``precision`` with a given TensorRT version: what ``compile`` applies.
 
-    TensorRT 11 removed the FP16/INT8 builder flags (every network is strongly typed; the ONNX's types decide).
+    TensorRT 11 removed the FP16/INT8 builder flags (every network is strongly typed; the ONNX's types decide, so an
+    fp16 bundle ships an FP16-typed ONNX).
     Before 11, our Q/DQ ONNX is FP32 outside its Q/DQ pairs, so a strongly typed build would run LayerNorm, Softmax
     and the residual Adds in FP32; weakly typed with INT8+FP16 lets TensorRT run the Q/DQ layers in INT8 and pick FP16
     for the rest, the faster choice, and the one DLA needs before TensorRT 11."""
@@ -50,9 +51,6 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
     if dla and precision == "fp32":
         raise TargetError(f"target {target.name} builds for DLA core {target.dla_core}, which runs only fp16 and "
                           "int8; choose --precision int8 or fp16, or a GPU target")
-    if major >= 11 and precision == "fp16":
-        raise TargetError(f"TensorRT {tensorrt_version} builds strongly typed networks only, and edgevit's ONNX is "
-                          "FP32-typed: build int8 (Q/DQ) or fp32 for this TensorRT")
     strongly_typed = major >= 11
     flags: list[str] = []
     notes: list[str] = []
@@ -63,6 +61,8 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
                          "rest")
     elif precision == "int8":
         notes.append("strongly typed: INT8 where the ONNX has Q/DQ pairs, FP32 elsewhere (the ONNX's types)")
+    elif precision == "fp16":
+        notes.append("strongly typed: the ONNX is FP16-typed, with LayerNorm and Softmax in FP32")
     if dla and target.gpu_fallback:
         flags.append("GPU_FALLBACK")
     b = target.batch_range or (target.batch, target.batch, target.batch)
@@ -491,6 +491,11 @@ class TensorRTBackend:
             if violations:
                 details["trt_rules"]["overridden"] = True
         fp32_layers: list[str] = []
+        if job.precision == "fp16":  # FP16-typed: what a strongly typed build needs, and fine for a weakly typed one
+            from edgevit.export import fp16_typed
+
+            model = fp16_typed(model)
+            details["fp16_onnx"] = "FP16-typed, float32 inputs/outputs, LayerNorm and Softmax in FP32"
         if trt_rules.version_tuple(version) < trt_rules.LAYERNORM_SINCE:
             fp32_layers = trt_rules.decompose_layernorm(model)
             details["layernorm"] = (f"decomposed for TensorRT {version} (no LayerNormalization importer before "
