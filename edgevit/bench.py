@@ -184,6 +184,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
                   out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
                   **sm.overrides)
         m = r.manifest
+        cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
         v, lat = m["validation"], m["latency_ms"]
         cell["build_seconds"] = round(time.perf_counter() - t0, 1)
         cell["status"] = "passed" if m["status"] == "ok" else "failed-validation"
@@ -311,13 +312,51 @@ def train_missing(suite: Suite) -> None:
                 os.replace(r.best_path, sm.weights)
 
 
+def device_label(env: dict) -> str:
+    """The device a run's figures were measured on, as the report names its section."""
+    r = env.get("remote")
+    if r:
+        return f"{r['host']}: {r.get('board') or r.get('host_info', {}).get('cpu', '?')}"
+    return f"{env.get('cpu', '?')} ({env.get('arch', '?')}, {env.get('cores', '?')} cores)"
+
+
+def _profile_remote(rem, cell: dict, suite: Suite) -> None:
+    """Replace a cell's latency and throughput by the device's own (``bench --remote``)."""
+    from edgevit.remote import RemoteError
+
+    bundle = cell.get("bundle")
+    if cell["status"] == "failed" or not bundle:
+        return
+    from edgevit.targets import load_target
+
+    try:
+        r = rem.profile(Path(bundle), compile_engine=load_target(cell["target"]).backend == "tensorrt",
+                        throughput_batch=suite.throughput_batch)
+    except RemoteError as e:
+        cell.update(status="failed", error=f"on {rem.host}: {e}")
+        return
+    lat = r["latency_ms"]
+    cell.update(p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], throughput=r["throughput"], executed=r["executed"],
+                torch_p50=None, default_p50=None)  # the peers ran on the workstation: not comparable
+    cell.setdefault("details", {})["remote"] = r
+
+
 def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,
-          train: bool = False, only: str | None = None) -> tuple[dict, list[dict]]:
-    """Run every cell of a suite; append the run to the history database. Returns (run, cells)."""
+          train: bool = False, only: str | None = None, remote: str | None = None) -> tuple[dict, list[dict]]:
+    """Run every cell of a suite; append the run to the history database. Returns (run, cells). With ``remote``
+    (``user@host``), each bundle is compiled and timed on that device over ssh (see :mod:`edgevit.remote`)."""
     import tempfile
 
     suite = load_suite(suite_path)
     check_db(db_path)  # before any cell or training: a bad history must not lose the run's measurements
+    rem = device = None
+    if remote:
+        from edgevit.remote import Remote
+
+        rem = Remote(remote)
+        device = rem.check()  # an unreachable host is one error now, not a failed cell per model later
+        say(f"bench --remote: {remote} is {device['host']['cpu']}" + (f", {device['board']}" if device.get("board")
+                                                                       else ""))
     if train:
         train_missing(suite)
     grid = [(sm, t, p) for sm in suite.models for t in suite.targets for p in suite.precisions
@@ -330,6 +369,9 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
            "env": {**environment(), "tolerances": {"latency": suite.latency_tolerance,
                                                    "accuracy": suite.accuracy_tolerance,
                                                    "window": suite.history_window}}}
+    if rem:  # the figures are the device's: label the run with it
+        run["env"]["remote"] = {"host": remote, "board": device.get("board"), "host_info": device["host"],
+                                "versions": device.get("versions")}
     t0 = time.perf_counter()
     cells = []
     with tempfile.TemporaryDirectory(prefix="edgevit-bench-", dir=work) as tmp:
@@ -340,9 +382,13 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
                 continue
             say(f"bench [{i}/{len(grid)}] {sm.model} → {target} {precision}")
             c = run_cell_isolated(sm, target, precision, suite, Path(tmp))
+            if rem:
+                _profile_remote(rem, c, suite)
             say(f"bench [{i}/{len(grid)}] {c['status']}" + (f": {c['error']}" if c.get("error") else
                 f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
             cells.append(c)
+        if rem:
+            rem.close()
     run["seconds"] = round(time.perf_counter() - t0, 1)
     db = open_db(db_path)
     record(db, run, cells)

@@ -83,7 +83,7 @@ def _cmd_compile(a) -> int:
 def _cmd_bench(a) -> int:
     from edgevit.bench import bench
 
-    run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only)
+    run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only, remote=a.remote)
     ok = sum(c["status"] == "passed" for c in cells)
     print(f"bench {run['suite']}: {len(cells)} cells ({ok} passed) in {run['seconds']:.0f} s; run {run['run_id']} "
           f"appended to {a.db}")
@@ -96,7 +96,7 @@ def _cmd_bench(a) -> int:
 def _cmd_report(a) -> int:
     from edgevit.report import report
 
-    out, found = report(a.db, a.out, a.suite, force=a.force)
+    out, found = report(a.db or ["benchmarks/results/history.sqlite"], a.out, a.suite, force=a.force)
     print(f"report: {out / 'report.html'} and {out / 'summary.md'}")
     for f in found:
         print(f"REGRESSION {f['cell']} ({f['kind']}): {f['message']}")
@@ -134,6 +134,58 @@ def _cmd_inspect(a) -> int:
     for e in r.worst_layers:
         print(f"worst      {e.name} ({e.kind}): {e.sqnr_db:.2f} dB")
     print(f"page       {a.out}/index.html")
+    return 0
+
+
+def _cmd_time(a) -> int:
+    from edgevit.measure import time_bundle
+    from edgevit.outputs import dumps
+
+    r = time_bundle(a.bundle, throughput_batch=a.throughput_batch, threads=a.threads)
+    if a.json:
+        print(dumps(r, indent=None))
+    else:
+        lat = r["latency_ms"]
+        print(f"{r['model']} {r['precision']} (ran {r['executed'] or r['precision']}) on {r['host']['cpu']}"
+              + (f", {r['device']}" if r["device"] and r["device"] != "CPU" else "")
+              + f": p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms at batch {lat['batch']}; "
+              f"{r['throughput']:.0f} img/s at batch {r['throughput_batch']}")
+    return 0
+
+
+def environment_report() -> dict:
+    """What this host is and which versions edgevit runs with (``edgevit env``; ``bench --remote`` asks the device)."""
+    import importlib.metadata as md
+    import platform
+
+    from edgevit.backends.tensorrt import board_model, engine_support
+    from edgevit.measure import host_info
+
+    versions = {}
+    for name in ("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx", "opencv-python-headless",
+                 "tensorrt", "cuda-python"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    ok, why = engine_support()
+    return {"host": host_info(), "python": platform.python_version(), "versions": versions,
+            "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}
+
+
+def _cmd_env(a) -> int:
+    from edgevit.outputs import dumps
+
+    r = environment_report()
+    if a.json:
+        print(dumps(r, indent=None))
+        return 0
+    h = r["host"]
+    print(f"host      {h['cpu']} ({h['arch']}, {h['cores']} cores; ISA {','.join(h['isa']) or 'none of note'})"
+          + (f"; board {r['board']}" if r["board"] else ""))
+    print("versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
+    print(f"tensorrt  {'engines build and run here: ' if r['tensorrt_engine']['available'] else 'no engine here: '}"
+          f"{r['tensorrt_engine']['detail']}")
     return 0
 
 
@@ -254,10 +306,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--db", default="benchmarks/results/history.sqlite", help="SQLite history the run is appended to")
     s.add_argument("--train-missing", action="store_true", help="train models whose weights file does not exist")
     s.add_argument("--only", help="only the models whose name contains this")
+    s.add_argument("--remote", metavar="USER@HOST",
+                   help="time each bundle on this device over ssh/scp (your keys and ~/.ssh/config): copies it, runs "
+                        "edgevit compile (TensorRT) and edgevit time there; results are labelled with the device")
     s.set_defaults(fn=_cmd_bench)
 
     s = sub.add_parser("report", help="HTML + Markdown report of the benchmark history; exit 3 on a regression")
-    s.add_argument("--db", default="benchmarks/results/history.sqlite")
+    s.add_argument("--db", action="append",
+                   help="history database (default benchmarks/results/history.sqlite); repeat it to merge the "
+                        "histories of several hosts into one page, a section per device")
     s.add_argument("--out", default="benchmarks/results/report", help="directory for report.html and summary.md")
     s.add_argument("--suite", help="report this suite (default: the latest run's)")
     s.add_argument("--force", action="store_true",
@@ -301,6 +358,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="replace OUT even if it is not an edgevit inspect page (never /, ~ or the working directory)")
     s.set_defaults(fn=_cmd_inspect)
+
+    s = sub.add_parser("time", help="measure a bundle's latency and throughput on this host through its own runtime")
+    s.add_argument("bundle")
+    s.add_argument("--throughput-batch", type=_int_in(1, 4096), default=16, help="batch for the throughput figure")
+    s.add_argument("--threads", type=THREADS)
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.set_defaults(fn=_cmd_time)
+
+    s = sub.add_parser("env", help="this host, its CPU features, GPU/TensorRT and the library versions edgevit uses")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.set_defaults(fn=_cmd_env)
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
     s.add_argument("bundle")

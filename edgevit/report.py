@@ -23,24 +23,31 @@ FAMILY_ORDER = ("vit", "hybrid", "maxvit", "other", "mobilenet", "resnet")
 DEFAULT_TOLERANCES = {"latency": 0.25, "accuracy": 0.5, "window": 5}
 
 
-def load(db_path: str | os.PathLike, suite: str | None = None) -> tuple[list[dict], list[dict]]:
+def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Runs (oldest first) and their cells from one history database or several (one per host, say), merged."""
     from edgevit.bench import open_db
 
-    db = open_db(db_path, create=False)
-    db.row_factory = sqlite3.Row
-    q = "SELECT * FROM runs" + (" WHERE suite = ?" if suite else "") + " ORDER BY started"
-    runs = [dict(r) for r in db.execute(q, (suite,) if suite else ())]
+    paths = db_path if isinstance(db_path, (list, tuple)) else [db_path]
+    runs, cells, seen = [], [], set()
+    for path in paths:
+        db = open_db(path, create=False)
+        db.row_factory = sqlite3.Row
+        q = "SELECT * FROM runs" + (" WHERE suite = ?" if suite else "")
+        these = [dict(r) for r in db.execute(q, (suite,) if suite else ()) if r["run_id"] not in seen]
+        ids = {r["run_id"] for r in these}
+        cells += [dict(c) for c in db.execute("SELECT * FROM cells") if c["run_id"] in ids]
+        db.close()
+        for r in these:
+            try:
+                r["env"] = json.loads(r["env"] or "{}")
+            except ValueError:
+                raise DatasetError(f"{path}: run {r['run_id']} has an unreadable env record; the history is "
+                                   "damaged") from None
+        runs += these
+        seen |= ids
     if not runs:
-        raise UsageError(f"{db_path} has no runs" + (f" of suite {suite!r}" if suite else ""))
-    ids = {r["run_id"] for r in runs}
-    cells = [dict(c) for c in db.execute("SELECT * FROM cells") if c["run_id"] in ids]
-    db.close()
-    for r in runs:
-        try:
-            r["env"] = json.loads(r["env"] or "{}")
-        except ValueError:
-            raise DatasetError(f"{db_path}: run {r['run_id']} has an unreadable env record; the history is "
-                               "damaged") from None
+        raise UsageError(f"{', '.join(map(str, paths))} has no runs" + (f" of suite {suite!r}" if suite else ""))
+    runs.sort(key=lambda r: r["started"])
     return runs, cells
 
 
@@ -235,23 +242,37 @@ def _cell_text(c: dict, key: str) -> str:
     return _fmt(c.get(key))
 
 
-def markdown(runs, latest, found) -> str:
-    run = runs[-1]
-    env = run["env"]
-    lines = [f"# edgevit benchmark: suite {run['suite']}, run {run['run_id']}",
-             "", f"commit {run['git_commit']}, {run['started']}, {run['seconds']} s on {env.get('cpu')} "
-             f"({env.get('cores')} cores, ISA {','.join(env.get('isa', [])) or '?'}); torch {env.get('torch')}, "
-             f"OpenVINO {env.get('openvino')}, ONNX Runtime {env.get('onnxruntime')}. Every figure measured in this "
-             "run on this host; '× torch eager' > 1 means faster than PyTorch eager FP32 of the same model.", "",
-             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for c in _grouped(latest):
-        lines.append("| " + " | ".join(_cell_text(c, k) for k, _ in COLUMNS) + " |")
-    lines += ["", f"## Regressions against the previous runs: {len(found)}"]
-    lines += [f"- **{f['cell']}** ({f['kind']}): {f['message']}" for f in found] or ["- none"]
+def _host_line(env: dict) -> str:
+    r = env.get("remote")
+    if r:
+        h = r.get("host_info", {})
+        return (f"the device {r['host']} ({r.get('board') or h.get('cpu')}, {h.get('arch')}): built on the workstation "
+                f"({env.get('cpu')}), compiled and timed on the device over ssh")
+    return (f"{env.get('cpu')} ({env.get('cores')} cores, ISA {','.join(env.get('isa', [])) or '?'}); torch "
+            f"{env.get('torch')}, OpenVINO {env.get('openvino')}, ONNX Runtime {env.get('onnxruntime')}")
+
+
+def markdown(sections: list[dict]) -> str:
+    lines = [f"# edgevit benchmark: suite {sections[0]['runs'][-1]['suite']}"]
+    for sec in sections:
+        runs, latest, found = sec["runs"], sec["latest"], sec["found"]
+        run = runs[-1]
+        lines += ["", f"## {sec['device']}" if len(sections) > 1 else "",
+                  f"run {run['run_id']}, commit {run['git_commit']}, {run['started']}, {run['seconds']} s on "
+                  f"{_host_line(run['env'])}. Every figure measured in this run on this host; '× torch eager' > 1 "
+                  "means faster than PyTorch eager FP32 of the same model.", "",
+                  "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for c in _grouped(latest):
+            lines.append("| " + " | ".join(_cell_text(c, k) for k, _ in COLUMNS) + " |")
+        multi = len(sections) > 1
+        lines += ["", f"{'###' if multi else '##'} Regressions against the previous runs"
+                      f"{' on this device' if multi else ''}: {len(found)}"]
+        lines += [f"- **{f['cell']}** ({f['kind']}): {f['message']}" for f in found] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
-def html_page(runs, latest, found, charts: dict) -> str:
+def _section_html(sec: dict, headed: bool) -> str:
+    runs, latest, found, charts = sec["runs"], sec["latest"], sec["found"], sec["charts"]
     run = runs[-1]
     esc = html.escape
     rows = []
@@ -266,28 +287,36 @@ def html_page(runs, latest, found, charts: dict) -> str:
         title = f' title="{esc(c["error"])}"' if c.get("error") else ""
         rows.append(f'<tr class="{cls}"{title}>{tds}</tr>')
     regs = "".join(f"<li><b>{esc(f['cell'])}</b> ({esc(f['kind'])}): {esc(f['message'])}</li>" for f in found)
-    imgs = "".join(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
+    imgs = "".join(f'<h3>{esc(title)}</h3><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
                    for title, b64 in charts.items() if b64)
-    env = run["env"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(run['suite'])}</title>
+    reg_class = "reg bad" if found else "reg"
+    return f"""{f'<h2 class="device">{esc(sec["device"])}</h2>' if headed else ''}
+<p>run {esc(run['run_id'])}, commit {esc(run['git_commit'])}, {esc(run['started'])}, {run['seconds']} s, {len(runs)}
+run(s) of this device in the history. Host: {esc(_host_line(run['env']))}. Every figure was measured in this run on
+this host; latency is the wall clock per call at batch 1 (SingleStream), timed interleaved with PyTorch eager FP32 and
+the backend's defaults on the FP32 export of the same model (on a remote device: the bundle alone, through its own
+runtime).</p>
+<h3 class="{reg_class}">Regressions: {len(found)}</h3><ul>{regs or '<li>none</li>'}</ul>
+<table><tr>{''.join(f'<th>{esc(h)}</th>' for _, h in COLUMNS)}</tr>{''.join(rows)}</table>
+{imgs}"""
+
+
+def html_page(sections: list[dict]) -> str:
+    esc = html.escape
+    suite = sections[0]["runs"][-1]["suite"]
+    body = "\n".join(_section_html(sec, len(sections) > 1) for sec in sections)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(suite)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
 td:nth-child(4){{max-width:28em}}
 tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
-.reg{{color:{'#b00' if found else '#070'}}} img{{max-width:100%}}</style></head><body>
-<h1>edgevit benchmark: suite {esc(run['suite'])}</h1>
-<p>run {esc(run['run_id'])}, commit {esc(run['git_commit'])}, {esc(run['started'])}, {run['seconds']} s, {len(runs)}
-run(s) in the history. Host: {esc(str(env.get('cpu')))} ({env.get('cores')} cores, ISA
-{esc(','.join(env.get('isa', [])))}); torch {esc(str(env.get('torch')))}, OpenVINO {esc(str(env.get('openvino')))},
-ONNX Runtime {esc(str(env.get('onnxruntime')))}. Every figure was measured in this run on this host; latency is the
-wall clock per call at batch 1 (SingleStream), timed interleaved with PyTorch eager FP32 and the backend's defaults on
-the FP32 export of the same model.</p>
-<h2 class="reg">Regressions: {len(found)}</h2><ul>{regs or '<li>none</li>'}</ul>
-<table><tr>{''.join(f'<th>{esc(h)}</th>' for _, h in COLUMNS)}</tr>{''.join(rows)}</table>
-{imgs}</body></html>"""
+.reg{{color:#070}} .reg.bad{{color:#b00}} h2.device{{border-top:2px solid #888;padding-top:.5em}}
+img{{max-width:100%}}</style></head><body>
+<h1>edgevit benchmark: suite {esc(suite)}</h1>
+{body}</body></html>"""
 
 
-def report(db_path: str = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
+def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
            suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
     """Write ``report.html`` and ``summary.md`` into ``out`` (atomically; ``out`` is replaced only if it is an edgevit
     report or empty, unless ``force``). Returns (out, regressions)."""
@@ -300,17 +329,31 @@ def report(db_path: str = "benchmarks/results/history.sqlite", out: str = "bench
         runs = [r for r in runs if r["suite"] == runs[-1]["suite"]]
         ids = {r["run_id"] for r in runs}
         cells = [c for c in cells if c["run_id"] in ids]
-    latest = [c for c in cells if c["run_id"] == runs[-1]["run_id"]]
-    found = regressions(runs, cells)
-    flagged = {f["cell"] for f in found}
-    charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
-              "Trends": trend_chart(runs, cells, flagged)}
+    from edgevit.bench import device_label
+
+    devices: dict[str, list[dict]] = {}
+    for r in runs:  # a section per device, the most recently measured first; each compared only with itself
+        devices.setdefault(device_label(r["env"]), []).append(r)
+    sections, found = [], []
+    for label, druns in sorted(devices.items(), key=lambda kv: kv[1][-1]["started"], reverse=True):
+        ids = {r["run_id"] for r in druns}
+        dcells = [c for c in cells if c["run_id"] in ids]
+        latest = [c for c in dcells if c["run_id"] == druns[-1]["run_id"]]
+        dfound = regressions(druns, dcells)
+        if len(devices) > 1:
+            dfound = [{**f, "cell": f"{f['cell']} on {label}"} for f in dfound]
+        flagged = {f["cell"] for f in regressions(druns, dcells)}
+        charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
+                  "Trends": trend_chart(druns, dcells, flagged)}
+        sections.append({"device": label, "runs": druns, "latest": latest, "found": dfound, "charts": charts})
+        found += dfound
     final = Path(out)
     with output_dir(final, "report", force) as stage:
-        (stage / "report.html").write_text(html_page(runs, latest, found, charts))
-        (stage / "summary.md").write_text(markdown(runs, latest, found))
-        for title, b64 in charts.items():
-            if b64:
-                (stage / ("pareto.png" if title.startswith("Acc") else "trends.png")).write_bytes(
-                    base64.b64decode(b64))
+        (stage / "report.html").write_text(html_page(sections))
+        (stage / "summary.md").write_text(markdown(sections))
+        for i, sec in enumerate(sections):
+            for title, b64 in sec["charts"].items():
+                if b64:
+                    stem = "pareto" if title.startswith("Acc") else "trends"
+                    (stage / (f"{stem}.png" if i == 0 else f"{stem}-{i + 1}.png")).write_bytes(base64.b64decode(b64))
     return final, found
