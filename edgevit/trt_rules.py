@@ -130,34 +130,100 @@ def _insert_qdq(graph, tensor: str, scale: float, user, index: int, tag: str) ->
 
 
 def quantize_attention(model, images: np.ndarray, input_name: str) -> list[str]:
-    """Quantize both inputs of every attention block's ``softmax @ V`` MatMul, so TensorRT can fuse the block into
-    its INT8 multi-head attention kernel (its fusion wants Q/DQ on both batched-MatMul inputs; NNCF leaves this
-    MatMul in float). The softmax output gets the fixed scale 1/127, as NVIDIA's Model Optimizer does; V gets a
-    symmetric per-tensor scale from its largest magnitude on ``images`` (run through ONNX Runtime). Returns the names
-    of the MatMuls changed."""
+    """Quantize both inputs of both batched MatMuls of every attention block (``Q @ K^T`` and ``softmax @ V``), so
+    TensorRT can fuse the block into its INT8 multi-head attention kernel: its fusion wants Q/DQ on both inputs of
+    both. NNCF's ONNX PTQ leaves ``softmax @ V`` in float, and a QAT export (timm's fused attention) leaves both. The
+    softmax output gets the fixed scale 1/127, as NVIDIA's Model Optimizer does; Q, K and V get symmetric per-tensor
+    scales from their largest magnitude on ``images`` (run through ONNX Runtime). Returns the names of the
+    MatMuls changed."""
     import onnx
     import onnxruntime as ort
 
     g = model.graph
-    todo = [n for n in attention_matmuls(g) if not _from_dq(g, n.input[1]) or not _from_dq(g, n.input[0])]
+    producer = {o: n for n in g.node for o in n.output}
+    todo: list[tuple] = []  # (matmul, input index, fixed scale or None)
+    for sv in attention_matmuls(g):
+        softmax = _softmax_of(producer, sv)
+        qk = producer.get(_first_matmul_input(producer, softmax))
+        for mm in ([qk] if qk is not None and qk.op_type == "MatMul" else []) + [sv]:
+            for i in (0, 1):
+                if not _from_dq(g, mm.input[i]):
+                    todo.append((mm, i, SOFTMAX_SCALE if mm is sv and i == 0 else None))
     if not todo:
         return []
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend([onnx.helper.make_tensor_value_info(n.input[1], onnx.TensorProto.FLOAT, None)
-                               for n in todo])
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    amax = np.zeros(len(todo))
-    for s in range(0, len(images), 16):
-        outs = sess.run(None, {input_name: np.ascontiguousarray(images[s:s + 16], np.float32)})
-        amax = np.maximum(amax, [float(np.abs(o).max()) for o in outs])
-    for n, a in zip(todo, amax):
-        if not _from_dq(g, n.input[0]):
-            _insert_qdq(g, n.input[0], SOFTMAX_SCALE, n, 0, "attn_softmax")
-        if not _from_dq(g, n.input[1]):
-            _insert_qdq(g, n.input[1], max(a, 1e-8) / 127.0, n, 1, "attn_v")
-    return [n.name or n.output[0] for n in todo]
+    calibrate = sorted({mm.input[i] for mm, i, fixed in todo if fixed is None})
+    amax = dict.fromkeys(calibrate, 0.0)
+    if calibrate:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                                   for t in calibrate])
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        for s in range(0, len(images), 16):
+            outs = sess.run(None, {input_name: np.ascontiguousarray(images[s:s + 16], np.float32)})
+            for t, o in zip(calibrate, outs):
+                amax[t] = max(amax[t], float(np.abs(o).max()))
+    for mm, i, fixed in todo:
+        scale = fixed if fixed is not None else max(amax[mm.input[i]], 1e-8) / 127.0
+        _insert_qdq(g, mm.input[i], scale, mm, i, "attn_softmax" if fixed is not None else "attn_in")
+    return sorted({mm.name or mm.output[0] for mm, _, _ in todo})
+
+
+def fold_weight_transposes(model) -> int:
+    """``W → Q → DQ → Transpose → MatMul`` (how a PyTorch ``Linear`` leaves a QAT export) becomes
+    ``Wᵀ → Q → DQ → MatMul`` with the per-channel axis moved along, the form PTQ gives and TensorRT's weight
+    quantization and our per-channel check read. Returns how many weights were folded; changes ``model``."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    folded = 0
+    for t in [n for n in g.node if n.op_type == "Transpose"]:
+        dq = producer.get(t.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[q.input[0]])
+        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(w.ndim))[::-1])
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
+        base = f"{(t.name or t.output[0]).replace('/', '_')}_folded"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(perm)), f"{base}_w"))
+        new_axis = perm.index(axis)
+        nq = helper.make_node("QuantizeLinear", [f"{base}_w", *q.input[1:]], [f"{base}_q"], name=f"{base}_Q",
+                              axis=new_axis)
+        ndq = helper.make_node("DequantizeLinear", [f"{base}_q", *dq.input[1:]], [t.output[0]], name=f"{base}_DQ",
+                               axis=new_axis)
+        at = list(g.node).index(t)
+        g.node.remove(t)
+        g.node.insert(at, ndq)
+        g.node.insert(at, nq)
+        folded += 1
+    _drop_dead(g)
+    return folded
+
+
+def _drop_dead(g) -> None:
+    """Remove nodes whose outputs nothing reads (after a rewrite), and initializers nothing reads."""
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def gemm_coverage(model) -> tuple[int, int]:
+    """(quantized, all) inputs of the graph's Conv/Gemm/MatMul nodes: every unquantized one runs in FP16 or FP32."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inputs = [i for n in model.graph.node if n.op_type in COMPUTE_OPS for i in n.input[:2]]
+    return sum(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in inputs), len(inputs)
 
 
 def _from_dq(graph, tensor: str) -> bool:

@@ -143,3 +143,20 @@ def test_qat_flag_misuse_is_a_usage_error(args, needle, fmnist_dir, tmp_path, ca
     assert rc == 2
     assert needle in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_qat_for_tensorrt_quantizes_at_least_what_ptq_does(fmnist_dir, tiny_checkpoint, tmp_path):
+    """A QAT export leaves timm's fused attention unquantized; the TensorRT path quantizes it (and softmax @ V), so
+    every GEMM input PTQ quantizes is quantized after QAT too, and the attention blocks can fuse."""
+    from edgevit.build import build
+
+    common = dict(target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path),
+                  calibration="fast", val_samples=50)
+    ptq = build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="ptq", **common)
+    build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="q", qat_epochs=1, qat_samples=128, **common)
+    qat = build("vit-tiny-fmnist", weights=str(tmp_path / "q.qat.pt"), name="qat", **common)  # the QAT model itself
+    assert qat.manifest["qat"]["rebuilt_from_checkpoint"]
+    rules = qat.manifest["backend"]["trt_rules"]
+    assert rules["passed"], rules["violations"]
+    q_cov, p_cov = rules["gemm_inputs_quantized"], ptq.manifest["backend"]["trt_rules"]["gemm_inputs_quantized"]
+    assert q_cov[1] == p_cov[1] and q_cov[0] >= p_cov[0] and q_cov[0] == q_cov[1]

@@ -510,3 +510,33 @@ def test_fp16_bundle_ships_an_fp16_typed_onnx_and_measures_it(fmnist_dir, tiny_c
     assert ops_fp32  # still there, and fed through casts to FP32
     v = r.manifest["validation"]
     assert "onnxruntime" in v["measured_with"] and abs(v["top1_drop"]) <= 1.0
+
+
+def test_folding_a_quantized_weight_transpose_keeps_the_outputs():
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)  # a Linear's [out, in] weight, quantized per output channel
+    scale = (np.abs(w).max(1) / 127).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"], axis=0),
+             helper.make_node("Transpose", ["wdq"], ["wt"], perm=[1, 0], name="T"),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 6])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
+                           numpy_helper.from_array(np.zeros(6, np.int8), "z")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    want = run(model)
+    assert trt_rules.gemm_coverage(model) == (0, 2)
+    assert trt_rules.fold_weight_transposes(model) == 1
+    assert not any(n.op_type == "Transpose" for n in model.graph.node)
+    assert np.allclose(run(model), want, atol=1e-6)
+    assert trt_rules.gemm_coverage(model) == (1, 2)

@@ -476,12 +476,15 @@ class TensorRTBackend:
         if job.precision == "int8":
             model = trt_rules.constants_to_initializers(clean_onnx(model))
             rewritten = trt_rules.unsigned_to_signed(model)
+            trt_rules.fold_weight_transposes(model)
             fused = (trt_rules.quantize_attention(model, job.calibration, INPUT_NAME)
                      if job.calibration is not None else [])
             details["attention_qdq"] = {"matmuls": len(fused), "softmax_scale": "1/127",
                                         "v_scale": "max |V| / 127 on the calibration images"}
             violations = trt_rules.check(model)
+            covered, gemm_inputs = trt_rules.gemm_coverage(model)
             details["trt_rules"] = {"violations": [str(v) for v in violations], "passed": not violations,
+                                    "gemm_inputs_quantized": [covered, gemm_inputs],
                                     "unsigned_rewritten_to_int8": rewritten,
                                     "qdq_pairs": sum(n.op_type == "QuantizeLinear" for n in model.graph.node)}
             if violations and not job.allow_rule_violations:
