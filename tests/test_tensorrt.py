@@ -540,3 +540,21 @@ def test_folding_a_quantized_weight_transpose_keeps_the_outputs():
     assert not any(n.op_type == "Transpose" for n in model.graph.node)
     assert np.allclose(run(model), want, atol=1e-6)
     assert trt_rules.gemm_coverage(model) == (1, 2)
+
+
+def test_tensorrt_extra_installs_on_jetson_without_pypi_tensorrt_or_pycuda():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]["tensorrt"]
+    reqs = [Requirement(r) for r in extra]
+
+    def wanted(machine: str) -> set[str]:
+        env = {"platform_machine": machine, "sys_platform": "linux", "extra": "tensorrt"}
+        return {r.name for r in reqs if r.marker is None or r.marker.evaluate(env)}
+
+    assert wanted("aarch64") == {"cuda-python"}  # JetPack provides TensorRT's bindings
+    assert wanted("x86_64") == {"cuda-python", "tensorrt"}
+    assert not any(r.name == "pycuda" for r in reqs)
