@@ -201,7 +201,9 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             xb = np.zeros((suite.throughput_batch, *m["model"]["input_size"]), np.float32)
             off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
             cell["throughput"] = round(suite.throughput_batch * 1000.0 / off["mean"], 1)
-        cell["details"] = {"latency": lat, "validation": v, "backend": {k: m["backend"].get(k) for k in
+        cell["details"] = {"latency": lat, "validation": v, "samples": (r.samples or {}).get("artifact"),
+                           "random_weights": not sm.weights,
+                           "backend": {k: m["backend"].get(k) for k in
                                                                          ("name", "version", "quantizer")},
                            "throughput_batch": suite.throughput_batch,
                            "weights": Path(sm.weights).name if sm.weights else "random (accuracy meaningless)"}
@@ -338,7 +340,8 @@ def _profile_remote(rem, cell: dict, suite: Suite) -> None:
     lat = r["latency_ms"]
     cell.update(p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], throughput=r["throughput"], executed=r["executed"],
                 torch_p50=None, default_p50=None)  # the peers ran on the workstation: not comparable
-    cell.setdefault("details", {})["remote"] = r
+    cell.setdefault("details", {})["samples"] = lat.pop("samples", None)
+    cell["details"]["remote"] = r
 
 
 def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,

@@ -21,6 +21,7 @@ from edgevit.quantize import AC_MAX_ITERATIONS
 class BuildResult:
     bundle: Path
     manifest: dict
+    samples: dict | None = None  # raw per-call latency samples (ms) of what was timed, kept out of the manifest
 
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points an INT8 build may lose against FP32 before the gate acts
@@ -125,7 +126,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.bundle import write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization
-    from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner
+    from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner, without_samples
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.outputs import check_output, claim, output_dir
     from edgevit.qat import is_qat_checkpoint, restore
@@ -144,6 +145,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
                            force=force, **model_overrides)
     t_start = time.perf_counter()
+    samples: dict | None = None
     tgt = load_target(target)
     tgt.check_precision(precision)
     spec = resolve_spec(model)
@@ -184,6 +186,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     size = input_size or spec.input_size
 
     def fresh():
+        if not weights:  # random weights are the same model every run (a benchmark's history compares them)
+            import torch
+
+            torch.manual_seed(0)
         return create_model(spec, num_classes=len(classes) if classes else None, input_size=size, **model_overrides)
 
     net, qmodel = fresh(), None
@@ -373,10 +379,12 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             plain_name = f"{backend.name}_default_fp32_export"
             res = compare_latency({"artifact": runner, "torch_eager_fp32": torch_runner(net, threads),
                                    plain_name: plain}, x)
-            lat["artifact"] = res["artifact"]
+            samples = {k: v["samples"] for k, v in res.items()}
+            lat["artifact"] = without_samples(res["artifact"])
             lat["baselines"] = {
-                "torch_eager_fp32": {**res["torch_eager_fp32"], "executed_precision": "fp32"},
-                plain_name: {**res[plain_name], "executed_precision": plain.info.get("executed_precision")},
+                "torch_eager_fp32": {**without_samples(res["torch_eager_fp32"]), "executed_precision": "fp32"},
+                plain_name: {**without_samples(res[plain_name]),
+                             "executed_precision": plain.info.get("executed_precision")},
             }
             lat["method"] = "interleaved rounds, same process, same input; wall clock per call"
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
@@ -408,7 +416,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "_files": [*built.files, "labels.txt"],
         }
         manifest = write_manifest(stage, manifest)
-    return BuildResult(final, manifest)
+    return BuildResult(final, manifest, samples)
 
 
 BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # the candidates --precision best builds, where the target allows them
@@ -478,7 +486,7 @@ def _build_best(model: str, target: str, out: str, name: str | None, threads: in
             m["requested_precision"] = "best"
             m["selection"] = {"rule": rule, "chosen": chosen, "candidates": record}
             update_manifest(stage, m)
-    return BuildResult(final, m)
+    return BuildResult(final, m, None if remote else {"artifact": lat[chosen].get("samples")})
 
 
 def summary(result: BuildResult) -> str:

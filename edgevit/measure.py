@@ -88,8 +88,14 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
         a = np.asarray(ts)
         out[k] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
                   "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4),
-                  "iterations": len(a), "batch": int(x.shape[0])}
+                  "iterations": len(a), "batch": int(x.shape[0]),
+                  "samples": [round(t, 4) for t in ts]}  # raw per-call ms, in round order: what regressions test
     return out
+
+
+def without_samples(res: dict) -> dict:
+    """A latency figure as a manifest keeps it: the summary, not the thousands of raw samples."""
+    return {k: v for k, v in res.items() if k != "samples"}
 
 
 def torch_runner(model, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -56,35 +56,73 @@ def _key(c: dict) -> tuple:
 
 
 def _latency_metric(c: dict) -> tuple[float | None, str]:
-    if c.get("p50") and c.get("torch_p50"):
-        return c["p50"] / c["torch_p50"], "p50 / same-run PyTorch eager p50"
     return c.get("p50"), "p50 (ms)"
 
 
+MIN_COMPARABLE = 3  # earlier runs on the same host a cell needs before it can be called a regression
+ALPHA = 0.01  # Mann-Whitney U, one-sided: is this run's latency distribution shifted up?
+
+
+def host_key(env: dict) -> str:
+    """What makes two runs' latencies comparable: the same CPU (model and ISA), cores, library versions, device."""
+    remote = env.get("remote") or {}
+    return json.dumps([env.get("cpu"), sorted(env.get("isa", [])), env.get("cores"), env.get("torch"),
+                       env.get("openvino"), env.get("onnxruntime"), remote.get("host"), remote.get("board")])
+
+
+def _details(c: dict) -> dict:
+    d = c.get("details")
+    if isinstance(d, dict):
+        return d
+    try:
+        return json.loads(d or "{}")
+    except ValueError:
+        return {}
+
+
 def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = None) -> list[dict]:
-    """Cells of the latest run that are slower, less accurate or broken compared with the median of the previous
-    ``window`` runs of the same suite."""
+    """Cells of the latest run that are slower, less accurate or broken than on the earlier runs of the same suite on
+    the same host (:func:`host_key`), the last ``window`` of them, and only once there are ``MIN_COMPARABLE``.
+
+    Latency: a one-sided Mann-Whitney U test of this run's raw per-call samples against the earlier runs' pooled
+    samples (p < ``ALPHA``) *and* a median at least ``latency`` tolerance above the median of the earlier medians: a
+    shift that is both real and large enough to matter. Accuracy of random weights is never compared. Every latest
+    cell gets ``comparable``: how many earlier runs it was compared with."""
+    from scipy.stats import mannwhitneyu
+
     tol = {**DEFAULT_TOLERANCES, **(tolerances or runs[-1]["env"].get("tolerances") or {})}
     latest = runs[-1]
-    previous = [r["run_id"] for r in runs[:-1] if r["suite"] == latest["suite"]][-int(tol["window"]):]
+    key = host_key(latest["env"])
+    previous = [r["run_id"] for r in runs[:-1] if r["suite"] == latest["suite"]
+                and host_key(r["env"]) == key][-max(int(tol["window"]), MIN_COMPARABLE):]
     found = []
     for c in (c for c in cells if c["run_id"] == latest["run_id"]):
         hist = [h for h in cells if h["run_id"] in previous and _key(h) == _key(c)]
         ok_hist = [h for h in hist if h["status"] == "passed"]
+        c["comparable"] = len(ok_hist)
         name = " ".join(_key(c))
         if hist and c["status"] != "passed" and ok_hist:
             found.append({"cell": name, "kind": "status", "message": f"{c['status']} (was passed): {c.get('error')}"})
             continue
-        metric, what = _latency_metric(c)
-        past = [m for m in (_latency_metric(h)[0] for h in ok_hist) if m]
-        if metric and past and metric > median(past) * (1 + tol["latency"]):
-            found.append({"cell": name, "kind": "latency", "message": f"{what} {metric:.3f} vs median "
-                          f"{median(past):.3f} of {len(past)} previous runs "
-                          f"(+{(metric / median(past) - 1) * 100:.0f}%, tolerance {tol['latency'] * 100:.0f}%)"})
+        if c["status"] != "passed" or len(ok_hist) < MIN_COMPARABLE:
+            continue
+        now = _details(c).get("samples")
+        past = [h for h in ok_hist if _details(h).get("samples") and h.get("p50")]
+        if now and c.get("p50") and len(past) >= MIN_COMPARABLE:
+            pooled = [t for h in past for t in _details(h)["samples"]]
+            base = median(h["p50"] for h in past)
+            p = float(mannwhitneyu(now, pooled, alternative="greater").pvalue)
+            if p < ALPHA and c["p50"] > base * (1 + tol["latency"]):
+                found.append({"cell": name, "kind": "latency", "message": f"p50 {c['p50']:.3f} ms vs median "
+                              f"{base:.3f} ms of {len(past)} earlier runs on this host "
+                              f"(+{(c['p50'] / base - 1) * 100:.0f}%, tolerance {tol['latency'] * 100:.0f}%; "
+                              f"Mann-Whitney U p = {p:.1g} on {len(now)} vs {len(pooled)} calls)"})
+        if _details(c).get("random_weights") or str(_details(c).get("weights", "")).startswith("random"):
+            continue  # the accuracy of random weights means nothing
         accs = [h["top1"] for h in ok_hist if h.get("top1") is not None]
-        if c.get("top1") is not None and accs and c["top1"] < median(accs) - tol["accuracy"]:
+        if c.get("top1") is not None and len(accs) >= MIN_COMPARABLE and c["top1"] < median(accs) - tol["accuracy"]:
             found.append({"cell": name, "kind": "accuracy", "message": f"top-1 {c['top1']:.2f}% vs median "
-                          f"{median(accs):.2f}% (tolerance {tol['accuracy']} points)"})
+                          f"{median(accs):.2f}% of {len(accs)} earlier runs (tolerance {tol['accuracy']} points)"})
     return found
 
 
@@ -188,7 +226,7 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], toleranc
         ticks = sorted(set(xs))
         ax.set_xticks(ticks, [f"#{i + 1}\n{runs[i]['git_commit']}" for i in ticks], fontsize=6)
         ax.set_title(" ".join(k), fontsize=8)
-        ax.set_ylabel("p50 / torch p50", fontsize=7)
+        ax.set_ylabel("p50 ms", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         acc = ax.twinx()
         accs = [s[2] for s in series if s[2] is not None]
@@ -198,8 +236,8 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], toleranc
         acc.tick_params(labelsize=6, colors="tab:green")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("trend per cell across runs (run number, commit): latency relative to the same run's PyTorch eager "
-                 "(blue; red when flagged), the flag threshold (red dashes), top-1 % (green, right axis)", fontsize=9)
+    fig.suptitle("trend per cell across runs on this host (run number, commit): p50 latency (blue; red when flagged), "
+                 "the effect-size threshold (red dashes), top-1 % (green, right axis)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
@@ -210,7 +248,7 @@ COLUMNS = [("model", "model"), ("target", "target"), ("precision", "precision"),
            ("top1", "top-1 %"), ("top5", "top-5 %"), ("top1_drop", "drop vs FP32"), ("p50", "p50 ms"),
            ("p90", "p90 ms"), ("p99", "p99 ms"), ("x_torch", "× torch eager"), ("x_default", "× backend default"),
            ("throughput", "img/s (offline)"), ("size_mb", "size MB"), ("build_seconds", "build s"),
-           ("peak_rss_mb", "peak RSS MB"), ("executed", "executed")]
+           ("peak_rss_mb", "peak RSS MB"), ("executed", "executed"), ("comparable", "runs compared")]
 
 
 def _row(c: dict) -> dict:

@@ -74,6 +74,9 @@ def _copy_run(db_path: Path, run_id: str, new_id: str, slow: float = 1.0, top1_d
             c[0] = new_id
             if c[1] == "vit-tiny-fmnist" and c[4] == "int8":
                 c[10], c[7] = c[10] * slow, c[7] + top1_delta  # p50, top1
+                details = json.loads(c[-1])
+                details["samples"] = [t * slow for t in details["samples"]]  # the raw samples the test reads
+                c[-1] = json.dumps(details)
             db.execute(f"INSERT INTO cells VALUES ({','.join('?' * len(c))})", c)
 
 
@@ -89,7 +92,10 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     _copy_run(db, run["run_id"], "run2")
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r2")]) == 0  # same figures: no regression
     assert (tmp_path / "r2" / "trends.png").is_file()  # two runs make a trend
-    _copy_run(db, run["run_id"], "run3", slow=2.0, top1_delta=-5.0)
+    _copy_run(db, run["run_id"], "run3", slow=1.5, top1_delta=-5.0)  # but 2 earlier runs are not enough to judge
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r3")]) == 0
+    _copy_run(db, run["run_id"], "run4")
+    _copy_run(db, run["run_id"], "run5", slow=1.5, top1_delta=-5.0)  # an injected 1.5x slowdown, 4 earlier runs
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r3")]) == 3
     md = (tmp_path / "r3" / "summary.md").read_text()
     assert "Regressions against the previous runs: 2" in md
@@ -99,19 +105,56 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     assert "bogus_kwarg" in page  # the failed cell's error is on the page
 
 
-def test_regressions_follow_the_ratio_to_pytorch_so_a_slow_machine_is_not_a_regression():
+def _runs_and_cells(p50s: list[float], spread: float = 0.03, host: str = "cpu A", random_weights: bool = False):
+    """One cell per run, its raw samples normal around each p50 (seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs, cells = [], []
+    for i, p50 in enumerate(p50s):
+        runs.append({"run_id": f"r{i}", "suite": "s", "env": {"cpu": host, "isa": ["avx2"], "cores": 2}})
+        samples = (p50 * (1 + spread * rng.standard_normal(300))).round(4).tolist()
+        cells.append(dict(run_id=f"r{i}", model="m", target="t", precision="int8", status="passed", top1=90.0,
+                          p50=p50, details=json.dumps({"samples": samples, "random_weights": random_weights})))
+    return runs, cells
+
+
+def test_latency_regressions_need_three_runs_on_the_same_host_a_significant_shift_and_a_real_effect():
     from edgevit.report import regressions
 
-    runs = [{"run_id": f"r{i}", "suite": "s", "env": {}} for i in range(4)]
-    base = dict(model="m", target="t", precision="int8", status="passed", top1=90.0)
-    cells = [{**base, "run_id": "r0", "p50": 1.0, "torch_p50": 4.0}, {**base, "run_id": "r1", "p50": 1.1,
-             "torch_p50": 4.2}, {**base, "run_id": "r2", "p50": 0.9, "torch_p50": 3.8},
-             {**base, "run_id": "r3", "p50": 2.0, "torch_p50": 8.0}]  # everything twice as slow: a busy machine
+    runs, cells = _runs_and_cells([1.0, 1.02, 0.98, 1.5])  # an injected 1.5x slowdown after 3 comparable runs
+    found = regressions(runs, cells)
+    assert [f["kind"] for f in found] == ["latency"] and "Mann-Whitney" in found[0]["message"]
+    assert cells[-1]["comparable"] == 3
+    runs, cells = _runs_and_cells([1.0, 1.02, 1.5])  # only two earlier runs: not judged
+    assert regressions(runs, cells) == [] and cells[-1]["comparable"] == 2
+    runs, cells = _runs_and_cells([1.0, 1.02, 0.98, 1.1])  # significant, but within the 25 % tolerance
     assert regressions(runs, cells) == []
-    cells[-1]["torch_p50"] = 4.0  # only the artifact got slower
-    assert [f["kind"] for f in regressions(runs, cells)] == ["latency"]
+    runs, cells = _runs_and_cells([1.0, 1.02, 0.98, 1.5])
+    runs[-1]["env"]["cpu"] = "cpu B"  # another host: nothing to compare with
+    assert regressions(runs, cells) == [] and cells[-1]["comparable"] == 0
+    runs, cells = _runs_and_cells([1.0, 1.0, 1.0, 1.0])
     cells[-1].update(status="failed", error="boom")
     assert [f["kind"] for f in regressions(runs, cells)] == ["status"]
+
+
+def test_random_weights_accuracy_is_never_compared():
+    from edgevit.report import regressions
+
+    runs, cells = _runs_and_cells([1.0, 1.0, 1.0, 1.0], random_weights=True)
+    cells[-1]["top1"] = 10.0
+    assert regressions(runs, cells) == []
+    runs, cells = _runs_and_cells([1.0, 1.0, 1.0, 1.0])
+    cells[-1]["top1"] = 80.0
+    assert [f["kind"] for f in regressions(runs, cells)] == ["accuracy"]
+
+
+def test_random_init_is_the_same_model_every_build(tmp_path):
+    from edgevit.build import build
+
+    a, b = (build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path / n), measure_latency=False,
+                  embed_dim=32, depth=1, num_heads=2) for n in ("a", "b"))
+    assert a.manifest["files"]["model.bin"]["sha256"] == b.manifest["files"]["model.bin"]["sha256"]
 
 
 def test_pareto_front():

@@ -544,7 +544,6 @@ def test_folding_a_quantized_weight_transpose_keeps_the_outputs():
 
 def test_tensorrt_extra_installs_on_jetson_without_pypi_tensorrt_or_pycuda():
     import tomllib
-
     from packaging.requirements import Requirement
 
     extra = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[

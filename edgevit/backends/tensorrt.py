@@ -575,7 +575,7 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     """Finish a TensorRT bundle on the device: build the engine from its checked ONNX with the plan re-derived for
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
     from edgevit.bundle import read_manifest, write_manifest
-    from edgevit.measure import compare_latency, host_info
+    from edgevit.measure import compare_latency, host_info, without_samples
     from edgevit.outputs import output_dir
     from edgevit.targets import Target
 
@@ -602,6 +602,7 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
                                           "argmax_agreement": float((got.argmax(1) == want.argmax(1)).mean() * 100),
                                           "max_abs_logit_diff": round(float(np.abs(got - want).max()), 5)}
         lat = compare_latency({"engine": runner}, x[:1])
+        lat["engine"] = without_samples(lat["engine"])
         m["backend"].update(version=record["tensorrt"], plan=plan,
                             engine={k: v for k, v in record.items() if k not in ("plan", "files")},
                             runtime=runner.info)
