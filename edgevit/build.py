@@ -125,7 +125,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.backends import BuildJob, get_backend, require
     from edgevit.bundle import write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
-    from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization
+    from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization, onnx_metadata
     from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner, without_samples
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.outputs import check_output, claim, output_dir
@@ -252,7 +252,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             built = backend.build(BuildJob(onnx_path=onnx_path, precision=precision, target=tgt, out_dir=stage,
                                            transformer=spec.is_transformer, calibration=calib, recipe=recipe,
                                            accuracy_control=accuracy_control, quantized_onnx=quantized,
-                                           allow_rule_violations=ignore_trt_rules))
+                                           allow_rule_violations=ignore_trt_rules,
+                                           metadata=onnx_metadata(classes, pre.to_dict(), spec.alias)))
             runner = backend.load(stage, {**partial, "backend": built.details}, threads)
             if not ds:
                 return built, runner, {"skipped": "no --data given: accuracy not measured"}
@@ -413,10 +414,31 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "status": "failed-validation" if gate and not gate["passed"] else "ok",
             "latency_ms": lat,
             "build_seconds": round(time.perf_counter() - t_start, 1),
+            "provenance": provenance(),
             "_files": [*built.files, "labels.txt"],
         }
         manifest = write_manifest(stage, manifest)
     return BuildResult(final, manifest, samples)
+
+
+def provenance() -> dict:
+    """What made this bundle: library versions, the command line, when (UTC)."""
+    import importlib.metadata as md
+    import sys
+    from datetime import datetime, timezone
+
+    versions = {}
+    for name in ("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    import shlex
+
+    cmd = os.environ.get("EDGEVIT_COMMAND")  # set by the CLI (and inherited by bench's cell processes)
+    command = shlex.split(cmd) if cmd else [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    return {"versions": versions, "command": command,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 BEST_ORDER = ("int8", "bf16", "fp16", "fp32")  # the candidates --precision best builds, where the target allows them

@@ -22,6 +22,17 @@ def _cmd_models(a) -> int:
 def _cmd_targets(a) -> int:
     from edgevit.targets import list_targets, load_target
 
+    if a.json:
+        from edgevit.outputs import dumps
+
+        rows = []
+        for name in list_targets():
+            t = load_target(name)
+            ok, why = t.host_support()
+            prep, prep_why = t.prepare_support()
+            rows.append({**t.to_dict(), "runs_here": ok, "prepares_here": prep, "why": why if not ok else prep_why})
+        print(dumps(rows, indent=None))
+        return 0
     print(f"{'target':20} {'backend':12} {'precisions':18} {'this host':10} description")
     for name in list_targets():
         t = load_target(name)
@@ -61,7 +72,13 @@ def _cmd_build(a) -> int:
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
               qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force)
-    print(summary(r))
+    if a.json:  # machine-readable on stdout, the human summary on stderr
+        from edgevit.outputs import dumps
+
+        print(summary(r), file=sys.stderr)
+        print(dumps({"bundle": str(r.bundle), "manifest": r.manifest}, indent=None))
+    else:
+        print(summary(r))
     return 0
 
 
@@ -85,11 +102,18 @@ def _cmd_bench(a) -> int:
 
     run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only, remote=a.remote)
     ok = sum(c["status"] == "passed" for c in cells)
+    out = sys.stdout
+    if a.json:
+        from edgevit.outputs import dumps
+
+        print(dumps({"run": run, "cells": [{k: v for k, v in c.items() if k != "bundle"} for c in cells]},
+                    indent=None))
+        out = sys.stderr
     print(f"bench {run['suite']}: {len(cells)} cells ({ok} passed) in {run['seconds']:.0f} s; run {run['run_id']} "
-          f"appended to {a.db}")
+          f"appended to {a.db}", file=out)
     for c in cells:
         print(f"  {c['model']:22} {c['target']:12} {c['precision']:5} {c['status']:17} "
-              + (c.get("error") or f"top-1 {c.get('top1')}  p50 {c.get('p50')} ms  ({c.get('executed')})"))
+              + (c.get("error") or f"top-1 {c.get('top1')}  p50 {c.get('p50')} ms  ({c.get('executed')})"), file=out)
     return 0
 
 
@@ -193,6 +217,13 @@ def _cmd_verify(a) -> int:
     from edgevit.bundle import read_manifest
 
     m = read_manifest(a.bundle)
+    if a.json:
+        from edgevit.outputs import dumps
+
+        print(dumps({"bundle": str(a.bundle), "ok": True, "files_verified": len(m["files"]),
+                     "model": m["model"]["alias"], "precision": m["precision"], "target": m["target"]["name"],
+                     "status": m.get("status", "ok")}, indent=None))
+        return 0
     print(f"{a.bundle}: ok ({len(m['files'])} files verified; {m['model']['alias']} {m['precision']} for "
           f"{m['target']['name']})")
     return 0
@@ -253,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list the model zoo")
     s.set_defaults(fn=_cmd_models)
     s = sub.add_parser("targets", help="list device profiles and whether this host can build/run them")
+    s.add_argument("--json", action="store_true", help="one JSON list on stdout")
     s.set_defaults(fn=_cmd_targets)
 
     s = sub.add_parser("train", help="train or fine-tune a model")
@@ -299,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
                    help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
     s.add_argument("--force", action="store_true",
                    help="replace OUT even if it is not an edgevit bundle (never /, ~ or the working directory)")
+    s.add_argument("--json", action="store_true", help="the bundle and its manifest as one JSON object on stdout "
+                                                       "(the summary goes to stderr)")
     s.set_defaults(fn=_cmd_build)
 
     s = sub.add_parser("bench", help="benchmark a suite of models × targets × precisions into the history database")
@@ -309,6 +343,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--remote", metavar="USER@HOST",
                    help="time each bundle on this device over ssh/scp (your keys and ~/.ssh/config): copies it, runs "
                         "edgevit compile (TensorRT) and edgevit time there; results are labelled with the device")
+    s.add_argument("--json", action="store_true", help="the run and its cells as one JSON object on stdout")
     s.set_defaults(fn=_cmd_bench)
 
     s = sub.add_parser("report", help="HTML + Markdown report of the benchmark history; exit 3 on a regression")
@@ -372,6 +407,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
     s.add_argument("bundle")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(fn=_cmd_verify)
     return p
 
@@ -383,10 +419,13 @@ def _terminate(signum, _frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+    import shlex
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
+    os.environ["EDGEVIT_COMMAND"] = shlex.join(["edgevit", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.fn(args)
     except EdgevitError as e:

@@ -109,3 +109,29 @@ def fp16_typed(model):
 
     return convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS_IN_FP16),
                                     disable_shape_infer=False)
+
+
+def onnx_metadata(labels: list[str], preprocessing: dict, model: str) -> dict[str, str]:
+    """What every ONNX edgevit ships carries in ``metadata_props`` (as Ultralytics does for its exports), so the file
+    describes itself outside a bundle too."""
+    import json
+
+    return {"edgevit.model": model, "edgevit.labels": json.dumps(labels),
+            "edgevit.preprocessing": json.dumps(preprocessing)}
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(metadata)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def stamp_onnx(path: Path, metadata: dict[str, str]) -> None:
+    """:func:`set_metadata` on a file, in place."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    set_metadata(m, metadata)
+    onnx.save(m, str(path))

@@ -354,6 +354,30 @@ img{{max-width:100%}}</style></head><body>
 {body}</body></html>"""
 
 
+RESULT_FIELDS = ("device", "run_id", "git_commit", "model", "family", "target", "precision", "status", "error",
+                 "top1", "top5", "top1_drop", "p50", "p90", "p99", "torch_p50", "default_p50", "throughput",
+                 "size_bytes", "build_seconds", "peak_rss_mb", "executed", "comparable")
+
+
+def _write_results(stage: Path, sections: list[dict]) -> None:
+    """``results.csv`` and ``results.json``: the latest run's cells of every device, one row each."""
+    import csv
+
+    from edgevit.outputs import write_json
+
+    rows = []
+    for sec in sections:
+        commit = sec["runs"][-1]["git_commit"]
+        for c in _grouped(sec["latest"]):
+            rows.append({k: (sec["device"] if k == "device" else commit if k == "git_commit" else c.get(k))
+                         for k in RESULT_FIELDS})
+    with open(stage / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    write_json(stage / "results.json", rows)
+
+
 def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
            suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
     """Write ``report.html`` and ``summary.md`` into ``out`` (atomically; ``out`` is replaced only if it is an edgevit
@@ -389,6 +413,7 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
     with output_dir(final, "report", force) as stage:
         (stage / "report.html").write_text(html_page(sections))
         (stage / "summary.md").write_text(markdown(sections))
+        _write_results(stage, sections)
         for i, sec in enumerate(sections):
             for title, b64 in sec["charts"].items():
                 if b64:

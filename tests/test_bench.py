@@ -103,6 +103,12 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     page = (tmp_path / "r3" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "mobilenet (baseline)" in page
     assert "bogus_kwarg" in page  # the failed cell's error is on the page
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "r3" / "results.csv")))
+    assert len(rows) == 4 and {r["model"] for r in rows} == {"vit-tiny-fmnist", "mobilenetv3-fmnist"}
+    assert json.loads((tmp_path / "r3" / "results.json").read_text())[0].keys() == rows[0].keys()
+    assert {r["comparable"] for r in rows if r["status"] == "passed"} == {"4"}
 
 
 def _runs_and_cells(p50s: list[float], spread: float = 0.03, host: str = "cpu A", random_weights: bool = False):

@@ -36,6 +36,7 @@ class BuildJob:
     # A Q/DQ ONNX already quantized in PyTorch (quantization-aware training): compile it as it is, no PTQ.
     quantized_onnx: Path | None = None
     allow_rule_violations: bool = False  # TensorRT: write a Q/DQ graph that breaks TensorRT's rules anyway
+    metadata: dict = field(default_factory=dict)  # ONNX metadata_props for every ONNX the backend ships
 
 
 @dataclass

@@ -69,6 +69,10 @@ class ONNXRuntimeBackend:
             details["quantizer"] = "nncf"
         else:
             shutil.copyfile(job.onnx_path, out)
+        if job.metadata:
+            from edgevit.export import stamp_onnx
+
+            stamp_onnx(out, job.metadata)
         return Built(files=["model.onnx"], details=details)
 
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:

@@ -507,6 +507,9 @@ class TensorRTBackend:
             if left:
                 raise ValidationFailedError(f"the ONNX still has ops TensorRT {version} cannot import: "
                                             f"{trt_rules.report(left)}")
+        from edgevit.export import set_metadata
+
+        set_metadata(model, job.metadata)
         onnx.save(model, str(job.out_dir / ONNX_FILE))
 
         shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
