@@ -169,13 +169,51 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path) -> dict:
+def offline_throughput(runner, batch: int, manifest: dict) -> tuple[float, dict]:
+    """Offline images/s: OpenVINO through its async API (THROUGHPUT hint, optimal requests); other runtimes at the
+    suite's batch, one synchronous call after another."""
+    from edgevit.measure import compare_latency
+
+    if hasattr(runner, "throughput") and manifest["backend"]["name"] == "openvino":
+        r = runner.throughput(batch)
+        return r["images_per_s"], r
+    xb = np.zeros((batch, *manifest["model"]["input_size"]), np.float32)
+    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
+    return round(batch * 1000.0 / off["mean"], 1), {"method": f"synchronous calls at batch {batch}",
+                                                    "batch": batch}
+
+
+CROSSCHECK_TOLERANCE = 0.10
+
+
+def crosscheck_benchmark_app(bundle: Path, manifest: dict, runner, p50: float, throughput: float,
+                             batch: int) -> dict:
+    """Our SingleStream median and Offline throughput against OpenVINO's benchmark_app on the same IR, same threads
+    and precision: each within ``CROSSCHECK_TOLERANCE`` or the check says by how much it is off."""
+    from edgevit.backends.openvino import benchmark_app
+
+    threads = int(runner.info.get("threads") or os.cpu_count() or 1)
+    prec = runner.info.get("inference_precision", "f32")
+    lat = benchmark_app(Path(bundle) / "model.xml", 1, "latency", threads, prec)
+    thr = benchmark_app(Path(bundle) / "model.xml", batch, "throughput", threads, prec)
+    out = {"latency": lat, "throughput": thr}
+    if lat.get("median_ms"):
+        out["p50_ratio"] = round(p50 / lat["median_ms"], 3)
+    if thr.get("throughput_fps"):
+        out["throughput_ratio"] = round(throughput / thr["throughput_fps"], 3)
+    out["within_tolerance"] = all(abs(out.get(k, 1.0) - 1) <= CROSSCHECK_TOLERANCE
+                                  for k in ("p50_ratio", "throughput_ratio"))
+    return out
+
+
+def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path, profile_layers: bool = True,
+             crosscheck: bool = False) -> dict:
     """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
     from edgevit.backends import get_backend
     from edgevit.build import build
-    from edgevit.measure import compare_latency
 
     cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
+    cell_profile = check = offline = None
     t0 = time.perf_counter()
     try:
         if sm.weights and not Path(sm.weights).is_file():
@@ -198,10 +236,15 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             base = lat["baselines"]
             cell["torch_p50"] = base["torch_eager_fp32"]["p50"]
             cell["default_p50"] = next(b["p50"] for k, b in base.items() if k.endswith("_default_fp32_export"))
-            xb = np.zeros((suite.throughput_batch, *m["model"]["input_size"]), np.float32)
-            off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
-            cell["throughput"] = round(suite.throughput_batch * 1000.0 / off["mean"], 1)
+            cell["throughput"], offline = offline_throughput(runner, suite.throughput_batch, m)
+            if profile_layers and precision == "int8":  # why an INT8 model is (not) fast: per-layer time
+                x1 = np.zeros((1, *m["model"]["input_size"]), np.float32)
+                cell_profile = runner.profile(x1)
+            if crosscheck and m["backend"]["name"] == "openvino":
+                check = crosscheck_benchmark_app(r.bundle, m, runner, lat["artifact"]["p50"], cell["throughput"],
+                                                 suite.throughput_batch)
         cell["details"] = {"latency": lat, "validation": v, "samples": (r.samples or {}).get("artifact"),
+                           "offline": offline, "profile": cell_profile, "benchmark_app": check,
                            "random_weights": not sm.weights,
                            "backend": {k: m["backend"].get(k) for k in
                                                                          ("name", "version", "quantizer")},
@@ -215,7 +258,8 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     return cell
 
 
-def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path) -> dict:
+def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Path,
+                      crosscheck: bool = False) -> dict:
     """``run_cell`` in a fresh process: its peak memory is the cell's own (not the bench's high-water mark so
     far), and a crash in a native library (a segfault, the OOM killer) fails that cell, not the run."""
     import multiprocessing
@@ -225,7 +269,7 @@ def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite,
     t0 = time.perf_counter()
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(run_cell, sm, target, precision, suite, work).result()
+            return pool.submit(run_cell, sm, target, precision, suite, work, True, crosscheck).result()
     except BrokenProcessPool as e:
         return {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision,
                 "status": "failed", "error": f"the cell's process died ({e}); a crash in a native library or "
@@ -345,7 +389,8 @@ def _profile_remote(rem, cell: dict, suite: Suite) -> None:
 
 
 def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,
-          train: bool = False, only: str | None = None, remote: str | None = None) -> tuple[dict, list[dict]]:
+          train: bool = False, only: str | None = None, remote: str | None = None,
+          crosscheck: bool = False) -> tuple[dict, list[dict]]:
     """Run every cell of a suite; append the run to the history database. Returns (run, cells). With ``remote``
     (``user@host``), each bundle is compiled and timed on that device over ssh (see :mod:`edgevit.remote`)."""
     import tempfile
@@ -384,7 +429,7 @@ def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", w
             if precision not in load_target(target).precisions:
                 continue
             say(f"bench [{i}/{len(grid)}] {sm.model} → {target} {precision}")
-            c = run_cell_isolated(sm, target, precision, suite, Path(tmp))
+            c = run_cell_isolated(sm, target, precision, suite, Path(tmp), crosscheck=crosscheck)
             if rem:
                 _profile_remote(rem, c, suite)
             say(f"bench [{i}/{len(grid)}] {c['status']}" + (f": {c['error']}" if c.get("error") else

@@ -113,7 +113,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
-          ignore_trt_rules: bool = False, force: bool = False, **model_overrides) -> BuildResult:
+          ignore_trt_rules: bool = False, force: bool = False, profile: bool = False,
+          **model_overrides) -> BuildResult:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
@@ -143,9 +144,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
-                           force=force, **model_overrides)
+                           force=force, profile=profile, **model_overrides)
     t_start = time.perf_counter()
     samples: dict | None = None
+    layer_profile: dict | None = None
     tgt = load_target(target)
     tgt.check_precision(precision)
     spec = resolve_spec(model)
@@ -389,6 +391,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             }
             lat["method"] = "interleaved rounds, same process, same input; wall clock per call"
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
+            if profile:
+                say("profiling per-layer time (--profile)")
+                layer_profile = runner.profile(x)
         else:
             lat["skipped"] = "latency not measured (measure_latency=False)"
 
@@ -415,6 +420,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "latency_ms": lat,
             "build_seconds": round(time.perf_counter() - t_start, 1),
             "provenance": provenance(),
+            "profile": layer_profile,
             "_files": [*built.files, "labels.txt"],
         }
         manifest = write_manifest(stage, manifest)

@@ -164,7 +164,7 @@ def validate_manifest(m) -> dict:
 
     for k in ("validation", "latency_ms"):
         _get(m, k, "", dict)
-    for k in ("calibration", "accuracy_gate", "qat", "selection", "provenance"):
+    for k in ("calibration", "accuracy_gate", "qat", "selection", "provenance", "profile"):
         _get(m, k, "", dict, optional=True)
     _choice(m, "status", "", STATUSES, optional=True)
     _choice(m, "requested_precision", "", ("best",), optional=True)

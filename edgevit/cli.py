@@ -71,7 +71,7 @@ def _cmd_build(a) -> int:
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
-              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force)
+              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile)
     if a.json:  # machine-readable on stdout, the human summary on stderr
         from edgevit.outputs import dumps
 
@@ -100,7 +100,8 @@ def _cmd_compile(a) -> int:
 def _cmd_bench(a) -> int:
     from edgevit.bench import bench
 
-    run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only, remote=a.remote)
+    run, cells = bench(a.suite, db_path=a.db, train=a.train_missing, only=a.only, remote=a.remote,
+                       crosscheck=a.crosscheck)
     ok = sum(c["status"] == "passed" for c in cells)
     out = sys.stdout
     if a.json:
@@ -331,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
                    help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
     s.add_argument("--force", action="store_true",
                    help="replace OUT even if it is not an edgevit bundle (never /, ~ or the working directory)")
+    s.add_argument("--profile", action="store_true",
+                   help="per-layer time and executed precision from the runtime's profiler, into the manifest")
     s.add_argument("--json", action="store_true", help="the bundle and its manifest as one JSON object on stdout "
                                                        "(the summary goes to stderr)")
     s.set_defaults(fn=_cmd_build)
@@ -343,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--remote", metavar="USER@HOST",
                    help="time each bundle on this device over ssh/scp (your keys and ~/.ssh/config): copies it, runs "
                         "edgevit compile (TensorRT) and edgevit time there; results are labelled with the device")
+    s.add_argument("--crosscheck", action="store_true",
+                   help="also run OpenVINO's benchmark_app on each OpenVINO cell (latency and throughput hints, same "
+                        "threads and precision) and record how far our figures are from its")
     s.add_argument("--json", action="store_true", help="the run and its cells as one JSON object on stdout")
     s.set_defaults(fn=_cmd_bench)
 

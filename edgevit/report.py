@@ -328,6 +328,7 @@ def _section_html(sec: dict, headed: bool) -> str:
     imgs = "".join(f'<h3>{esc(title)}</h3><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
                    for title, b64 in charts.items() if b64)
     reg_class = "reg bad" if found else "reg"
+    profiles = _profiles_html(latest)
     return f"""{f'<h2 class="device">{esc(sec["device"])}</h2>' if headed else ''}
 <p>run {esc(run['run_id'])}, commit {esc(run['git_commit'])}, {esc(run['started'])}, {run['seconds']} s, {len(runs)}
 run(s) of this device in the history. Host: {esc(_host_line(run['env']))}. Every figure was measured in this run on
@@ -336,7 +337,46 @@ the backend's defaults on the FP32 export of the same model (on a remote device:
 runtime).</p>
 <h3 class="{reg_class}">Regressions: {len(found)}</h3><ul>{regs or '<li>none</li>'}</ul>
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for _, h in COLUMNS)}</tr>{''.join(rows)}</table>
-{imgs}"""
+{_checks_html(latest)}
+{imgs}
+{profiles}"""
+
+
+def _profiles_html(latest: list[dict], top: int = 10) -> str:
+    """A per-layer table for every cell with a profile (bench profiles each INT8 cell): where its time goes."""
+    esc = html.escape
+    parts = []
+    for c in sorted(latest, key=_key):
+        prof = _details(c).get("profile")
+        if not prof:
+            continue
+        by = ", ".join(f"{k} {v:.3f} ms" for k, v in prof["ms_by_precision"].items())
+        types = ", ".join(f"{k} {v:.3f}" for k, v in list(prof["ms_by_type"].items())[:5])
+        rows = "".join(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['type'])}</td><td>{esc(r['exec'])}</td>"
+                       f"<td>{esc(r['precision'])}</td><td>{r['ms']:.4f}</td><td>{r['share'] * 100:.1f}%</td></tr>"
+                       for r in prof["top_layers"][:top])
+        parts.append(f"<h4>{esc(' '.join(_key(c)))}: {prof['total_ms']:.3f} ms of layer time per inference "
+                     f"({esc(prof['measured_with'])})</h4><p>by executed precision: {esc(by)}; by layer type (ms): "
+                     f"{esc(types)}</p><table><tr><th>layer</th><th>type</th><th>kernel</th><th>precision</th>"
+                     f"<th>ms</th><th>share</th></tr>{rows}</table>")
+    return ("<h3>Per-layer profile, the slowest layers of each profiled cell</h3>" + "".join(parts)) if parts else ""
+
+
+def _checks_html(latest: list[dict]) -> str:
+    """How each cell's Offline figure was measured and, with ``bench --crosscheck``, benchmark_app's figures."""
+    esc = html.escape
+    lines = []
+    for c in sorted(latest, key=_key):
+        d = _details(c)
+        off, chk = d.get("offline") or {}, d.get("benchmark_app")
+        text = f"{' '.join(_key(c))}: offline {c.get('throughput')} img/s ({off.get('method', '?')}"
+        text += f", {off['requests']} requests, {off['streams']} streams)" if "requests" in off else ")"
+        if chk:
+            text += (f"; benchmark_app: median {chk['latency'].get('median_ms')} ms (ours / theirs "
+                     f"{chk.get('p50_ratio')}), {chk['throughput'].get('throughput_fps')} FPS (ours / theirs "
+                     f"{chk.get('throughput_ratio')}), {'within' if chk['within_tolerance'] else 'OUTSIDE'} 10%")
+        lines.append(f"<li>{esc(text)}</li>")
+    return f"<h3>How throughput was measured</h3><ul>{''.join(lines)}</ul>" if lines else ""
 
 
 def html_page(sections: list[dict]) -> str:

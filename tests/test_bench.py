@@ -53,6 +53,11 @@ def test_every_cell_is_recorded_and_a_failing_cell_does_not_stop_the_others(benc
         bad = by[("mobilenetv3-fmnist", p)]
         assert bad["status"] == "failed" and "bogus_kwarg" in bad["error"]
     assert by[("vit-tiny-fmnist", "int8")]["executed"] == "int8"
+    int8 = by[("vit-tiny-fmnist", "int8")]["details"]
+    assert int8["offline"]["requests"] >= 1 and "AsyncInferQueue" in int8["offline"]["method"]
+    prof = int8["profile"]  # where an INT8 cell's time goes, layer by layer, with what executed
+    assert prof["top_layers"] and prof["total_ms"] > 0 and "int8" in prof["ms_by_precision"]
+    assert by[("vit-tiny-fmnist", "fp32")]["details"]["profile"] is None  # only INT8 cells are profiled
     # each cell runs in its own process, so its peak memory is its own: the failing cells that ran last (they stop
     # before any runtime is loaded) did not inherit the INT8 cell's high-water mark
     assert by[("mobilenetv3-fmnist", "int8")]["peak_rss_mb"] < by[("vit-tiny-fmnist", "int8")]["peak_rss_mb"]
@@ -103,6 +108,7 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     page = (tmp_path / "r3" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "mobilenet (baseline)" in page
     assert "bogus_kwarg" in page  # the failed cell's error is on the page
+    assert "Per-layer profile" in page and "AsyncInferQueue" in page
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "r3" / "results.csv")))
@@ -213,3 +219,21 @@ def test_quick_suite_runs(tmp_path):
 
     assert main(["bench", "--suite", "benchmarks/quick.toml", "--db", str(tmp_path / "h.sqlite")]) == 0
     assert main(["report", "--db", str(tmp_path / "h.sqlite"), "--out", str(tmp_path / "r")]) == 0
+
+
+def test_crosscheck_against_benchmark_app(int8_bundle):
+    """Our SingleStream p50 and Offline throughput next to OpenVINO's benchmark_app on the same IR. How close they
+    are is a measurement (README, bench --crosscheck), not asserted here: CI hosts are shared and noisy."""
+    import numpy as np
+
+    from edgevit.bench import crosscheck_benchmark_app, offline_throughput
+    from edgevit.measure import compare_latency
+    from edgevit.predict import Predictor
+
+    p = Predictor(int8_bundle)
+    p50 = compare_latency({"a": p.runner}, np.zeros((1, 3, 32, 32), np.float32))["a"]["p50"]
+    thr, off = offline_throughput(p.runner, 8, p.manifest)
+    chk = crosscheck_benchmark_app(int8_bundle, p.manifest, p.runner, p50, thr, 8)
+    assert chk["latency"]["median_ms"] > 0 and chk["throughput"]["throughput_fps"] > 0
+    assert chk["p50_ratio"] > 0 and chk["throughput_ratio"] > 0 and isinstance(chk["within_tolerance"], bool)
+    assert "-hint throughput" in chk["throughput"]["command"]

@@ -23,6 +23,7 @@ class ORTRunner:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
+        self._path = str(path)
         self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._sess.get_inputs()[0].name
         quantized = any(n.op_type == "QuantizeLinear" for n in _graph_nodes(path))
@@ -32,6 +33,37 @@ class ORTRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def profile(self, x: np.ndarray, runs: int = 50) -> dict:
+        """Per-node kernel time from ONNX Runtime's profiler (a separate session with profiling on)."""
+        import json
+        import tempfile
+
+        import onnxruntime as ort
+
+        from edgevit.profile import summarize
+
+        with tempfile.TemporaryDirectory(prefix="edgevit-ortprof-") as d:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.info["threads"]
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(d) / "ort")
+            sess = ort.InferenceSession(self._path, opts, providers=["CPUExecutionProvider"])
+            feed = {self._input: np.ascontiguousarray(x, dtype=np.float32)}
+            for _ in range(runs):
+                sess.run(None, feed)
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        acc: dict[str, dict] = {}
+        for ev in events:
+            if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+                continue
+            op = ev.get("args", {}).get("op_name", "?")
+            int8 = op.startswith(("QLinear", "QGemm")) or "Integer" in op or op == "DynamicQuantizeLinear"
+            e = acc.setdefault(ev["name"][:-len("_kernel_time")], {
+                "type": op, "exec": ev.get("args", {}).get("provider", "CPUExecutionProvider"),
+                "precision": "int8" if int8 else ("q/dq" if op.endswith("QuantizeLinear") else "fp32"), "ms": 0.0})
+            e["ms"] += ev.get("dur", 0) / 1000.0
+        return summarize(acc, runs, f"ONNX Runtime node profiler, {runs} runs at batch {x.shape[0]}")
 
 
 class ONNXRuntimeBackend:

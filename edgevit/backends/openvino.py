@@ -65,6 +65,61 @@ class OVRunner:
         compiled = self._get(x.shape[0])
         return compiled(np.ascontiguousarray(x, dtype=np.float32))[compiled.output(0)]
 
+    def throughput(self, batch: int, seconds: float = 3.0) -> dict:
+        """Offline (MLPerf's term): images per second through OpenVINO's own async API, the THROUGHPUT hint and the
+        number of requests the plugin finds optimal, as benchmark_app -hint throughput measures it."""
+        import time
+
+        import openvino as ov
+
+        model = self._core.read_model(self._path)
+        shape = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
+        shape[0] = batch
+        model.reshape({model.input(0).get_any_name(): shape})
+        compiled = self._core.compile_model(model, "CPU", {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"})
+        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(compiled, n)
+        x = np.zeros(shape, np.float32)
+        done = [0]
+
+        def finished(_request, _userdata) -> None:
+            done[0] += 1
+
+        queue.set_callback(finished)
+        for _ in range(n):  # warm-up: every request once
+            queue.start_async({0: x})
+        queue.wait_all()
+        done[0] = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            queue.start_async({0: x})  # blocks while all requests are busy
+        queue.wait_all()
+        elapsed = time.perf_counter() - t0
+        return {"images_per_s": round(done[0] * batch / elapsed, 1), "batch": batch, "requests": n,
+                "streams": int(compiled.get_property("NUM_STREAMS")), "seconds": round(elapsed, 2),
+                "method": "OpenVINO AsyncInferQueue, THROUGHPUT hint, optimal number of requests"}
+
+    def profile(self, x: np.ndarray, runs: int = 50) -> dict:
+        """Per-layer time from OpenVINO's performance counters (a separate compile with PERF_COUNT on)."""
+        from edgevit.profile import precision_of, summarize
+
+        model = self._core.read_model(self._path)
+        model.reshape({model.input(0).get_any_name(): list(x.shape)})
+        compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        for _ in range(5):
+            request.infer({0: x})
+        acc: dict[str, dict] = {}
+        for _ in range(runs):
+            request.infer({0: x})
+            for p in request.profiling_info:
+                if str(p.status).endswith("EXECUTED") and not str(p.status).endswith("NOT_RUN"):
+                    e = acc.setdefault(p.node_name, {"type": p.node_type, "exec": p.exec_type,
+                                                     "precision": precision_of(p.exec_type), "ms": 0.0})
+                    e["ms"] += p.real_time.total_seconds() * 1000
+        return summarize(acc, runs, f"OpenVINO performance counters, {runs} runs at batch {x.shape[0]}")
+
 
 class OpenVINOBackend:
     name = "openvino"
@@ -135,3 +190,43 @@ def _nncf_version() -> str:
     import nncf
 
     return nncf.__version__
+
+
+def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_precision: str,
+                  seconds: int = 5) -> dict:
+    """OpenVINO's own benchmark_app on the same IR (shipped with the openvino wheel): the reference our SingleStream
+    median (``hint="latency"``) and Offline throughput (``hint="throughput"``) are checked against."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("benchmark_app")
+    argv = [exe] if exe else [sys.executable, "-m", "openvino.tools.benchmark.main"]
+    shape = None
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    dims = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
+    dims[0] = batch
+    shape = "[" + ",".join(map(str, dims)) + "]"
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-bapp-") as d:
+        # benchmark_app refuses -nthreads next to -hint; the same properties go in through its config file
+        cfg = Path(d) / "config.json"
+        cfg.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads),
+                                           "INFERENCE_PRECISION_HINT": inference_precision}}))
+        argv += ["-m", str(xml), "-d", "CPU", "-hint", hint, "-t", str(seconds), "-shape", shape,
+                 "-load_config", str(cfg)]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds * 10 + 120)
+    if p.returncode:
+        raise RuntimeError(f"benchmark_app failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+    out = p.stdout
+    fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out)
+    med = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", out)
+    return {"hint": hint, "batch": batch, "throughput_fps": float(fps.group(1)) if fps else None,
+            "median_ms": (float(med.group(1)) / (1000.0 if med.group(2) == "us" else 1.0)) if med else None,
+            "command": "benchmark_app " + " ".join(a for a in argv[1 if exe else 3:] if "config.json" not in a)
+            + f" (with INFERENCE_NUM_THREADS={threads}, INFERENCE_PRECISION_HINT={inference_precision})"}

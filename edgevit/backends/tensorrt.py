@@ -363,6 +363,7 @@ class TRTRunner:
             raise BundleError(f"{engine_path} cannot run here: {why}; rebuild it on this device with "
                               f"`edgevit compile {engine_path.parent}`")
         self._cudart = cudart
+        self._engine_path = engine_path
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         plan = plan or record.get("plan") or {}
         if plan.get("dla_core") is not None:
@@ -418,6 +419,44 @@ class TRTRunner:
         cuda_call(cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, d2h, self._stream))
         cuda_call(cudart.cudaStreamSynchronize(self._stream))
         return np.array(host_out)
+
+    def profile(self, x: np.ndarray, runs: int = 50) -> dict:
+        """Per-layer time from TensorRT's IProfiler on the device; precisions from the engine inspector's layers."""
+        from edgevit.profile import precision_of, summarize
+
+        trt = _trt()
+
+        class LayerTimes(trt.IProfiler):
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+                self.ms: dict[str, float] = {}
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                self.ms[layer_name] = self.ms.get(layer_name, 0.0) + ms
+
+        x = np.ascontiguousarray(x[: self.max_batch], dtype=np.float32)
+        for _ in range(5):
+            self._run(x)
+        times = LayerTimes()
+        self._context.profiler = times
+        try:
+            for _ in range(runs):
+                self._run(x)
+        finally:
+            self._context.profiler = None
+        formats = {}
+        layers_file = self._engine_path.parent / LAYERS_FILE
+        layers = json.loads(layers_file.read_text()) if layers_file.is_file() else {}
+        for layer in layers.get("Layers", []) if isinstance(layers, dict) else []:
+            if isinstance(layer, dict):
+                outs = layer.get("Outputs") or [{}]
+                formats[layer.get("Name")] = (str(layer.get("LayerType", "?")),
+                                              str(outs[0].get("Format/Datatype", "")))
+        acc = {name: {"type": formats.get(name, ("?", ""))[0], "exec": formats.get(name, ("", "?"))[1],
+                      "precision": precision_of(formats.get(name, ("", ""))[1]), "ms": ms}
+               for name, ms in times.ms.items()}
+        return summarize(acc, runs, f"TensorRT IProfiler on {self.info.get('device')}, {runs} runs at batch "
+                                    f"{x.shape[0]}")
 
     def __del__(self) -> None:
         cudart = getattr(self, "_cudart", None)
