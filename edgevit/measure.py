@@ -66,23 +66,36 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 
 def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, warmup: int = 10,
-                    rounds: int = 5, min_iters: int = 50, min_seconds: float = 2.0, max_iters: int = 5000) -> dict:
+                    rounds: int = 5, min_iters: int = 50, min_seconds: float = 2.0, max_iters: int = 5000,
+                    isolate: bool = True) -> dict:
     """Wall-clock latency of each ``fn(x)`` in milliseconds. The candidates are timed in interleaved rounds (A B C,
     A B C, ...) so that a noisy machine's slow spells fall on all of them alike; each gets at least ``min_iters``
-    single calls and ``min_seconds`` in all. Percentiles over all of a candidate's timed calls."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(x)
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    single calls and ``min_seconds`` in all. Percentiles over all of a candidate's timed calls. With ``isolate``
+    (and runners that say how to make them again: ``spec()``), each candidate runs in its own process, one at a
+    time, with passive thread pools, so that no runtime's threads slow another's."""
     per_round_s, per_round_n = min_seconds / rounds, max(1, -(-min_iters // rounds))
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            start, n = time.perf_counter(), 0
-            while n < max_iters // rounds and (n < per_round_n or time.perf_counter() - start < per_round_s):
-                t = time.perf_counter()
+    isolate = isolate and len(fns) > 1 and all(hasattr(fn, "spec") for fn in fns.values())
+    times = None
+    if isolate:
+        try:
+            times = _isolated_times(fns, x, warmup, rounds, per_round_n, per_round_s, max_iters // rounds)
+        except (EOFError, OSError, RuntimeError) as e:  # e.g. a __main__ that spawn cannot re-import
+            from edgevit._progress import say
+
+            say(f"warning: timing in separate processes failed ({type(e).__name__}: {e}); timing in this process")
+    if times is None:
+        for fn in fns.values():
+            for _ in range(warmup):
                 fn(x)
-                times[k].append((time.perf_counter() - t) * 1000)
-                n += 1
+        times = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                start, n = time.perf_counter(), 0
+                while n < max_iters // rounds and (n < per_round_n or time.perf_counter() - start < per_round_s):
+                    t = time.perf_counter()
+                    fn(x)
+                    times[k].append((time.perf_counter() - t) * 1000)
+                    n += 1
     out = {}
     for k, ts in times.items():
         a = np.asarray(ts)
@@ -98,18 +111,99 @@ def without_samples(res: dict) -> dict:
     return {k: v for k, v in res.items() if k != "samples"}
 
 
-def torch_runner(model, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+class TorchRunner:
     """PyTorch eager FP32, the plain recipe every build is compared with."""
-    import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    def __init__(self, model, threads: int | None = None) -> None:
+        import torch
 
-    def run(x: np.ndarray) -> np.ndarray:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.threads = model.eval(), threads
+        self.info = {"backend": "torch", "executed_precision": "fp32", "threads": torch.get_num_threads()}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+            return self.model(torch.from_numpy(x)).numpy()
 
-    return run
+    def spec(self) -> tuple:
+        """How a timing worker process makes the same runner (see :func:`compare_latency`)."""
+        return TorchRunner, (self.model, self.threads)
+
+
+def torch_runner(model, threads: int | None = None) -> TorchRunner:
+    return TorchRunner(model, threads)
+
+
+# ----------------------------------------------------------------------------------------- isolated timing
+# Each candidate of a comparison runs in its own process, and only one process computes at a time, so no
+# runtime's thread pool competes with another's (a busy OpenVINO TBB arena or spinning OpenMP workers slowed
+# whichever ran next in the same process by 2-3x on a loaded host). Worker thread pools wait passively.
+PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def _timing_worker(conn, factory, args, x: np.ndarray) -> None:
+    os.environ.update(PASSIVE_ENV)  # before torch/OpenMP start their pools in this process
+    try:
+        fn = factory(*args)
+        conn.send(("ready", getattr(fn, "info", {})))
+    except Exception as e:  # the parent reports it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        if msg[0] == "warmup":
+            for _ in range(msg[1]):
+                fn(x)
+            conn.send(("done",))
+            continue
+        _, n_min, seconds, n_max = msg
+        times, start = [], time.perf_counter()
+        while len(times) < n_max and (len(times) < n_min or time.perf_counter() - start < seconds):
+            t = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - t) * 1000)
+        conn.send(("times", times))
+
+
+def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_round_n: int, per_round_s: float,
+                    max_per_round: int) -> dict[str, list[float]]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = {}
+    try:
+        for k, fn in fns.items():
+            parent, child = ctx.Pipe()
+            factory, args = fn.spec()
+            proc = ctx.Process(target=_timing_worker, args=(child, factory, args, x), daemon=True)
+            proc.start()
+            workers[k] = (proc, parent)
+        for k, (_, conn) in workers.items():
+            status, *rest = conn.recv()
+            if status != "ready":
+                raise RuntimeError(f"timing worker for {k} failed: {rest[0]}")
+            conn.send(("warmup", warmup))
+            conn.recv()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):  # interleaved: A B C, A B C, ... one process computing at a time
+            for k, (_, conn) in workers.items():
+                conn.send(("round", per_round_n, per_round_s, max_per_round))
+                times[k] += conn.recv()[1]
+        return times
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) -> dict:

@@ -32,3 +32,43 @@ def test_accuracy_helpers_and_host():
     assert topk(logits, labels, k=2) == 66.67 and topk(logits, labels, k=3) == 100.0
     h = host_info()
     assert h["cpu"] and h["cores"] >= 1 and isinstance(h["isa"], list)
+
+
+ALONE = """
+import sys, numpy as np, torch
+from edgevit.measure import TorchRunner, compare_latency
+model = torch.load(sys.argv[1], weights_only=False)
+x = np.zeros((1, 3, 32, 32), np.float32)
+print(compare_latency({"torch": TorchRunner(model, 2)}, x, isolate=False)["torch"]["p50"])
+"""
+
+
+def test_torch_baseline_timed_beside_openvino_matches_torch_alone(tmp_path):
+    """The PyTorch eager baseline, timed by compare_latency interleaved with OpenVINO (each in its own process,
+    passive thread pools), is within 15 % of the same model timed alone in a fresh process."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from edgevit.backends.openvino import OVRunner
+    from edgevit.export import export_onnx
+    from edgevit.measure import TorchRunner, compare_latency
+    from edgevit.models import create_model, resolve_spec
+
+    torch.manual_seed(0)
+    model = create_model(resolve_spec("vit-tiny-fmnist"), num_classes=10).eval()
+    torch.save(model, tmp_path / "m.pt")
+    onnx_path = export_onnx(model, (32, 32), tmp_path / "m.onnx")
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    (tmp_path / "alone.py").write_text(ALONE)
+    ratios = []
+    for _ in range(3):  # a shared CI host has slow spells; one clean attempt in three shows there is no bias
+        together = compare_latency({"torch": TorchRunner(model, 2), "openvino": OVRunner(
+            onnx_path, {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})}, x)["torch"]["p50"]
+        alone = float(subprocess.run([sys.executable, str(tmp_path / "alone.py"), str(tmp_path / "m.pt")],
+                                     capture_output=True, text=True, check=True).stdout.split()[-1])
+        ratios.append(together / alone)
+        if abs(ratios[-1] - 1) <= 0.15:
+            break
+    assert abs(ratios[-1] - 1) <= 0.15, ratios

@@ -34,6 +34,10 @@ class ORTRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
+    def spec(self) -> tuple:
+        """How a timing worker process makes the same runner (see measure.compare_latency)."""
+        return _ort_runner, (Path(self._path), self.info["threads"], self.info.get("proxy_for"))
+
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
         """Per-node kernel time from ONNX Runtime's profiler (a separate session with profiling on)."""
         import json
@@ -64,6 +68,13 @@ class ORTRunner:
                 "precision": "int8" if int8 else ("q/dq" if op.endswith("QuantizeLinear") else "fp32"), "ms": 0.0})
             e["ms"] += ev.get("dur", 0) / 1000.0
         return summarize(acc, runs, f"ONNX Runtime node profiler, {runs} runs at batch {x.shape[0]}")
+
+
+def _ort_runner(path: Path, threads: int, proxy_for: str | None) -> ORTRunner:
+    r = ORTRunner(path, threads)
+    if proxy_for:
+        r.info["proxy_for"] = proxy_for
+    return r
 
 
 class ONNXRuntimeBackend:

@@ -65,6 +65,10 @@ class OVRunner:
         compiled = self._get(x.shape[0])
         return compiled(np.ascontiguousarray(x, dtype=np.float32))[compiled.output(0)]
 
+    def spec(self) -> tuple:
+        """How a timing worker process makes the same runner (see measure.compare_latency)."""
+        return OVRunner, (Path(self._path), self._config)
+
     def throughput(self, batch: int, seconds: float = 3.0) -> dict:
         """Offline (MLPerf's term): images per second through OpenVINO's own async API, the THROUGHPUT hint and the
         number of requests the plugin finds optimal, as benchmark_app -hint throughput measures it."""
