@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    if argv is None and hasattr(signal, "SIGPIPE"):  # `edgevit models | head`: stop quietly, like a Unix tool
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = parser().parse_args(argv)
     os.environ["EDGEVIT_COMMAND"] = shlex.join(["edgevit", *(sys.argv[1:] if argv is None else argv)])
     try:
@@ -442,10 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         print("edgevit: stopped by " + (f"signal {signum}" if signum else "Ctrl-C"), file=sys.stderr)
         return 128 + (signum or 2)
     except OSError as e:  # the file system said no: disk full, permission, read-only, ...
-        where = f" {e.filename}" if e.filename else ""
+        where = f" {e.filename}:" if e.filename else ""
         fix = {28: "free some space or write elsewhere", 122: "free some space or write elsewhere",
                13: "check the permissions or write elsewhere", 30: "write elsewhere"}.get(e.errno, "")
-        print(f"edgevit: error:{where}: {e.strerror or e}" + (f"; {fix}" if fix else ""), file=sys.stderr)
+        print(f"edgevit: error:{where} {e.strerror or e}" + (f"; {fix}" if fix else ""), file=sys.stderr)
         return 1
 
 

@@ -98,3 +98,13 @@ def test_sigterm_mid_build_leaves_nothing(tmp_path):
     p.wait(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_closed_pipe_ends_quietly_like_a_unix_tool():
+    """`edgevit targets | head -1`: no BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "edgevit", "targets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "EDGEVIT_QUIET": "1"})
+    p.stdout.close()  # the reader is gone before edgevit writes its first line
+    err = p.stderr.read()
+    p.wait(timeout=300)
+    assert err == b"", err  # not a traceback, not even an error line
