@@ -80,13 +80,29 @@ def _details(c: dict) -> dict:
         return {}
 
 
+def _peer_ratio(c: dict) -> float | None:
+    """p50 relative to the same run's peer on the same runtime (the backend's defaults), else PyTorch eager."""
+    peer = c.get("default_p50") or c.get("torch_p50")
+    return c["p50"] / peer if peer and c.get("p50") else None
+
+
+def _host_spell(c: dict, past: list[dict], tolerance: float) -> bool:
+    """Did the whole host slow down rather than the artifact? The peers are timed in the same interleaved rounds
+    (separate processes), so a slow spell of the machine slows them alike: then the artifact's ratio to its peer
+    stays where it was. Measured here: two such spells doubled a cell's p50 and its peer's together."""
+    now = _peer_ratio(c)
+    before = [r for r in (_peer_ratio(h) for h in past) if r]
+    return bool(now and before) and now <= median(before) * (1 + tolerance)
+
+
 def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = None) -> list[dict]:
     """Cells of the latest run that are slower, less accurate or broken than on the earlier runs of the same suite on
     the same host (:func:`host_key`), the last ``window`` of them, and only once there are ``MIN_COMPARABLE``.
 
     Latency: a one-sided Mann-Whitney U test of this run's raw per-call samples against the earlier runs' pooled
     samples (p < ``ALPHA``) *and* a median at least ``latency`` tolerance above the median of the earlier medians: a
-    shift that is both real and large enough to matter. Accuracy of random weights is never compared. Every latest
+    shift that is both real and large enough to matter, unless the same run's peer slowed alike (a slow spell of the
+    host, :func:`_host_spell`). Accuracy of random weights is never compared. Every latest
     cell gets ``comparable``: how many earlier runs it was compared with."""
     from scipy.stats import mannwhitneyu
 
@@ -112,7 +128,7 @@ def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = N
             pooled = [t for h in past for t in _details(h)["samples"]]
             base = median(h["p50"] for h in past)
             p = float(mannwhitneyu(now, pooled, alternative="greater").pvalue)
-            if p < ALPHA and c["p50"] > base * (1 + tol["latency"]):
+            if p < ALPHA and c["p50"] > base * (1 + tol["latency"]) and not _host_spell(c, past, tol["latency"]):
                 found.append({"cell": name, "kind": "latency", "message": f"p50 {c['p50']:.3f} ms vs median "
                               f"{base:.3f} ms of {len(past)} earlier runs on this host "
                               f"(+{(c['p50'] / base - 1) * 100:.0f}%, tolerance {tol['latency'] * 100:.0f}%; "
