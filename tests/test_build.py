@@ -164,3 +164,22 @@ def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_ch
                embed_dim=32, depth=1, num_heads=2)
     cands = {c["precision"]: c for c in r2.manifest["selection"]["candidates"]}
     assert "needs images" in cands["int8"]["rejected"] and r2.manifest["precision"] == "fp32"
+
+
+def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
+    import os
+
+    from edgevit.build import build
+    from edgevit.predict import Predictor
+
+    r = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), embed_dim=32, depth=1, num_heads=2)
+    sweep = r.manifest["latency_ms"]["threads_sweep"]
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        assert sweep["chosen"] == 1
+        return
+    assert set(sweep["p50_ms"]) >= {"1", str(cores)}
+    best = min(sweep["p50_ms"].values())
+    assert sweep["p50_ms"][str(sweep["chosen"])] <= best * 1.03  # the fastest, or as fast with fewer threads
+    assert r.manifest["backend"]["threads"] == sweep["chosen"] == r.manifest["latency_ms"]["threads"]
+    assert Predictor(r.bundle).runner.info["threads"] == sweep["chosen"]

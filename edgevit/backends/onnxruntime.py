@@ -124,7 +124,8 @@ class ONNXRuntimeBackend:
         return {"model.onnx", *onnx_external_files(bundle_dir, manifest, "model.onnx")}
 
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
-        return ORTRunner(Path(bundle_dir) / "model.onnx", threads or manifest["target"].get("threads"))
+        return ORTRunner(Path(bundle_dir) / "model.onnx",
+                         threads or manifest["backend"].get("threads") or manifest["target"].get("threads"))
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return ORTRunner(onnx_path, threads)

@@ -182,7 +182,7 @@ class OpenVINOBackend:
         from edgevit.targets import Target
 
         target = Target(**{k: v for k, v in manifest["target"].items() if k in Target.__dataclass_fields__})
-        cfg = self._config(manifest["precision"], target, threads)
+        cfg = self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"))
         return OVRunner(Path(bundle_dir) / "model.xml", cfg)
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
