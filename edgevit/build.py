@@ -98,6 +98,14 @@ def _check_qat_output(path: Path, weights: str | None, force: bool) -> None:
                                 "or choose another --out/--name")
 
 
+def _check_hub_architecture(hub, spec) -> None:
+    """Pretrained weights name their architecture; they must be the model's (tag aside)."""
+    arch = (hub.architecture or "").split(".")[0]
+    if arch and arch != spec.timm_name.split(".")[0]:
+        raise WeightsError(f"{hub.source} holds weights for {arch}, not {spec.timm_name} ({spec.alias}); pass "
+                           f"--model {arch}")
+
+
 def _weights_meta(meta: dict, spec) -> dict:
     """The edgevit training metadata of a checkpoint, checked against the requested model."""
     ev = meta.get("edgevit") if isinstance(meta.get("edgevit"), dict) else {}
@@ -127,6 +135,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.bundle import write_manifest
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization, onnx_metadata
+    from edgevit.hub import is_hub
+    from edgevit.hub import resolve as resolve_hub
     from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner, without_samples
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.outputs import check_output, claim, output_dir
@@ -176,12 +186,18 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     # -- model and data ------------------------------------------------------------------------------------
     ev: dict = {}
     meta: dict = {}
+    hub = None
     if weights:
-        state, meta = read_state_dict(weights)
+        weights_file = weights
+        if is_hub(weights):  # pretrained from the Hugging Face Hub (or its local cache)
+            hub = resolve_hub(weights)
+            _check_hub_architecture(hub, spec)
+            weights_file = str(hub.path)
+        state, meta = read_state_dict(weights_file)
         ev = _weights_meta(meta, spec)
         model_overrides = {**ev.get("model_overrides", {}), **model_overrides}
     ds = load_dataset(data) if data else None
-    classes = ds.classes if ds else ev.get("classes")
+    classes = ds.classes if ds else (ev.get("classes") or (hub.labels() if hub else None))
     if ds and ev.get("classes") and len(ev["classes"]) != ds.num_classes:
         raise WeightsError(f"{weights} was trained on {len(ev['classes'])} classes but {ds.spec} has "
                            f"{ds.num_classes}; use matching data or weights")
@@ -213,7 +229,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     freeze_weight_standardization(net)  # outputs unchanged; constant conv weights for NNCF and TensorRT
     num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or [])
     classes = classes or [str(i) for i in range(num_classes)]
-    pre = data_config(spec, size)
+    pre = data_config(spec, size, pretrained=hub.preprocessing_overrides() if hub else None)
     random_init = not weights
     if random_init:
         say("warning: no --weights: the model is randomly initialised; accuracy figures are meaningless "
@@ -405,8 +421,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "edgevit_version": __version__,
             "model": {"alias": spec.alias, "timm_name": spec.timm_name, "family": spec.family,
                       "num_classes": num_classes, "input_size": [3, *pre.input_size],
-                      "weights": Path(weights).name if weights else None,
-                      "weights_sha256": sha256_file(weights) if weights else None, "random_init": random_init,
+                      "weights": (hub.source if hub else Path(weights).name) if weights else None,
+                      "weights_sha256": sha256_file(weights_file) if weights else None, "random_init": random_init,
                       "overrides": model_overrides},
             "preprocessing": pre.to_dict(),
             "labels": classes,

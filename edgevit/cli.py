@@ -7,6 +7,7 @@ import sys
 
 from edgevit import __version__
 from edgevit.errors import EdgevitError
+from edgevit.errors import UsageError as EdgevitUsage
 
 
 def _cmd_models(a) -> int:
@@ -54,10 +55,22 @@ def _cmd_targets(a) -> int:
     return 0
 
 
+def _weights_arg(a) -> str | None:
+    """--weights, or the Hub repository --pretrained means for --model."""
+    if not a.pretrained:
+        return a.weights
+    if a.weights:
+        raise EdgevitUsage("pass either --weights or --pretrained, not both")
+    from edgevit.hub import default_repo
+    from edgevit.models import resolve_spec
+
+    return default_repo(resolve_spec(a.model).timm_name)
+
+
 def _cmd_train(a) -> int:
     from edgevit.train import train
 
-    r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=a.weights,
+    r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=_weights_arg(a),
               resume=a.resume, seed=a.seed, limit=a.limit)
     print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "
           f"{r.best_top1:.2f}%; checkpoints: {r.best_path}, {r.last_path}")
@@ -67,7 +80,7 @@ def _cmd_train(a) -> int:
 def _cmd_build(a) -> int:
     from edgevit.build import build, summary
 
-    r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=a.weights, out=a.out,
+    r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=_weights_arg(a), out=a.out,
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
@@ -295,7 +308,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=EPOCHS, help="default: the model's recipe")
     s.add_argument("--batch-size", type=_int_in(1, 65536))
     s.add_argument("--lr", type=_float_in(0, 10, lo_open=True))
-    s.add_argument("--weights", help="initial weights to fine-tune from")
+    s.add_argument("--weights", help="initial weights to fine-tune from (a file or hf-hub:OWNER/NAME[@REV]); a "
+                                     "classifier of another class count is replaced")
+    s.add_argument("--pretrained", action="store_true",
+                   help="fine-tune from timm's default pretrained weights (Hugging Face Hub or its cache)")
     s.add_argument("--resume", help="last.pt of an interrupted run")
     s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     s.add_argument("--limit", type=COUNT,
@@ -309,7 +325,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="int8",
                    help="fp32 | bf16 | int8 (as the target allows) | best: the fastest measured that passes the gate")
     s.add_argument("--data", help="calibration and validation data (required for int8)")
-    s.add_argument("--weights", help="safetensors, state dict, timm or edgevit checkpoint; omitted: random init")
+    s.add_argument("--weights", help="safetensors, state dict, timm or edgevit checkpoint, or hf-hub:OWNER/NAME[@REV] "
+                                     "(Hugging Face Hub, its cache honoured); omitted: random init")
+    s.add_argument("--pretrained", action="store_true",
+                   help="timm's default pretrained weights for the model, from the Hugging Face Hub (or its cache)")
     s.add_argument("--out", default="build", help="directory the bundle is written into")
     s.add_argument("--name", help="bundle directory name (default MODEL-TARGET-PRECISION)")
     s.add_argument("--calibration", help="calibration recipe name or .toml (default: calibration/default.toml)")

@@ -105,14 +105,15 @@ def resolve_spec(name: str) -> ModelSpec:
     raise UnknownNameError("model", name, list(ZOO), hint="or any name from timm.list_models()")
 
 
-def data_config(spec: ModelSpec, input_size: int | None = None):
-    """The preprocessing of a model: timm's pretrained config, overridden by the alias."""
+def data_config(spec: ModelSpec, input_size: int | None = None, pretrained: dict | None = None):
+    """The preprocessing of a model: timm's pretrained config (or ``pretrained``: the config of the weights actually
+    used, from their Hub repository), overridden by the alias."""
     import timm
 
     from edgevit.data import Preprocessing
 
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    cfg = {**(cfg.to_dict() if cfg is not None else {}), **(pretrained or {})}
     size = input_size or spec.input_size
     crop_pct = spec.crop_pct if spec.crop_pct is not None else cfg.get("crop_pct", 0.875)
     interpolation = spec.interpolation or cfg.get("interpolation", "bilinear")
@@ -195,9 +196,26 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     return sd, meta
 
 
-def load_weights(model, path: str | os.PathLike) -> dict:
-    """Load ``path`` into ``model`` (see :func:`apply_state_dict`). Returns the file's metadata."""
+HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head.fc.")
+
+
+def load_weights(model, path: str | os.PathLike, replace_head: bool = False) -> dict:
+    """Load ``path`` into ``model`` (see :func:`apply_state_dict`). Returns the file's metadata. ``replace_head``
+    (fine-tuning pretrained weights on other classes): a classifier of another class count is left freshly
+    initialised instead of refused."""
     sd, meta = read_state_dict(path)
+    if replace_head:
+        own = model.state_dict()
+        other = [k for k, v in sd.items() if k.startswith(HEAD_PREFIXES) and k in own
+                 and tuple(v.shape) != tuple(own[k].shape)]
+        if other:
+            from edgevit._progress import say
+
+            for k in other:
+                sd[k] = own[k]
+            say(f"fine-tuning: the classifier ({', '.join(other)}) is new for this dataset's "
+                f"{next(iter(own[k].shape for k in other))[0]} classes; the rest is pretrained")
+            meta = {**meta, "replaced_head": other}
     apply_state_dict(model, sd, path)
     return meta
 
@@ -217,7 +235,7 @@ def apply_state_dict(model, sd: dict, path: str | os.PathLike) -> None:
         )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            if k.startswith(("head.", "fc.", "classifier.", "head.fc.")) and v.ndim >= 1:
+            if k.startswith(HEAD_PREFIXES) and v.ndim >= 1:
                 raise WeightsError(
                     f"{path}: classifier {k} has shape {tuple(v.shape)} ({v.shape[0]} classes) but the model "
                     f"expects {tuple(own[k].shape)} ({own[k].shape[0]} classes); use data with {v.shape[0]} classes "

@@ -184,8 +184,14 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     ds = load_dataset(data)
     pre = data_config(spec)
     model = create_model(spec, num_classes=ds.num_classes, **model_overrides)
+    weights_source = weights
     if weights:
-        load_weights(model, weights)
+        from edgevit.hub import is_hub, resolve
+
+        if is_hub(weights):  # pretrained from the Hugging Face Hub (or its local cache): a fine-tune
+            hub = resolve(weights)
+            weights, weights_source = str(hub.path), hub.source
+        load_weights(model, weights, replace_head=True)
 
     tr_idx, ho_idx = holdout_split(len(ds.train), seed)
     if limit:
@@ -206,6 +212,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
         "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
         "train_images": len(tr_idx), "holdout_images": len(ho_idx),
+        "initial_weights": weights_source,
     }
     if ck:
         if ck.get("total_steps") != epochs * steps_per_epoch:

@@ -1,0 +1,89 @@
+"""Pretrained weights from the Hugging Face Hub, tested against a local cache the test builds in the Hub's own layout
+(models--OWNER--NAME/refs/main, snapshots/<commit>/...) with HF_HUB_OFFLINE=1: nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TINY_VIT
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REPO = "timm/vit_tiny_patch16_224.test_tiny"
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    """A Hub cache holding REPO: a tiny ViT's safetensors (1000 ImageNet classes, 32 px) and its config.json."""
+    from safetensors.torch import save_file
+
+    from edgevit.models import create_model, resolve_spec
+
+    cache = tmp_path / "hub"
+    snap = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(COMMIT)
+    net = create_model(resolve_spec("vit-tiny"), num_classes=1000, input_size=32, **TINY_VIT)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(snap / "model.safetensors"))
+    (snap / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224", "num_classes": 1000,
+        "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.9,
+                           "interpolation": "bicubic"}}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    return snap
+
+
+def test_build_from_cached_hub_weights_records_revision_labels_and_preprocessing(hub_cache, tmp_path):
+    from edgevit.build import build
+    from edgevit.models import sha256_file
+
+    r = build("vit-tiny", weights=f"hf-hub:{REPO}", precision="fp32", input_size=32, out=str(tmp_path / "out"),
+              measure_latency=False, **TINY_VIT)
+    m = r.manifest["model"]
+    assert m["weights"] == f"hf-hub:{REPO}@{COMMIT}" and not m["random_init"]
+    assert m["weights_sha256"] == sha256_file(hub_cache / "model.safetensors")
+    labels = r.manifest["labels"]
+    assert len(labels) == 1000 and labels[0] == "tench"  # ImageNet's names, for a 1k classifier
+    pre = r.manifest["preprocessing"]
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["interpolation"] == "bicubic"  # the weights' own config
+
+
+def test_finetune_from_hub_weights_replaces_the_head_and_resamples_positions(hub_cache, fmnist_dir, tmp_path):
+    """Pretrained at 32 px with 1000 classes; fine-tuned at the alias's 224 px on a 10-class set."""
+    import torch
+
+    from edgevit.train import train
+
+    r = train("vit-tiny", f"fashion-mnist:{fmnist_dir}", tmp_path / "run", epochs=1, batch_size=64, limit=128,
+              weights=f"hf-hub:{REPO}", **TINY_VIT)
+    ck = torch.load(r.best_path, map_location="cpu", weights_only=True)
+    assert ck["model"]["head.weight"].shape[0] == 10  # a new head for the 10 classes
+    assert ck["model"]["pos_embed"].shape[1] == 1 + (224 // 16) ** 2  # 2x2 grid resampled to 14x14
+    assert ck["edgevit"]["initial_weights"] == f"hf-hub:{REPO}@{COMMIT}"
+
+
+def test_missing_model_offline_is_one_clear_error(hub_cache, tmp_path, capsys):
+    from edgevit.cli import main
+
+    rc = main(["build", "--model", "vit-tiny", "--precision", "fp32", "--weights", "hf-hub:timm/not_cached_model",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "not in the local Hugging Face cache" in err and "huggingface-cli download timm/not_cached_model" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pretrained_weights_for_another_architecture_are_refused(hub_cache, tmp_path):
+    from edgevit.build import build
+    from edgevit.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="holds weights for vit_tiny_patch16_224"):
+        build("deit_tiny_patch16_224", weights=f"hf-hub:{REPO}", precision="fp32", out=str(tmp_path),
+              measure_latency=False)
