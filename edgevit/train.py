@@ -50,16 +50,25 @@ def _augment(x, pad: int):
     return x
 
 
+def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = 0) -> np.ndarray:
+    """This rank's training images for ``epoch``: one permutation of the ``n`` images, the same on every rank (seeded
+    by epoch), cut into ``world`` disjoint equal parts (the few left over are skipped this epoch, as
+    DistributedSampler(drop_last=True) does), so every rank takes the same number of steps."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    per = n // world
+    return order[rank * per:(rank + 1) * per]
+
+
 def fit_epoch(model, x_u8: np.ndarray, y: np.ndarray, pre, opt, sched, loss_fn, batch_size: int, pad: int,
-              desc: str, teacher=None) -> float:
+              desc: str, teacher=None, order: np.ndarray | None = None) -> float:
     """One epoch over uint8 NHWC images in random order; returns the smoothed loss. ``pad`` > 0 turns on random flips
     and shifts. ``loss_fn(logits, labels, teacher_logits)`` is called with the teacher's logits when ``teacher`` is
     given (distillation), else ``loss_fn(logits, labels)``."""
     import torch
 
     model.train()
-    order = np.random.permutation(len(x_u8))
-    steps = math.ceil(len(x_u8) / batch_size)
+    order = np.random.permutation(len(x_u8)) if order is None else order
+    steps = math.ceil(len(order) / batch_size)
     bar = progress(range(steps), desc=desc)
     running = 0.0
     for step in bar:
@@ -104,6 +113,22 @@ def _save(obj: dict, path: Path) -> None:
 
 
 CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under PyTorch's own launcher (``torchrun``: WORLD_SIZE, RANK, MASTER_ADDR... set by it);
+    (0, 1) otherwise. Training runs on the CPU, so the process group is gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    if rank:
+        os.environ["EDGEVIT_QUIET"] = "1"  # one rank speaks, one rank writes
+    return rank, world
 
 
 def _check_run_dir(out: Path) -> None:
@@ -176,10 +201,14 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit}); omit it to train on the whole train split")
     out = Path(out)
-    _check_run_dir(out)
+    rank, world = _distributed()
+    if batch_size % world:
+        raise UsageError(f"--batch-size {batch_size} is the global batch: it must divide among the {world} processes")
+    if rank == 0:
+        _check_run_dir(out)
     ck = _read_resume(resume, spec) if resume else None
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    torch.manual_seed(seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
+    np.random.seed(seed + rank)  # augmentation differs per rank
 
     ds = load_dataset(data)
     pre = data_config(spec)
@@ -201,18 +230,21 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     x_ho = preprocess_split(ds.train.subset(ho_idx), pre, "preprocess holdout")
     y_ho = ds.train.labels[ho_idx]
 
-    steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    local_batch = batch_size // world  # --batch-size is the global batch, --lr is for it: 1 or N processes train alike
+    steps_per_epoch = math.ceil((len(x_tr) // world) / local_batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=d.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=min(0.3, 1.0 / epochs), anneal_strategy="cos")
     start_epoch, best, history = 0, -1.0, []
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     meta = {
         "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
         "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
         "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
         "train_images": len(tr_idx), "holdout_images": len(ho_idx),
         "initial_weights": weights_source,
+        "distributed": {"world_size": world, "global_batch": batch_size, "batch_per_process": local_batch},
     }
     if ck:
         if ck.get("total_steps") != epochs * steps_per_epoch:
@@ -232,22 +264,36 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
 
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
     pad = max(1, spec.input_size // 16) if d.augment else 0
+    net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net)
+        say(f"data-parallel training on {world} processes (gloo): global batch {batch_size}, {local_batch} per "
+            f"process, {len(x_tr) // world} images per process per epoch")
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        running = fit_epoch(model, x_tr, y_tr, pre, opt, sched, loss_fn, batch_size, pad,
-                            desc=f"epoch {epoch + 1}/{epochs}")
-        top1, _ = evaluate_torch(model, x_ho, y_ho, pre, desc="held-out")
+        running = fit_epoch(model, x_tr, y_tr, pre, opt, sched, loss_fn, local_batch, pad,
+                            desc=f"epoch {epoch + 1}/{epochs}",
+                            order=shard_indices(len(x_tr), epoch, rank, world, seed))
+        if rank:  # rank 0 evaluates and writes; the others go on to the next epoch (DDP syncs them)
+            continue
+        top1, _ = evaluate_torch(net, x_ho, y_ho, pre, desc="held-out")
         history.append({"epoch": epoch + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
                         "elapsed_s": round(time.perf_counter() - t0, 1)})
         is_best = top1 > best
         best = max(best, top1)
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "best_top1": best, "history": history, "edgevit": meta,
                  "total_steps": epochs * steps_per_epoch}
         _save(state, out / "last.pt")
         if is_best:
-            _save({"model": model.state_dict(), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
+            _save({"model": net.state_dict(), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
                   out / "best.pt")
         say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
             f"{' (best)' if is_best else ''}, {time.perf_counter() - t0:.0f}s")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
     return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)

@@ -1,0 +1,57 @@
+"""Data-parallel training with PyTorch's own launcher (torch.distributed.run, i.e. torchrun), 2 processes, gloo on
+the CPU: disjoint data per rank, one writer, a result that loads, and the accuracy of a 1-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import json, os, sys
+import edgevit.train as t
+
+seen = []
+real = t.shard_indices
+def recording(n, epoch, rank=0, world=1, seed=0):
+    idx = real(n, epoch, rank, world, seed)
+    seen.append({"epoch": epoch, "rank": rank, "world": world, "idx": idx.tolist()})
+    return idx
+t.shard_indices = recording
+r = t.train("vit-tiny-fmnist", sys.argv[1], sys.argv[2], epochs=6, batch_size=32, lr=3e-3,
+            embed_dim=32, depth=1, num_heads=2)
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
+    json.dump({"seen": seen, "best": r.best_top1}, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_see_disjoint_data_and_match_one_process(fmnist_dir, tmp_path):
+    import torch
+
+    (tmp_path / "train_script.py").write_text(SCRIPT)
+    data = f"fashion-mnist:{fmnist_dir}"
+    env = {**os.environ, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    logs = {}
+    for n in (1, 2):
+        out, rec = tmp_path / f"run{n}", tmp_path / f"rec{n}"
+        rec.mkdir()
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                            str(tmp_path / "train_script.py"), data, str(out), str(rec)],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert p.returncode == 0, p.stderr[-2000:]
+        logs[n] = {r: json.loads((rec / f"rank{r}.json").read_text()) for r in range(n)}
+        ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)  # the result loads
+        assert ck["edgevit"]["distributed"] == {"world_size": n, "global_batch": 32, "batch_per_process": 32 // n}
+    two = logs[2]
+    for epoch in range(6):
+        a, b = ({tuple(s["idx"]) for s in two[r]["seen"] if s["epoch"] == epoch} for r in (0, 1))
+        ia, ib = set(next(iter(a))), set(next(iter(b)))
+        assert ia and not ia & ib and len(ia) == len(ib)  # disjoint, equal shares
+    one_best, two_best = logs[1][0]["best"], logs[2][0]["best"]
+    assert abs(one_best - two_best) <= 10.0, (one_best, two_best)  # the same training, within noise
+    assert sorted(p.name for p in (tmp_path / "run2").iterdir()) == ["best.pt", "last.pt"]  # one writer
