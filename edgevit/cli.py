@@ -13,10 +13,12 @@ from edgevit.errors import UsageError as EdgevitUsage
 def _cmd_models(a) -> int:
     from edgevit.models import ZOO
 
-    print(f"{'alias':22} {'family':10} {'input':>5}  {'timm name':28} description")
+    print(f"{'alias':20} {'family':9} {'input':>5}  {'timm architecture':26} description")
     for s in ZOO.values():
-        print(f"{s.alias:22} {s.family:10} {s.input_size:>5}  {s.timm_name:28} {s.description}")
-    print("\nAny other timm model name works too (e.g. --model deit_tiny_patch16_224).")
+        arch = s.timm_name + ("*" if s.kwargs else "")
+        print(f"{s.alias:20} {s.family:9} {s.input_size:>5}  {arch:26} {s.description}")
+    print("\n* the architecture with the alias's own sizes (its description says which), not timm's pretrained "
+          "model.\nAny other timm model name works too (e.g. --model deit_tiny_patch16_224).")
     return 0
 
 
@@ -227,6 +229,15 @@ def _cmd_env(a) -> int:
     return 0
 
 
+def _cmd_samples(a) -> int:
+    from edgevit.data import write_samples
+
+    paths = write_samples(a.data, a.out, n=a.n, force=a.force)
+    print(f"wrote {len(paths)} labelled test images to {a.out}/ (the label is in each name), e.g.\n"
+          f"  edgevit predict BUNDLE {paths[0]}")
+    return 0
+
+
 def _cmd_verify(a) -> int:
     from edgevit.bundle import read_manifest
 
@@ -280,8 +291,23 @@ COUNT = _int_in(1, 100_000_000)
 EPOCHS = _int_in(1, 100_000)
 
 
+class _Help(argparse.HelpFormatter):
+    """--help shows each option's default where it has one that says something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text \
+                and action.option_strings:
+            text += f" (default: {action.default})"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2) that points at --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -324,7 +350,8 @@ def parser() -> argparse.ArgumentParser:
                    help="profile name from 'edgevit targets', a .toml path, or auto: detect this host's board/GPU/CPU")
     s.add_argument("--precision", default="int8",
                    help="fp32 | bf16 | int8 (as the target allows) | best: the fastest measured that passes the gate")
-    s.add_argument("--data", help="calibration and validation data (required for int8)")
+    s.add_argument("--data", help="calibration and validation images: fashion-mnist[:DIR] | imagefolder:DIR | DIR | "
+                                  "synthetic (int8, the default precision, needs them)")
     s.add_argument("--weights", help="safetensors, state dict, timm or edgevit checkpoint, or hf-hub:OWNER/NAME[@REV] "
                                      "(Hugging Face Hub, its cache honoured); omitted: random init")
     s.add_argument("--pretrained", action="store_true",
@@ -429,6 +456,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("env", help="this host, its CPU features, GPU/TensorRT and the library versions edgevit uses")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(fn=_cmd_env)
+
+    s = sub.add_parser("samples", help="write real labelled test images (PNG) to try predict and the demo on")
+    s.add_argument("--data", default="fashion-mnist", help="dataset whose validation/test images to write")
+    s.add_argument("--out", default="samples", help="directory for the images")
+    s.add_argument("-n", type=_int_in(1, 10000), default=10, help="how many (balanced over the classes)")
+    s.add_argument("--force", action="store_true", help="replace OUT even if edgevit did not write it")
+    s.set_defaults(fn=_cmd_samples)
 
     s = sub.add_parser("verify", help="check a bundle's manifest and file checksums")
     s.add_argument("bundle")

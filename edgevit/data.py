@@ -364,3 +364,23 @@ def sample_indices(n_total: int, n: int, seed: int = 0, labels: np.ndarray | Non
             if pool and len(picked) < n:
                 picked.append(pool.pop())
     return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def write_samples(data: str, out: str | os.PathLike, n: int = 10, force: bool = False) -> list[Path]:
+    """``n`` images of the dataset's validation/test split, balanced over the classes, as PNGs named
+    ``<index>_<label>.png``: real inputs for ``predict`` and the demo (Fashion-MNIST ships as gzip'd IDX)."""
+    import re
+
+    from edgevit.outputs import output_dir
+
+    ds = load_dataset(data)
+    idx = sample_indices(len(ds.val), n, seed=0, labels=ds.val.labels)
+    final = Path(out)
+    names = []
+    with output_dir(final, "samples", force) as stage:
+        for i in idx:
+            label = re.sub(r"[^A-Za-z0-9._-]+", "-", ds.classes[int(ds.val.labels[i])]).strip("-") or "class"
+            name = f"{int(i):05d}_{label}.png"
+            ds.val.image(int(i)).save(stage / name)
+            names.append(name)
+    return [final / n_ for n_ in names]

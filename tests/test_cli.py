@@ -108,3 +108,29 @@ def test_closed_pipe_ends_quietly_like_a_unix_tool():
     err = p.stderr.read()
     p.wait(timeout=300)
     assert err == b"", err  # not a traceback, not even an error line
+
+
+def test_samples_writes_real_labelled_images_that_predict_reads(fmnist_dir, int8_bundle, tmp_path, capsys):
+    from edgevit.cli import main
+
+    out = tmp_path / "samples"
+    assert main(["samples", "--data", f"fashion-mnist:{fmnist_dir}", "--out", str(out), "-n", "6"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 6 and len({p.name.split("_", 1)[1] for p in pngs}) == 6  # balanced over classes
+    assert main(["samples", "--data", f"fashion-mnist:{fmnist_dir}", "--out", str(out), "-n", "3"]) == 0  # ours
+    assert len(list(out.glob("*.png"))) == 3
+    capsys.readouterr()
+    assert main(["predict", str(int8_bundle), str(next(out.glob("*.png"))), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["top"]
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"x")
+    assert main(["samples", "--data", f"fashion-mnist:{fmnist_dir}", "--out", str(mine)]) == 2
+    assert [p.name for p in mine.iterdir()] == ["cat.jpg"]
+
+
+def test_help_shows_defaults():
+    from edgevit.cli import parser
+
+    text = " ".join(parser()._subparsers._group_actions[0].choices["build"].format_help().split())
+    assert "(default: cpu-x86)" in text and "(default: int8)" in text and "(default: None)" not in text
