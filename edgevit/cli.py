@@ -23,6 +23,7 @@ def _cmd_models(a) -> int:
 
 
 def _cmd_targets(a) -> int:
+    from edgevit.backends import host_support, prepare_support
     from edgevit.targets import list_targets, load_target
 
     if a.json:
@@ -31,16 +32,16 @@ def _cmd_targets(a) -> int:
         rows = []
         for name in list_targets():
             t = load_target(name)
-            ok, why = t.host_support()
-            prep, prep_why = t.prepare_support()
+            ok, why = host_support(t)
+            prep, prep_why = prepare_support(t)
             rows.append({**t.to_dict(), "runs_here": ok, "prepares_here": prep, "why": why if not ok else prep_why})
         print(dumps(rows, indent=None))
         return 0
     print(f"{'target':20} {'backend':12} {'precisions':18} {'this host':10} description")
     for name in list_targets():
         t = load_target(name)
-        ok, why = t.host_support()
-        prep, prep_why = t.prepare_support()
+        ok, why = host_support(t)
+        prep, prep_why = prepare_support(t)
         can = "yes" if ok else ("prepare" if prep else "no")
         note = "" if ok else (f"  [bundle up to the engine here; engine on the device: {why}]" if prep
                               else f"  [{prep_why if not prep else why}]")
@@ -178,8 +179,8 @@ def _cmd_inspect(a) -> int:
 
 
 def _cmd_time(a) -> int:
-    from edgevit.measure import time_bundle
     from edgevit.outputs import dumps
+    from edgevit.predict import time_bundle
 
     r = time_bundle(a.bundle, throughput_batch=a.throughput_batch, threads=a.threads)
     if a.json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,30 +56,6 @@ class Target:
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise UnknownNameError(f"precision for target {self.name}", precision, self.precisions)
-
-    def host_support(self) -> tuple[bool, str]:
-        """Can this host build and run this target? (ok, reason). For TensorRT targets "build" means the engine;
-        see :meth:`prepare_support` for the part every host can do."""
-        from edgevit.backends import get_backend
-
-        if self.arch and platform.machine() not in self.arch:
-            return False, f"needs a {'/'.join(self.arch)} host, this is {platform.machine()}"
-        if self.backend == "tensorrt":
-            from edgevit.backends.tensorrt import engine_support
-
-            ok, why = engine_support()
-            if ok and self.compute_capability and f"sm {self.compute_capability})" not in why:
-                return False, f"needs a GPU of compute capability {self.compute_capability}; this host has {why}"
-            return ok, why
-        return get_backend(self.backend).available()
-
-    def prepare_support(self) -> tuple[bool, str]:
-        """Can this host write the bundle (everything but a TensorRT engine)? (ok, reason)."""
-        from edgevit.backends import get_backend
-
-        if self.backend != "tensorrt":
-            return self.host_support()
-        return get_backend(self.backend).available()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "backend": self.backend, "device": self.device,

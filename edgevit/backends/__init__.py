@@ -58,6 +58,9 @@ class Backend(Protocol):
     def version(self) -> str: ...
     def build(self, job: BuildJob) -> Built: ...
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner: ...
+    def device_support(self, target) -> tuple[bool, str]:
+        """Can this host run ``target``'s artifacts (for TensorRT: build and run its engines)? (ok, reason)."""
+        ...
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         """Every file :meth:`load` reads from a bundle (relative paths): the verifier requires each to be listed and
         checksummed in the manifest, so nothing unverified is ever loaded."""
@@ -72,6 +75,23 @@ def get_backend(name: str) -> Backend:
         raise UnknownNameError("backend", name, BACKENDS)
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def host_support(target) -> tuple[bool, str]:
+    """Can this host build and run ``target``? (ok, reason). For TensorRT targets that means the engine; see
+    :func:`prepare_support` for the part every host can do."""
+    import platform
+
+    if target.arch and platform.machine() not in target.arch:
+        return False, f"needs a {'/'.join(target.arch)} host, this is {platform.machine()}"
+    return get_backend(target.backend).device_support(target)
+
+
+def prepare_support(target) -> tuple[bool, str]:
+    """Can this host write ``target``'s bundle (everything but a TensorRT engine)? (ok, reason)."""
+    if target.backend != "tensorrt":
+        return host_support(target)
+    return get_backend(target.backend).available()
 
 
 def require(backend: Backend) -> None:

@@ -118,6 +118,9 @@ class ONNXRuntimeBackend:
             stamp_onnx(out, job.metadata)
         return Built(files=["model.onnx"], details=details)
 
+    def device_support(self, target) -> tuple[bool, str]:
+        return self.available()
+
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         from edgevit.backends import onnx_external_files
 

@@ -185,6 +185,9 @@ class OpenVINOBackend:
         details["compile_config"] = self._config(job.precision, job.target)
         return Built(files=["model.xml", "model.bin"], details=details)
 
+    def device_support(self, target) -> tuple[bool, str]:
+        return self.available()
+
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         return {"model.xml", "model.bin"}
 

@@ -568,6 +568,15 @@ class TensorRTBackend:
                                  "next": f"on the {target.device}: edgevit compile BUNDLE"}
         return Built(files=files, details=details)
 
+    def device_support(self, target) -> tuple[bool, str]:
+        """Engines build and run here when TensorRT and a CUDA device are, of the target's compute capability."""
+        ok, why = engine_support()
+        if ok and target.compute_capability:
+            have = device_info()["compute_capability"]
+            if have != target.compute_capability:
+                return False, f"needs a GPU of compute capability {target.compute_capability}; this host has {why}"
+        return ok, why
+
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         from edgevit.backends import onnx_external_files
 
