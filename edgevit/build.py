@@ -121,7 +121,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           threads: int | None = None, name: str | None = None, measure_latency: bool = True,
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
-          ignore_trt_rules: bool = False, force: bool = False, profile: bool = False,
+          ignore_trt_rules: bool = False, force: bool = False, profile: bool = False, calib_data: str | None = None,
           **model_overrides) -> BuildResult:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
@@ -154,7 +154,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
-                           force=force, profile=profile, **model_overrides)
+                           force=force, profile=profile, calib_data=calib_data, **model_overrides)
     t_start = time.perf_counter()
     samples: dict | None = None
     layer_profile: dict | None = None
@@ -197,6 +197,13 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         ev = _weights_meta(meta, spec)
         model_overrides = {**ev.get("model_overrides", {}), **model_overrides}
     ds = load_dataset(data) if data else None
+    unlabelled = None
+    if calib_data:
+        from edgevit.data import load_unlabelled
+
+        if precision != "int8":
+            raise UsageError(f"--calib-data calibrates INT8; --precision {precision} needs no calibration images")
+        unlabelled = load_unlabelled(calib_data)
     classes = ds.classes if ds else (ev.get("classes") or (hub.labels() if hub else None))
     if ds and ev.get("classes") and len(ev["classes"]) != ds.num_classes:
         raise WeightsError(f"{weights} was trained on {len(ev['classes'])} classes but {ds.spec} has "
@@ -258,9 +265,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         # -- calibrate + compile ----------------------------------------------------------------------------
         calib = None
         if precision == "int8" and ds is not None and (qmodel is None or signed):  # TensorRT: V's scale too
-            say(f"calibrating INT8 with {min(recipe.samples, len(ds.train))} images from {ds.spec} "
+            say(f"calibrating INT8 with {min(recipe.samples, len(unlabelled or ds.train))} images from "
+                f"{calib_data or ds.spec} "
                 f"({Path(recipe.path).name}, {'transformer' if spec.is_transformer else 'CNN'} recipe)")
-            calib, _ = calibration_images(ds, pre, recipe)
+            calib, _ = calibration_images(ds, pre, recipe, unlabelled)
         say(f"building {precision} for {tgt.name} with {backend.name} {backend.version()}")
         (stage / "labels.txt").write_text("\n".join(classes) + "\n")
         partial = {"precision": precision, "target": tgt.to_dict()}
@@ -431,7 +439,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             "backend": {"name": backend.name, "version": backend.version(), **built.details,
                         "runtime": runner.info},
             "export": {"format": "onnx", "opset": 17, "max_abs_diff_vs_torch": round(export_diff, 6)},
-            "calibration": ({"dataset": ds.spec, "split": "train", "method": "NNCF post-training quantization",
+            "calibration": ({"dataset": str(calib_data) if calib_data else ds.spec,
+                             "split": "unlabelled images" if calib_data else "train",
+                             "method": "NNCF post-training quantization",
                              **recipe.to_dict(), "samples": int(len(calib))} if calib is not None else None),
             "validation": validation,
             "accuracy_gate": gate,

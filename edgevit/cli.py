@@ -87,7 +87,8 @@ def _cmd_build(a) -> int:
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
-              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile)
+              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile,
+              calib_data=a.calib_data)
     if a.json:  # machine-readable on stdout, the human summary on stderr
         from edgevit.outputs import dumps
 
@@ -361,6 +362,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="bundle directory name (default MODEL-TARGET-PRECISION)")
     s.add_argument("--calibration", help="calibration recipe name or .toml (default: calibration/default.toml)")
     s.add_argument("--calib-samples", type=COUNT, help="override the recipe's sample count")
+    s.add_argument("--calib-data", help="calibrate on these unlabelled images instead (a folder, e.g. frames from the "
+                                        "device's camera, or a .npy of uint8 images); --data still validates")
     s.add_argument("--val-samples", type=COUNT, help="validation images (default: the whole held-out split)")
     s.add_argument("--input-size", type=INPUT_SIZE, help="input resolution (position embeddings are resampled)")
     s.add_argument("--threads", type=THREADS, help="inference threads (default: the target's)")

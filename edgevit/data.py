@@ -341,6 +341,27 @@ def load_dataset(spec: str) -> Dataset:
     raise UnknownNameError("dataset", spec, DATASET_KINDS, hint="or pass an existing image directory")
 
 
+def load_unlabelled(spec: str | os.PathLike) -> Split:
+    """Images without labels, for calibration (``--calib-data``): a folder of image files (searched recursively,
+    e.g. frames saved from the device's camera) or a ``.npy`` of uint8 images (N,H,W) or (N,H,W,3), memory-mapped."""
+    p = Path(spec)
+    if p.suffix == ".npy" and p.is_file():
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"--calib-data {p}: cannot read it as a .npy array ({e})") from None
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3) or not len(arr):
+            raise DatasetError(f"--calib-data {p}: expected uint8 images (N,H,W) or (N,H,W,3), got {arr.dtype} "
+                               f"{tuple(arr.shape)}")
+        return Split(labels=np.zeros(len(arr), np.int64), arrays=arr)
+    if not p.is_dir():
+        raise DatasetError(f"--calib-data {p}: not found; pass a folder of images or a .npy of uint8 images")
+    paths = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    if not paths:
+        raise DatasetError(f"--calib-data {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return Split(labels=np.zeros(len(paths), np.int64), paths=paths)
+
+
 def preprocess_split(split: Split, pre: Preprocessing, desc: str = "preprocess") -> np.ndarray:
     """Resize and crop every image of a split: uint8 NHWC, ready for ``pre.normalize`` batch by batch."""
     from edgevit._progress import progress

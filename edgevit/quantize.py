@@ -62,10 +62,15 @@ def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> 
     return r
 
 
-def calibration_images(ds, pre, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """float32 NCHW calibration images drawn from the training split, and their indices."""
+def calibration_images(ds, pre, recipe: Recipe, unlabelled=None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 NCHW calibration images drawn from the training split (class-balanced where the recipe says so), or
+    at random from ``unlabelled`` (a Split of images without labels: ``--calib-data``), and their indices."""
     from edgevit.data import preprocess_split, sample_indices
     from edgevit.train import holdout_split
+
+    if unlabelled is not None:
+        idx = sample_indices(len(unlabelled), recipe.samples, recipe.seed)
+        return pre.normalize(preprocess_split(unlabelled.subset(idx), pre, "calibration images")), idx
 
     pool, _ = holdout_split(len(ds.train))  # the hold-out stays unseen: accuracy-aware PTQ validates on it
     labels = ds.train.labels[pool] if recipe.selection == "balanced" else None

@@ -183,3 +183,34 @@ def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
     assert sweep["p50_ms"][str(sweep["chosen"])] <= best * 1.03  # the fastest, or as fast with fewer threads
     assert r.manifest["backend"]["threads"] == sweep["chosen"] == r.manifest["latency_ms"]["threads"]
     assert Predictor(r.bundle).runner.info["threads"] == sweep["chosen"]
+
+
+def test_calibration_on_unlabelled_images_folder_and_npy(fmnist_dir, tiny_checkpoint, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from edgevit.build import build
+    from edgevit.cli import main
+    from edgevit.data import load_dataset
+
+    frames = tmp_path / "frames" / "cam0"  # e.g. frames saved from the device's camera, nested, no labels
+    frames.mkdir(parents=True)
+    arr = load_dataset(f"fashion-mnist:{fmnist_dir}").train.arrays[:40]
+    for i, a in enumerate(arr):
+        Image.fromarray(a).save(frames / f"f{i:03d}.png")
+    common = dict(precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+                  calibration="fast", val_samples=50, measure_latency=False)
+    r = build("vit-tiny-fmnist", out=str(tmp_path / "a"), calib_data=str(tmp_path / "frames"), **common)
+    cal = r.manifest["calibration"]
+    assert cal["dataset"] == str(tmp_path / "frames") and cal["split"] == "unlabelled images" and cal["samples"] == 40
+    assert abs(r.manifest["validation"]["top1_drop"]) <= 5.0  # validated on the labelled test split as before
+    np.save(tmp_path / "calib.npy", arr)
+    r = build("vit-tiny-fmnist", out=str(tmp_path / "b"), calib_data=str(tmp_path / "calib.npy"), **common)
+    assert r.manifest["calibration"]["samples"] == 40
+    (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "bad.npy", arr.astype(np.float32))
+    for bad, why in ((tmp_path / "empty", "holds no image files"), (tmp_path / "bad.npy", "expected uint8")):
+        rc = main(["build", "--model", "vit-tiny-fmnist", "--data", f"fashion-mnist:{fmnist_dir}", "--calib-data",
+                   str(bad), "--out", str(tmp_path / "c")])
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and not (tmp_path / "c").exists()
