@@ -169,20 +169,6 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def offline_throughput(runner, batch: int, manifest: dict) -> tuple[float, dict]:
-    """Offline images/s: OpenVINO through its async API (THROUGHPUT hint, optimal requests); other runtimes at the
-    suite's batch, one synchronous call after another."""
-    from edgevit.measure import compare_latency
-
-    if hasattr(runner, "throughput") and manifest["backend"]["name"] == "openvino":
-        r = runner.throughput(batch)
-        return r["images_per_s"], r
-    xb = np.zeros((batch, *manifest["model"]["input_size"]), np.float32)
-    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
-    return round(batch * 1000.0 / off["mean"], 1), {"method": f"synchronous calls at batch {batch}",
-                                                    "batch": batch}
-
-
 CROSSCHECK_TOLERANCE = 0.10
 
 
@@ -211,6 +197,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
     from edgevit.backends import get_backend
     from edgevit.build import build
+    from edgevit.measure import offline_throughput
 
     cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
     cell_profile = check = offline = None

@@ -417,7 +417,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                 plain_name: {**without_samples(res[plain_name]),
                              "executed_precision": plain.info.get("executed_precision")},
             }
-            lat["method"] = "interleaved rounds, same process, same input; wall clock per call"
+            where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
+            lat["method"] = f"interleaved rounds, {where}, same input; wall clock per call"
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
             if profile:
                 say("profiling per-layer time (--profile)")

@@ -75,10 +75,11 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
     time, with passive thread pools, so that no runtime's threads slow another's."""
     per_round_s, per_round_n = min_seconds / rounds, max(1, -(-min_iters // rounds))
     isolate = isolate and len(fns) > 1 and all(hasattr(fn, "spec") for fn in fns.values())
-    times = None
+    times, isolated = None, False
     if isolate:
         try:
             times = _isolated_times(fns, x, warmup, rounds, per_round_n, per_round_s, max_iters // rounds)
+            isolated = True
         except (EOFError, OSError, RuntimeError) as e:  # e.g. a __main__ that spawn cannot re-import
             from edgevit._progress import say
 
@@ -101,9 +102,21 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
         a = np.asarray(ts)
         out[k] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
                   "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4),
-                  "iterations": len(a), "batch": int(x.shape[0]),
+                  "iterations": len(a), "batch": int(x.shape[0]), "isolated": isolated,
                   "samples": [round(t, 4) for t in ts]}  # raw per-call ms, in round order: what regressions test
     return out
+
+
+def offline_throughput(runner, batch: int, manifest: dict) -> tuple[float, dict]:
+    """Offline images/s: OpenVINO through its async API (THROUGHPUT hint, optimal requests); other runtimes at the
+    suite's batch, one synchronous call after another."""
+    if hasattr(runner, "throughput") and manifest["backend"]["name"] == "openvino":
+        r = runner.throughput(batch)
+        return r["images_per_s"], r
+    xb = np.zeros((batch, *manifest["model"]["input_size"]), np.float32)
+    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
+    return round(batch * 1000.0 / off["mean"], 1), {"method": f"synchronous calls at batch {batch}",
+                                                    "batch": batch}
 
 
 def without_samples(res: dict) -> dict:

@@ -69,18 +69,15 @@ def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) 
     """A bundle's latency (batch of its target, SingleStream-style p50/p90/p99) and throughput at
     ``throughput_batch`` through its own runtime on this host: what ``edgevit time`` prints, and what
     ``bench --remote`` runs on a device."""
-    from edgevit.measure import compare_latency, host_info
+    from edgevit.measure import compare_latency, host_info, offline_throughput
 
     pred = Predictor(bundle, threads=threads)
     m, runner = pred.manifest, pred.runner
-    shape = m["model"]["input_size"]
     batch = int(m["target"].get("batch", 1))
-    x = np.zeros((batch, *shape), np.float32)
-    lat = compare_latency({"artifact": runner}, x)["artifact"]
-    xb = np.zeros((throughput_batch, *shape), np.float32)
-    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
+    lat = compare_latency({"artifact": runner}, np.zeros((batch, *m["model"]["input_size"]), np.float32))["artifact"]
+    throughput, offline = offline_throughput(runner, throughput_batch, m)  # the same Offline figure bench records
     return {"bundle": str(bundle), "model": m["model"]["alias"], "target": m["target"]["name"],
             "precision": m["precision"], "executed": runner.info.get("executed_precision"),
             "backend": runner.info.get("backend"), "device": runner.info.get("device"),
             "host": host_info(), "latency_ms": lat,
-            "throughput": round(throughput_batch * 1000.0 / off["mean"], 1), "throughput_batch": throughput_batch}
+            "throughput": throughput, "throughput_batch": throughput_batch, "offline": offline}

@@ -230,8 +230,8 @@ def test_crosscheck_against_benchmark_app(int8_bundle):
     are is a measurement (README, bench --crosscheck), not asserted here: CI hosts are shared and noisy."""
     import numpy as np
 
-    from edgevit.bench import crosscheck_benchmark_app, offline_throughput
-    from edgevit.measure import compare_latency
+    from edgevit.bench import crosscheck_benchmark_app
+    from edgevit.measure import compare_latency, offline_throughput
     from edgevit.predict import Predictor
 
     p = Predictor(int8_bundle)
