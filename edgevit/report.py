@@ -55,10 +55,6 @@ def _key(c: dict) -> tuple:
     return c["model"], c["target"], c["precision"]
 
 
-def _latency_metric(c: dict) -> tuple[float | None, str]:
-    return c.get("p50"), "p50 (ms)"
-
-
 MIN_COMPARABLE = 3  # earlier runs on the same host a cell needs before it can be called a regression
 ALPHA = 0.01  # Mann-Whitney U, one-sided: is this run's latency distribution shifted up?
 
@@ -227,7 +223,7 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], toleranc
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
     for ax, k in zip(axes.flat, keys):
-        series = sorted((order[c["run_id"]], _latency_metric(c)[0], c.get("top1")) for c in cells
+        series = sorted((order[c["run_id"]], c.get("p50"), c.get("top1")) for c in cells
                         if _key(c) == k and c["status"] == "passed")
         xs = [s[0] for s in series]
         ys = [s[1] for s in series if s[1]]
@@ -271,7 +267,7 @@ def _row(c: dict) -> dict:
     r = dict(c)
     r["x_torch"] = round(c["torch_p50"] / c["p50"], 2) if c.get("p50") and c.get("torch_p50") else None
     r["x_default"] = round(c["default_p50"] / c["p50"], 2) if c.get("p50") and c.get("default_p50") else None
-    r["weights"] = json.loads(c.get("details") or "{}").get("weights", "?")
+    r["weights"] = _details(c).get("weights", "?")
     r["size_mb"] = round(c["size_bytes"] / 1e6, 2) if c.get("size_bytes") else None
     return r
 
@@ -458,9 +454,9 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
         dcells = [c for c in cells if c["run_id"] in ids]
         latest = [c for c in dcells if c["run_id"] == druns[-1]["run_id"]]
         dfound = regressions(druns, dcells)
+        flagged = {f["cell"] for f in dfound}
         if len(devices) > 1:
             dfound = [{**f, "cell": f"{f['cell']} on {label}"} for f in dfound]
-        flagged = {f["cell"] for f in regressions(druns, dcells)}
         charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
                   "Trends": trend_chart(druns, dcells, flagged)}
         sections.append({"device": label, "runs": druns, "latest": latest, "found": dfound, "charts": charts})
