@@ -39,6 +39,15 @@ def runtime_summary(compiled) -> dict:
     }
 
 
+def static_model(core, path, batch: int):
+    """The IR read and reshaped to a static ``batch``: what every compile of it here starts from."""
+    model = core.read_model(str(path))
+    shape = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
+    shape[0] = batch
+    model.reshape({model.input(0).get_any_name(): shape})
+    return model
+
+
 class OVRunner:
     def __init__(self, model_path: Path, config: dict) -> None:
         import openvino as ov
@@ -55,11 +64,8 @@ class OVRunner:
         if batch not in self._compiled:
             if len(self._compiled) >= 2:  # batch 1 for latency/predict plus one evaluation batch size
                 self._compiled.pop(next(k for k in self._compiled if k != 1))
-            model = self._core.read_model(self._path)
-            shape = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
-            shape[0] = batch
-            model.reshape({model.input(0).get_any_name(): shape})
-            self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+            self._compiled[batch] = self._core.compile_model(static_model(self._core, self._path, batch), "CPU",
+                                                             self._config)
         return self._compiled[batch]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -86,14 +92,11 @@ class OVRunner:
 
         import openvino as ov
 
-        model = self._core.read_model(self._path)
-        shape = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
-        shape[0] = batch
-        model.reshape({model.input(0).get_any_name(): shape})
+        model = static_model(self._core, self._path, batch)
         compiled = self._core.compile_model(model, "CPU", {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"})
         n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, n)
-        x = np.zeros(shape, np.float32)
+        x = np.zeros(list(model.input(0).get_shape()), np.float32)
         done = [0]
 
         def finished(_request, _userdata) -> None:
@@ -117,8 +120,7 @@ class OVRunner:
         """Per-layer time from OpenVINO's performance counters (a separate compile with PERF_COUNT on)."""
         from edgevit.profile import precision_of, summarize
 
-        model = self._core.read_model(self._path)
-        model.reshape({model.input(0).get_any_name(): list(x.shape)})
+        model = static_model(self._core, self._path, x.shape[0])
         compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -128,7 +130,7 @@ class OVRunner:
         for _ in range(runs):
             request.infer({0: x})
             for p in request.profiling_info:
-                if str(p.status).endswith("EXECUTED") and not str(p.status).endswith("NOT_RUN"):
+                if str(p.status).endswith("EXECUTED"):
                     e = acc.setdefault(p.node_name, {"type": p.node_type, "exec": p.exec_type,
                                                      "precision": precision_of(p.exec_type), "ms": 0.0})
                     e["ms"] += p.real_time.total_seconds() * 1000
@@ -213,22 +215,18 @@ def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_prec
                   seconds: int = 5) -> dict:
     """OpenVINO's own benchmark_app on the same IR (shipped with the openvino wheel): the reference our SingleStream
     median (``hint="latency"``) and Offline throughput (``hint="throughput"``) are checked against."""
+    import json
     import re
     import shutil
     import subprocess
     import sys
+    import tempfile
+
+    import openvino as ov
 
     exe = shutil.which("benchmark_app")
     argv = [exe] if exe else [sys.executable, "-m", "openvino.tools.benchmark.main"]
-    shape = None
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    dims = [d.get_length() if d.is_static else 1 for d in model.input(0).get_partial_shape()]
-    dims[0] = batch
-    shape = "[" + ",".join(map(str, dims)) + "]"
-    import json
-    import tempfile
+    shape = "[" + ",".join(map(str, static_model(ov.Core(), xml, batch).input(0).get_shape())) + "]"
 
     with tempfile.TemporaryDirectory(prefix="edgevit-bapp-") as d:
         # benchmark_app refuses -nthreads next to -hint; the same properties go in through its config file
