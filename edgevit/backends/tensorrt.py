@@ -323,6 +323,15 @@ def apply_timing_cache(config, cache_path: Path, log=print) -> bool:
     return False
 
 
+def layer_format(layer: dict) -> str:
+    """An inspector layer's output format and type: TensorRT <= 10 reports "Format/Datatype", later versions split
+    it into separate format and type fields."""
+    outs = layer.get("Outputs") or [{}]
+    out0 = outs[0] if isinstance(outs[0], dict) else {}
+    return str(out0.get("Format/Datatype") or " ".join(str(v) for k, v in out0.items()
+                                                       if "type" in k.lower() or "format" in k.lower()) or "unknown")
+
+
 def layer_summary(layers: dict) -> dict:
     """Counts of the engine's layers by output precision and by placement, from the inspector's JSON."""
     by_precision: dict[str, int] = {}
@@ -330,12 +339,7 @@ def layer_summary(layers: dict) -> dict:
     for layer in layers.get("Layers", []):
         if not isinstance(layer, dict):
             continue
-        outs = layer.get("Outputs") or [{}]
-        out0 = outs[0] if isinstance(outs[0], dict) else {}
-        # TensorRT <= 10 reports "Format/Datatype"; later versions split it into separate format and type fields
-        fmt = str(out0.get("Format/Datatype") or " ".join(str(v) for k, v in out0.items()
-                                                          if "type" in k.lower() or "format" in k.lower())
-                  or "unknown")
+        fmt = layer_format(layer)
         low = fmt.lower()  # e.g. "Row major linear FP32", "Channel major FP16 format ...", "Int8"
         prec = next((name for name, keys in (("INT8", ("int8",)), ("FP16", ("fp16", "half")), ("FP8", ("fp8",)),
                                              ("FP32", ("fp32", "float"))) if any(k in low for k in keys)), fmt)
@@ -444,16 +448,13 @@ class TRTRunner:
                 self._run(x)
         finally:
             self._context.profiler = None
-        formats = {}
         layers_file = self._engine_path.parent / LAYERS_FILE
         layers = json.loads(layers_file.read_text()) if layers_file.is_file() else {}
-        for layer in layers.get("Layers", []) if isinstance(layers, dict) else []:
-            if isinstance(layer, dict):
-                outs = layer.get("Outputs") or [{}]
-                formats[layer.get("Name")] = (str(layer.get("LayerType", "?")),
-                                              str(outs[0].get("Format/Datatype", "")))
-        acc = {name: {"type": formats.get(name, ("?", ""))[0], "exec": formats.get(name, ("", "?"))[1],
-                      "precision": precision_of(formats.get(name, ("", ""))[1]), "ms": ms}
+        entries = layers.get("Layers", []) if isinstance(layers, dict) else []
+        formats = {layer.get("Name"): (str(layer.get("LayerType", "?")), layer_format(layer))
+                   for layer in entries if isinstance(layer, dict)}
+        acc = {name: {"type": formats.get(name, ("?", "?"))[0], "exec": formats.get(name, ("?", "?"))[1],
+                      "precision": precision_of(formats.get(name, ("?", ""))[1]), "ms": ms}
                for name, ms in times.ms.items()}
         return summarize(acc, runs, f"TensorRT IProfiler on {self.info.get('device')}, {runs} runs at batch "
                                     f"{x.shape[0]}")
