@@ -142,12 +142,10 @@ def quantize_attention(model, images: np.ndarray, input_name: str) -> list[str]:
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     todo: list[tuple] = []  # (matmul, input index, fixed scale or None)
-    for sv in attention_matmuls(g):
-        softmax = _softmax_of(producer, sv)
-        qk = producer.get(_first_matmul_input(producer, softmax))
-        for mm in ([qk] if qk is not None and qk.op_type == "MatMul" else []) + [sv]:
+    for qk, sv in _attention_blocks(g, producer):
+        for mm in (qk, sv) if qk is not None else (sv,):
             for i in (0, 1):
-                if not _from_dq(g, mm.input[i]):
+                if not _fed_by_dq(producer, mm.input[i]):
                     todo.append((mm, i, SOFTMAX_SCALE if mm is sv and i == 0 else None))
     if not todo:
         return []
@@ -223,11 +221,20 @@ def gemm_coverage(model) -> tuple[int, int]:
     """(quantized, all) inputs of the graph's Conv/Gemm/MatMul nodes: every unquantized one runs in FP16 or FP32."""
     producer = {o: n for n in model.graph.node for o in n.output}
     inputs = [i for n in model.graph.node if n.op_type in COMPUTE_OPS for i in n.input[:2]]
-    return sum(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in inputs), len(inputs)
+    return sum(_fed_by_dq(producer, i) for i in inputs), len(inputs)
 
 
-def _from_dq(graph, tensor: str) -> bool:
-    return any(n.op_type == "DequantizeLinear" and tensor in n.output for n in graph.node)
+def _fed_by_dq(producer: dict, tensor: str) -> bool:
+    return producer.get(tensor) is not None and producer[tensor].op_type == "DequantizeLinear"
+
+
+def _attention_blocks(graph, producer: dict) -> list[tuple]:
+    """(``Q @ K^T`` MatMul or None, ``softmax @ V`` MatMul) of every attention block."""
+    blocks = []
+    for sv in attention_matmuls(graph):
+        qk = producer.get(_first_matmul_input(producer, _softmax_of(producer, sv)))
+        blocks.append((qk if qk is not None and qk.op_type == "MatMul" else None, sv))
+    return blocks
 
 
 def version_tuple(version: str) -> tuple[int, int]:
@@ -348,12 +355,8 @@ def check(model_or_path, tensorrt: str | None = None) -> list[Violation]:
                     if user.op_type in ("Conv", "ConvTranspose", "Gemm") or n.input[0] in consts:
                         _check_per_channel(n, user, consts, out, name)
     quantized = any(n.op_type == "QuantizeLinear" for n in g.node)  # an FP32/FP16 graph has nothing to fuse
-    for mm in attention_matmuls(g) if quantized else []:
-        qk = producer.get(_first_matmul_input(producer, _softmax_of(producer, mm)))
-        unquantized = [i for i in mm.input if producer.get(i) is None or producer[i].op_type != "DequantizeLinear"]
-        if qk is not None and qk.op_type == "MatMul":
-            unquantized += [i for i in qk.input if producer.get(i) is None
-                            or producer[i].op_type != "DequantizeLinear"]
+    for qk, mm in _attention_blocks(g, producer) if quantized else []:
+        unquantized = [i for m in (mm, qk) if m is not None for i in m.input[:2] if not _fed_by_dq(producer, i)]
         if unquantized:
             out.append(Violation("unfused-attention", mm.name or mm.output[0],
                                  f"{len(unquantized)} batched-MatMul input(s) of this attention block are not "
