@@ -276,8 +276,7 @@ def open_db(path: str | os.PathLike, create: bool = True) -> sqlite3.Connection:
     if not p.exists():
         if not create:
             raise UsageError(f"no benchmark history at {p}; run 'edgevit bench --suite ...' first")
-        if p.parent.exists() and not p.parent.is_dir():
-            raise UsageError(f"--db {p}: {p.parent} is a file, not a directory")
+        _check_db_parents(p)
         p.parent.mkdir(parents=True, exist_ok=True)
     elif p.stat().st_size:
         with open(p, "rb") as f:
@@ -315,11 +314,15 @@ def check_db(path: str | os.PathLike) -> None:
     if p.exists() or p.is_symlink():
         open_db(p).close()
         return
-    for a in p.parents:
-        if a.exists():
-            if not a.is_dir():
-                raise UsageError(f"--db {p}: {a} is a file, not a directory")
-            break
+    _check_db_parents(p)
+
+
+def _check_db_parents(p: Path) -> None:
+    from edgevit.outputs import file_in_the_way
+
+    blocker = file_in_the_way(p)
+    if blocker:
+        raise UsageError(f"--db {p}: {blocker} is a file, not a directory")
 
 
 def record(db: sqlite3.Connection, run: dict, cells: list[dict]) -> None:

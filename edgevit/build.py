@@ -86,7 +86,8 @@ def _check_qat_output(path: Path, weights: str | None, force: bool) -> None:
     from edgevit.qat import is_qat_checkpoint
 
     if force or not (path.exists() or path.is_symlink()):
-        return check_output_file(path, "QAT checkpoint", force=True) and None
+        check_output_file(path, "QAT checkpoint", force=True)
+        return
     if weights and path.resolve() == Path(weights).resolve():
         return
     try:

@@ -66,7 +66,7 @@ def resolve(weights: str) -> HubWeights:
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise UsageError(f"--weights {weights}: give hf-hub:OWNER/NAME[@REVISION], e.g. "
                          "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
-    path, errors = None, []
+    path = None
     for filename in WEIGHT_FILES:
         try:
             path = Path(hf_hub_download(repo_id, filename, revision=revision or None))
@@ -76,8 +76,8 @@ def resolve(weights: str) -> HubWeights:
                 f"{repo_id} is not in the local Hugging Face cache and this machine is offline (HF_HUB_OFFLINE or no "
                 f"network); download it where there is internet: huggingface-cli download {repo_id} (then copy the "
                 "cache, HF_HOME), or unset HF_HUB_OFFLINE") from None
-        except EntryNotFoundError as e:
-            errors.append(e)
+        except EntryNotFoundError:
+            continue  # try the next file name
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:
             raise WeightsError(f"{weights}: {type(e).__name__.replace('Error', '')} on the Hugging Face Hub; check "
                                "the name (timm's are timm/<model>.<tag>) and the revision") from None

@@ -95,14 +95,19 @@ def _protected(path: Path) -> bool:
     return p == Path(p.anchor) or p == Path.home().resolve() or p == cwd or p in cwd.parents
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a directory (so ``path`` cannot be made), else None."""
+    for a in Path(path).parents:
+        if a.exists() or a.is_symlink():
+            return None if a.is_dir() else a
+    return None
+
+
 def check_output(final: Path, kind: str, force: bool = False) -> None:
     """Refuse ``final`` up front unless edgevit may write it (see the module docstring)."""
-    parent = final.parent
-    for a in (parent, *parent.parents):
-        if a.exists() or a.is_symlink():
-            if not a.is_dir():
-                raise OutputExistsError(f"{a} is a file, not a directory: pass a directory to --out")
-            break
+    blocker = file_in_the_way(final)
+    if blocker:
+        raise OutputExistsError(f"{blocker} is a file, not a directory: pass a directory to --out")
     if not (final.exists() or final.is_symlink()):
         return
     what = "a file" if not final.is_dir() or final.is_symlink() else "a directory edgevit did not write"
@@ -241,8 +246,9 @@ def check_output_file(path: str | os.PathLike, what: str, force: bool = False) -
     p = Path(path)
     if p.is_dir():
         raise OutputExistsError(f"{what} {p} is a directory; pass a file path")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise OutputExistsError(f"{what} {p}: {p.parent} is a file, not a directory")
+    blocker = file_in_the_way(p)
+    if blocker:
+        raise OutputExistsError(f"{what} {p}: {blocker} is a file, not a directory")
     if (p.exists() or p.is_symlink()) and not force:
         raise OutputExistsError(f"{what} {p} already exists; pass --force to replace it, or choose another path")
     return p
