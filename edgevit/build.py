@@ -484,17 +484,13 @@ def _fastest_threads(backend, stage: Path, manifest: dict, runner, x: np.ndarray
 
 def provenance() -> dict:
     """What made this bundle: library versions, the command line, when (UTC)."""
-    import importlib.metadata as md
+    import shlex
     import sys
     from datetime import datetime, timezone
 
-    versions = {}
-    for name in ("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    import shlex
+    from edgevit.measure import library_versions
+
+    versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx"))
 
     cmd = os.environ.get("EDGEVIT_COMMAND")  # set by the CLI (and inherited by bench's cell processes)
     command = shlex.split(cmd) if cmd else [os.path.basename(sys.argv[0]), *sys.argv[1:]]

@@ -197,19 +197,13 @@ def _cmd_time(a) -> int:
 
 def environment_report() -> dict:
     """What this host is and which versions edgevit runs with (``edgevit env``; ``bench --remote`` asks the device)."""
-    import importlib.metadata as md
     import platform
 
     from edgevit.backends.tensorrt import board_model, engine_support
-    from edgevit.measure import host_info
+    from edgevit.measure import host_info, library_versions
 
-    versions = {}
-    for name in ("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx", "opencv-python-headless",
-                 "tensorrt", "cuda-python"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
+    versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",
+                                 "opencv-python-headless", "tensorrt", "cuda-python"))
     ok, why = engine_support()
     return {"host": host_info(), "python": platform.python_version(), "versions": versions,
             "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}

@@ -33,6 +33,19 @@ def host_info() -> dict:
             "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
+def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of these distributions (None where one is not installed)."""
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, pre, batch_size: int = 100,
                 desc: str = "validate") -> np.ndarray:
     """Logits of ``fn`` over uint8 NHWC images, normalised batch by batch."""
