@@ -12,6 +12,16 @@ import pytest
 
 os.environ.setdefault("EDGEVIT_QUIET", "1")
 
+# OpenVINO's telemetry (used by OpenVINO and NNCF) sends from a forked process; with no network its DNS lookup can
+# hang, and pytest then waits for that child at exit. Tests send nothing off this machine: decline, in this process
+# and its forks (.ci/run also opts out for the subprocesses, with `opt_in_out --opt_out`).
+try:
+    from openvino_telemetry.utils import opt_in_checker as _optin
+
+    _optin.OptInChecker.check = lambda self, *args, **kwargs: _optin.ConsentCheckResult.DECLINED
+except ImportError:
+    pass
+
 # A ViT small enough to train and quantize in seconds: 32 px, 8x8 patches, width 32, one block.
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=2)
 
