@@ -57,7 +57,7 @@ def _gate_holdout(ds, pre) -> tuple[np.ndarray, np.ndarray]:
     _, hold = holdout_split(len(ds.train))
     hold = hold[:GATE_HOLDOUT]
     split = ds.train.subset(hold)
-    return pre.normalize(preprocess_split(split, pre, "gate hold-out images")), split.labels
+    return pre.normalize(preprocess_split(split, pre, "gate hold-out images", ds.workers)), split.labels
 
 
 def _measured_with(runner) -> str:
@@ -123,14 +123,17 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
           ignore_trt_rules: bool = False, force: bool = False, profile: bool = False, calib_data: str | None = None,
-          **model_overrides) -> BuildResult:
+          workers: int | None = None, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
     training from that initialisation (``distill``: from the FP32 model), whose checkpoint is written beside the bundle
     as ``<name>.qat.pt``. ``weights`` may be such a checkpoint: it is rebuilt (or, with ``qat_epochs``, resumed)
     without calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points).
-    ``out/<name>`` is replaced only if it is an edgevit bundle (or empty), unless ``force``."""
+    ``out/<name>`` is replaced only if it is an edgevit bundle (or empty), unless ``force``.
+
+    Under ``torchrun`` (with ``qat_epochs``), QAT runs data-parallel: every process trains its shard, rank 0 alone
+    builds, validates and writes; the other ranks return None."""
     from edgevit import __version__
     from edgevit.backends import BuildJob, get_backend, require
     from edgevit.bundle import write_manifest
@@ -155,7 +158,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            calib_samples=calib_samples, val_samples=val_samples, input_size=input_size,
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
-                           force=force, profile=profile, calib_data=calib_data, **model_overrides)
+                           force=force, profile=profile, calib_data=calib_data, workers=workers,
+                           **model_overrides)
     t_start = time.perf_counter()
     samples: dict | None = None
     layer_profile: dict | None = None
@@ -183,6 +187,10 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                          f"int8, not {precision}")
     if distill and not qat_epochs:
         raise UsageError("--distill distils during quantization-aware training: add --qat-epochs N")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not qat_epochs:
+        raise UsageError(f"build runs under torchrun with {world} processes, but only its quantization-aware "
+                         "training runs data-parallel: add --qat-epochs N, or run build as one process")
 
     # -- model and data ------------------------------------------------------------------------------------
     ev: dict = {}
@@ -197,7 +205,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         state, meta = read_state_dict(weights_file)
         ev = _weights_meta(meta, spec)
         model_overrides = {**ev.get("model_overrides", {}), **model_overrides}
-    ds = load_dataset(data) if data else None
+    ds = load_dataset(data, workers) if data else None
     unlabelled = None
     if calib_data:
         from edgevit.data import load_unlabelled
@@ -242,7 +250,13 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     if random_init:
         say("warning: no --weights: the model is randomly initialised; accuracy figures are meaningless "
             "(latency is still real)")
+    if world > 1:
+        from edgevit.train import _distributed
 
+        if _distributed()[0]:  # a follower: it trains its shard of QAT beside rank 0, which builds and writes
+            _follow_qat(net, qmodel, ds, pre, spec, recipe, unlabelled, qat_epochs, signed, distill, qat_lr,
+                        qat_samples, meta.get("qat") if qmodel is not None else None)
+            return None
 
     with claim(final, "bundle", force), tempfile.TemporaryDirectory(prefix="edgevit-") as work, \
             output_dir(final, "bundle", force, claimed=True) as stage:
@@ -252,8 +266,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             idx = (sample_indices(len(ds.val), val_samples, seed=0) if val_samples and val_samples < len(ds.val)
                    else np.arange(len(ds.val)))
             val_split = ds.val.subset(idx)
-            val_u8 = preprocess_split(val_split, pre, "validation images")
-            check_x = pre.normalize(val_u8[:8])
+            val_u8 = ds.stream(val_split, pre)  # decoded on each pass: memory does not grow with the split
+            check_x = pre.normalize(preprocess_split(val_split.subset(range(min(8, len(idx)))), pre, workers=0))
         else:
             val_u8 = None
             check_x = np.random.default_rng(0).standard_normal((2, 3, *pre.input_size)).astype(np.float32)
@@ -457,6 +471,21 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         }
         manifest = write_manifest(stage, manifest)
     return BuildResult(final, manifest, samples)
+
+
+def _follow_qat(net, qmodel, ds, pre, spec, recipe, unlabelled, epochs: int, signed: bool, distill: bool,
+                lr: float | None, samples: int | None, previous: dict | None) -> None:
+    """What a rank other than 0 does in a data-parallel QAT build: the same PTQ initialisation as rank 0 (the same
+    calibration images; DDP then broadcasts rank 0's parameters), then its shard of every QAT epoch. It writes
+    nothing: rank 0 validates, bundles and checkpoints."""
+    from edgevit.qat import finetune, quantize_torch
+    from edgevit.quantize import calibration_images
+
+    if qmodel is None:
+        calib, _ = calibration_images(ds, pre, recipe, unlabelled)
+        qmodel = quantize_torch(net, calib, recipe, spec.is_transformer, preset="performance" if signed else None)
+    finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=lr, samples=samples,
+             previous=previous)
 
 
 THREADS_TIE = 0.03  # within 3 % of the fastest, fewer threads win: less to share, the same speed

@@ -74,7 +74,7 @@ def _cmd_train(a) -> int:
     from edgevit.train import train
 
     r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=_weights_arg(a),
-              resume=a.resume, seed=a.seed, limit=a.limit)
+              resume=a.resume, seed=a.seed, limit=a.limit, workers=a.workers)
     print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "
           f"{r.best_top1:.2f}%; checkpoints: {r.best_path}, {r.last_path}")
     return 0
@@ -88,7 +88,9 @@ def _cmd_build(a) -> int:
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
               qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile,
-              calib_data=a.calib_data)
+              calib_data=a.calib_data, workers=a.workers)
+    if r is None:  # a torchrun follower of a data-parallel QAT build: rank 0 reports
+        return 0
     if a.json:  # machine-readable on stdout, the human summary on stderr
         from edgevit.outputs import dumps
 
@@ -285,6 +287,9 @@ THREADS = _int_in(1, 1024)
 INPUT_SIZE = _int_in(8, 1024)  # a ViT at 1024 px already has 4096 tokens of 16 px
 COUNT = _int_in(1, 100_000_000)
 EPOCHS = _int_in(1, 100_000)
+WORKERS = _int_in(0, 256)
+WORKERS_HELP = ("processes that decode images while the model computes (default: all cores but one for image "
+                "files, none for in-memory Fashion-MNIST; 0: decode in this process)")
 
 
 class _Help(argparse.HelpFormatter):
@@ -338,6 +343,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     s.add_argument("--limit", type=COUNT,
                    help="train on the first N images of the train split (held-out set: N/5); for slow models")
+    s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)
     s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("build", help="quantize, compile, validate and bundle a model for a target")
@@ -378,6 +384,7 @@ def parser() -> argparse.ArgumentParser:
                    help="replace OUT even if it is not an edgevit bundle (never /, ~ or the working directory)")
     s.add_argument("--profile", action="store_true",
                    help="per-layer time and executed precision from the runtime's profiler, into the manifest")
+    s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)
     s.add_argument("--json", action="store_true", help="the bundle and its manifest as one JSON object on stdout "
                                                        "(the summary goes to stderr)")
     s.set_defaults(fn=_cmd_build)

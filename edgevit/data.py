@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgevit.errors import DatasetError, ImageError, UnknownNameError
+from edgevit.errors import DatasetError, EdgevitError, ImageError, UnknownNameError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -167,27 +169,41 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------- datasets
 @dataclass
 class Split:
-    """Labelled images: either an in-memory uint8 array (N,H,W) / (N,H,W,3) or a list of file paths."""
+    """Labelled images: either an in-memory uint8 array (N,H,W) / (N,H,W,3) or file paths. Paths are one numpy array
+    of file-system bytes (about 100 bytes an image, no Python object per file: an index of a million images stays
+    small, and DataLoader workers share it instead of copying it on every reference-count change)."""
 
     labels: np.ndarray
     arrays: np.ndarray | None = None
-    paths: list[Path] | None = None
+    paths: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.paths is not None and not (isinstance(self.paths, np.ndarray) and self.paths.dtype.kind == "S"):
+            self.paths = path_array(self.paths)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def path(self, i: int) -> str:
+        return os.fsdecode(self.paths[i])
+
     def image(self, i: int) -> Image.Image:
         if self.arrays is not None:
             return Image.fromarray(self.arrays[i])
-        return load_image(self.paths[i])
+        return load_image(self.path(i))
 
     def subset(self, indices: Sequence[int]) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
         return Split(
             labels=self.labels[idx],
             arrays=None if self.arrays is None else self.arrays[idx],
-            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            paths=None if self.paths is None else self.paths[idx],
         )
+
+
+def path_array(paths) -> np.ndarray:
+    """File paths as a numpy array of their file-system bytes."""
+    return np.asarray([os.fsencode(p) for p in paths], dtype=np.bytes_)
 
 
 @dataclass
@@ -198,10 +214,112 @@ class Dataset:
     val: Split
     description: str = ""
     val_name: str = "val"
+    workers: int | None = None  # DataLoader worker processes that decode its images; None: chosen per split
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def stream(self, split: Split, pre: Preprocessing) -> ImageStream:
+        return ImageStream(split, pre, self.workers)
+
+
+class _Decoded:
+    """A map-style dataset for torch's DataLoader: item ``i`` of a split, decoded, resized and cropped (uint8 HWC)
+    with its label."""
+
+    def __init__(self, split: Split, pre: Preprocessing):
+        self.split, self.pre = split, pre
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | _Failed, int]:
+        try:
+            return self.pre.resize_crop(self.split.image(i)), int(self.split.labels[i])
+        except EdgevitError as e:  # raised again, as it is, in the reading process (not as a worker traceback)
+            return _Failed(type(e), str(e)), -1
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: type
+    message: str
+
+
+def _collate(items: list[tuple[np.ndarray | _Failed, int]]) -> tuple[np.ndarray, np.ndarray] | _Failed:
+    failed = next((x for x, _ in items if isinstance(x, _Failed)), None)
+    if failed is not None:
+        return failed
+    return np.stack([x for x, _ in items]), np.asarray([y for _, y in items], np.int64)
+
+
+def default_workers(split: Split) -> int:
+    """Files are decoded by worker processes (all cores but one, at most 8, at least 1); in-memory arrays (Fashion-
+    MNIST, .npy) in the calling process, where a resize costs less than handing the image between processes."""
+    if split.arrays is not None:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class ImageStream:
+    """The images of a split as the model sees them (resized and cropped, uint8 NHWC), decoded on demand in batches
+    by a torch ``DataLoader``: nothing beyond the batches in flight is held, so memory does not grow with the
+    dataset. Passes read the images again (a validation set of a few thousand images costs seconds)."""
+
+    def __init__(self, split: Split, pre: Preprocessing, workers: int | None = None):
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be 0 or more")
+        self.split, self.pre = split, pre
+        self.workers = default_workers(split) if workers is None else workers
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 NHWC images, int64 labels) batches in ``order`` (default: the split's order)."""
+        from torch.utils.data import DataLoader
+
+        n_batches = -(-len(self if order is None else order) // batch_size)
+        workers = min(self.workers, n_batches)
+        loader = DataLoader(_Decoded(self.split, self.pre), batch_size=batch_size, collate_fn=_collate,
+                            sampler=None if order is None else [int(i) for i in order], num_workers=workers,
+                            prefetch_factor=4 if workers else None)
+        before = signal.getsignal(signal.SIGCHLD)
+        try:
+            for batch in loader:
+                if isinstance(batch, _Failed):
+                    raise batch.error(batch.message)
+                yield batch
+        finally:
+            if workers:
+                _restore_sigchld(before)
+
+
+def _restore_sigchld(handler) -> None:
+    """Put back the SIGCHLD handler a multi-worker DataLoader replaced. torch installs its worker watchdog once per
+    process and never removes it; left in place, it ran on every later child exit (a subprocess, torchrun's
+    workers) and crashed this process with a segmentation fault after a build that had read image files. torch
+    reinstalls it for the next multi-worker loader once its flag says it is gone."""
+    from torch.utils.data._utils import signal_handling
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, handler)
+        signal_handling._SIGCHLD_handler_set = False
+
+
+def u8_batches(images: np.ndarray | ImageStream, batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 NHWC batches of preprocessed images held in memory or streamed."""
+    if isinstance(images, ImageStream):
+        for x, _ in images.batches(batch_size):
+            yield x
+    else:
+        for s in range(0, len(images), batch_size):
+            yield images[s:s + batch_size]
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -260,15 +378,23 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> Dataset:
     )
 
 
-def _scan_class_dirs(root: Path) -> tuple[list[str], list[Path], list[int]]:
+def _image_files(root: Path) -> list[str]:
+    """Image files under ``root`` (recursively, hidden folders skipped), sorted, as strings."""
+    found = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        found += [os.path.join(d, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(f for f in found if os.path.isfile(f))
+
+
+def _scan_class_dirs(root: Path) -> tuple[list[str], np.ndarray, list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for ci, c in enumerate(classes):
-        for f in sorted((root / c).rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                paths.append(f)
-                labels.append(ci)
-    return classes, paths, labels
+        files = path_array(_image_files(root / c))
+        paths.append(files)
+        labels += [ci] * len(files)
+    return classes, np.concatenate(paths) if paths else np.empty(0, np.bytes_), labels
 
 
 def load_imagefolder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
@@ -325,8 +451,16 @@ def make_synthetic(n_train: int = 512, n_val: int = 128, num_classes: int = 10, 
 DATASET_KINDS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
-def load_dataset(spec: str) -> Dataset:
-    """``fashion-mnist``, ``fashion-mnist:DIR``, ``imagefolder:DIR``, a plain directory, or ``synthetic``."""
+def load_dataset(spec: str, workers: int | None = None) -> Dataset:
+    """``fashion-mnist``, ``fashion-mnist:DIR``, ``imagefolder:DIR``, a plain directory, or ``synthetic``. Only the
+    file list (or, for Fashion-MNIST, the 28x28 arrays) is read here; images are decoded when a stream reads them,
+    by ``workers`` DataLoader processes (None: :func:`default_workers`)."""
+    ds = _load_dataset(spec)
+    ds.workers = workers
+    return ds
+
+
+def _load_dataset(spec: str) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "fashion-mnist":
         return load_fashion_mnist(arg or None)
@@ -356,19 +490,23 @@ def load_unlabelled(spec: str | os.PathLike) -> Split:
         return Split(labels=np.zeros(len(arr), np.int64), arrays=arr)
     if not p.is_dir():
         raise DatasetError(f"--calib-data {p}: not found; pass a folder of images or a .npy of uint8 images")
-    paths = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    paths = _image_files(p)
     if not paths:
         raise DatasetError(f"--calib-data {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return Split(labels=np.zeros(len(paths), np.int64), paths=paths)
 
 
-def preprocess_split(split: Split, pre: Preprocessing, desc: str = "preprocess") -> np.ndarray:
-    """Resize and crop every image of a split: uint8 NHWC, ready for ``pre.normalize`` batch by batch."""
+def preprocess_split(split: Split, pre: Preprocessing, desc: str = "preprocess",
+                     workers: int | None = None) -> np.ndarray:
+    """Resize and crop every image of a (small: calibration, a few samples) split into memory: uint8 NHWC, ready for
+    ``pre.normalize`` batch by batch. Anything that grows with the dataset goes through an :class:`ImageStream`."""
     from edgevit._progress import progress
 
     out = np.empty((len(split), *pre.input_size, 3), dtype=np.uint8)
-    for i in progress(range(len(split)), desc=desc, total=len(split), min_total=2000):
-        out[i] = pre.resize_crop(split.image(i))
+    stream, at = ImageStream(split, pre, workers), 0
+    for x, _ in progress(stream.batches(64), desc=desc, total=-(-len(split) // 64), min_total=30):
+        out[at:at + len(x)] = x
+        at += len(x)
     return out
 
 

@@ -46,11 +46,14 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return out
 
 
-def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray, pre, batch_size: int = 100,
+def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8, pre, batch_size: int = 100,
                 desc: str = "validate") -> np.ndarray:
-    """Logits of ``fn`` over uint8 NHWC images, normalised batch by batch."""
-    outs = [fn(pre.normalize(images_u8[s:s + batch_size]))
-            for s in progress(range(0, len(images_u8), batch_size), desc=desc, min_total=5)]
+    """Logits of ``fn`` over uint8 NHWC images (an array, or an :class:`~edgevit.data.ImageStream` that decodes
+    them batch by batch), normalised batch by batch."""
+    from edgevit.data import u8_batches
+
+    outs = [fn(pre.normalize(x)) for x in progress(u8_batches(images_u8, batch_size), desc=desc,
+                                                     total=-(-len(images_u8) // batch_size), min_total=5)]
     return require_finite(np.concatenate(outs).astype(np.float32), desc)
 
 
@@ -152,7 +155,9 @@ class TorchRunner:
         import torch
 
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x)).numpy()
+            param = next(self.model.parameters(), None)
+            xt = torch.from_numpy(x) if param is None else torch.from_numpy(x).to(param.device)
+            return self.model(xt).float().cpu().numpy()
 
     def spec(self) -> tuple:
         """How a timing worker process makes the same runner (see :func:`compare_latency`)."""

@@ -74,10 +74,12 @@ def save_checkpoint(qmodel, path: Path, meta: dict, qat: dict, fp32_state: dict)
     import torch
     from nncf.torch import get_config
 
+    from edgevit.train import cpu_state
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": qmodel.state_dict(), "nncf_config": json.dumps(get_config(qmodel)), "edgevit": meta,
+    torch.save({"model": cpu_state(qmodel), "nncf_config": json.dumps(get_config(qmodel)), "edgevit": meta,
                 "qat": qat, "fp32_model": fp32_state}, tmp)
     os.replace(tmp, path)
     return path
@@ -106,50 +108,74 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
              fp32_state: dict | None = None) -> QATResult:
     """Fine-tune a fake-quantized model for ``epochs`` on the training split (the hold-out excluded), distilling from
     ``teacher`` when given. After every epoch: held-out top-1 and, when ``checkpoint`` is set, a checkpoint (which
-    keeps ``fp32_state``, the FP32 weights QAT started from)."""
+    keeps ``fp32_state``, the FP32 weights QAT started from).
+
+    Under ``torchrun`` every process trains a disjoint shard of each epoch (DDP: NCCL on GPUs, gloo on CPUs);
+    ``batch_size`` is the global batch. Only rank 0 scores the hold-out and writes the checkpoint. Training runs on
+    this process's GPU when there is one; the model comes back on the CPU for export."""
     import torch
 
-    from edgevit.data import preprocess_split, sample_indices
-    from edgevit.train import evaluate_torch, fit_epoch, holdout_split
+    from edgevit.data import sample_indices
+    from edgevit.train import (
+        _distributed,
+        data_parallel,
+        evaluate_torch,
+        fit_epoch,
+        holdout_split,
+        shard_indices,
+        train_device,
+    )
 
     if epochs < 1:
         raise UsageError("--qat-epochs must be at least 1")
     d = spec.train
     lr = lr or d.lr * QAT_LR_FACTOR
     batch_size = batch_size or d.batch_size
+    rank, world = _distributed()
+    if batch_size % world:
+        raise UsageError(f"the QAT batch {batch_size} is the global batch: it must divide among the {world} "
+                         "processes")
     torch.manual_seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed + rank)  # augmentation differs per rank
     pool, hold = holdout_split(len(ds.train))
     if samples and samples < len(pool):
         pool = pool[sample_indices(len(pool), samples, seed, ds.train.labels[pool])]
     hold = hold[:QAT_HOLDOUT]
-    x_tr = preprocess_split(ds.train.subset(pool), pre, "QAT training images")
-    y_tr = ds.train.labels[pool]
-    x_ho = preprocess_split(ds.train.subset(hold), pre, "QAT hold-out images")
-    y_ho = ds.train.labels[hold]
+    x_tr = ds.stream(ds.train.subset(pool), pre)  # decoded batch by batch: memory does not grow with the data
+    x_ho = ds.stream(ds.train.subset(hold), pre)
+    y_ho = x_ho.labels
 
-    steps = epochs * math.ceil(len(x_tr) / batch_size)
+    local_batch = batch_size // world
+    steps = epochs * math.ceil((len(x_tr) // world) / local_batch)
+    device = train_device()
+    qmodel.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
     params = [p for p in qmodel.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = _loss(d.label_smoothing, teacher is not None)
-    if teacher is not None:
-        teacher.eval()
     prev = previous or {}
     done = int(prev.get("epochs_done", 0))
     history = list(prev.get("history", []))
-    if not history:
+    if not history and rank == 0:
         start, _ = evaluate_torch(qmodel, x_ho, y_ho, pre, desc="QAT hold-out")
         history.append({"epoch": done, "holdout_top1": round(start, 2), "note": "PTQ initialisation"})
         say(f"QAT: PTQ initialisation scores {start:.2f}% on {len(y_ho)} hold-out images")
-    say(f"QAT: {epochs} epoch(s) on {len(y_tr)} images, lr {lr:.1e}, batch {batch_size}"
+    say(f"QAT: {epochs} epoch(s) on {len(x_tr)} images, lr {lr:.1e}, batch {batch_size}"
+        + (f" ({local_batch} on each of {world} processes)" if world > 1 else "")
+        + f", on {device.type.upper()}"
         + (f", distilling from FP32 (T={DISTILL_TEMPERATURE:g}, weight {DISTILL_WEIGHT:g})" if teacher else ""))
     pad = max(1, spec.input_size // 16) if d.augment else 0
+    model = data_parallel(qmodel, device, world)
     t0 = time.perf_counter()
     res = QATResult(qmodel)
     for e in range(epochs):
-        running = fit_epoch(qmodel, x_tr, y_tr, pre, opt, sched, loss_fn, batch_size, pad,
-                            desc=f"QAT epoch {done + e + 1}", teacher=teacher)
+        running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
+                            desc=f"QAT epoch {done + e + 1}", teacher=teacher,
+                            order=shard_indices(len(x_tr), done + e, rank, world, seed), device=device)
+        if rank:  # rank 0 scores and writes; the others go on (DDP keeps them in step)
+            continue
         top1, _ = evaluate_torch(qmodel, x_ho, y_ho, pre, desc="QAT hold-out")
         history.append({"epoch": done + e + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
                         "elapsed_s": round(time.perf_counter() - t0, 1)})
@@ -157,8 +183,14 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
             f"{time.perf_counter() - t0:.0f}s")
         if checkpoint:
             res.checkpoint = save_checkpoint(qmodel, checkpoint, meta or {}, qat_record(
-                done + e + 1, lr, batch_size, len(y_tr), teacher is not None, history), fp32_state or {})
-    qmodel.eval()
+                done + e + 1, lr, batch_size, len(x_tr), teacher is not None, history), fp32_state or {})
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank leaves QAT once rank 0 has written the last checkpoint
+    qmodel.cpu().eval()
+    if teacher is not None:
+        teacher.cpu()
     res.history, res.seconds = history, round(time.perf_counter() - t0, 1)
     return res
 

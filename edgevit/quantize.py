@@ -70,12 +70,13 @@ def calibration_images(ds, pre, recipe: Recipe, unlabelled=None) -> tuple[np.nda
 
     if unlabelled is not None:
         idx = sample_indices(len(unlabelled), recipe.samples, recipe.seed)
-        return pre.normalize(preprocess_split(unlabelled.subset(idx), pre, "calibration images")), idx
+        return pre.normalize(preprocess_split(unlabelled.subset(idx), pre, "calibration images",
+                                              ds.workers if ds else None)), idx
 
     pool, _ = holdout_split(len(ds.train))  # the hold-out stays unseen: accuracy-aware PTQ validates on it
     labels = ds.train.labels[pool] if recipe.selection == "balanced" else None
     idx = pool[sample_indices(len(pool), recipe.samples, recipe.seed, labels)]
-    return pre.normalize(preprocess_split(ds.train.subset(idx), pre, "calibration images")), idx
+    return pre.normalize(preprocess_split(ds.train.subset(idx), pre, "calibration images", ds.workers)), idx
 
 
 def kept_in_higher_precision(ov_model) -> list[str]:

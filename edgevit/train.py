@@ -3,6 +3,7 @@ checkpoints (tensor-only, so they load with ``weights_only=True``), ``--resume``
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
@@ -51,32 +52,34 @@ def _augment(x, pad: int):
 
 
 def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = 0) -> np.ndarray:
-    """This rank's training images for ``epoch``: one permutation of the ``n`` images, the same on every rank (seeded
-    by epoch), cut into ``world`` disjoint equal parts (the few left over are skipped this epoch, as
-    DistributedSampler(drop_last=True) does), so every rank takes the same number of steps."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    per = n // world
-    return order[rank * per:(rank + 1) * per]
+    """This rank's training images for ``epoch``, from torch's ``DistributedSampler``: one permutation of the ``n``
+    images, the same on every rank (seeded by ``seed`` and the epoch), cut into ``world`` disjoint equal parts (the
+    few left over are skipped this epoch: ``drop_last``), so every rank takes the same number of steps."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), np.int64, count=len(sampler))
 
 
-def fit_epoch(model, x_u8: np.ndarray, y: np.ndarray, pre, opt, sched, loss_fn, batch_size: int, pad: int,
-              desc: str, teacher=None, order: np.ndarray | None = None) -> float:
-    """One epoch over uint8 NHWC images in random order; returns the smoothed loss. ``pad`` > 0 turns on random flips
-    and shifts. ``loss_fn(logits, labels, teacher_logits)`` is called with the teacher's logits when ``teacher`` is
-    given (distillation), else ``loss_fn(logits, labels)``."""
+def fit_epoch(model, images, pre, opt, sched, loss_fn, batch_size: int, pad: int, desc: str, teacher=None,
+              order: np.ndarray | None = None, device=None) -> float:
+    """One epoch over a :class:`~edgevit.data.ImageStream` in ``order`` (default: a random permutation); returns the
+    smoothed loss. ``pad`` > 0 turns on random flips and shifts. ``loss_fn(logits, labels, teacher_logits)`` is
+    called with the teacher's logits when ``teacher`` is given (distillation), else ``loss_fn(logits, labels)``."""
     import torch
 
     model.train()
-    order = np.random.permutation(len(x_u8)) if order is None else order
-    steps = math.ceil(len(order) / batch_size)
-    bar = progress(range(steps), desc=desc)
+    order = np.random.permutation(len(images)) if order is None else order
+    bar = progress(images.batches(batch_size, order), desc=desc, total=math.ceil(len(order) / batch_size))
     running = 0.0
-    for step in bar:
-        idx = order[step * batch_size:(step + 1) * batch_size]
-        x = torch.from_numpy(pre.normalize(x_u8[idx]))
+    for step, (x_u8, y) in enumerate(bar):
+        x = torch.from_numpy(pre.normalize(x_u8))
         if pad:
             x = _augment(x, pad)
-        target = torch.from_numpy(y[idx])
+        target = torch.from_numpy(y)
+        if device is not None:
+            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if teacher is not None:
             with torch.no_grad():
                 soft = teacher(x)
@@ -94,9 +97,10 @@ def fit_epoch(model, x_u8: np.ndarray, y: np.ndarray, pre, opt, sched, loss_fn, 
     return running
 
 
-def evaluate_torch(model, images_u8: np.ndarray, labels: np.ndarray, pre,
+def evaluate_torch(model, images_u8, labels: np.ndarray, pre,
                    desc: str = "eval") -> tuple[float, np.ndarray]:
-    """Top-1 (%) of a torch model on preprocessed uint8 NHWC images; also returns the logits."""
+    """Top-1 (%) of a torch model on preprocessed uint8 NHWC images (an array or an ImageStream); also returns the
+    logits."""
     from edgevit.measure import run_batches, top1, torch_runner
 
     model.eval()
@@ -117,18 +121,49 @@ CHECKPOINTS = ("best.pt", "last.pt")
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size) under PyTorch's own launcher (``torchrun``: WORLD_SIZE, RANK, MASTER_ADDR... set by it);
-    (0, 1) otherwise. Training runs on the CPU, so the process group is gloo."""
+    (0, 1) otherwise. The process group is NCCL where CUDA is available, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        # A build's rank 0 exports, calibrates and validates PTQ before QAT starts while the other ranks wait in
+        # DDP's first collective: allow it longer than torch's default 30 minutes.
+        minutes = float(os.environ.get("EDGEVIT_DIST_TIMEOUT_MIN", "180"))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(minutes=minutes))
     rank = dist.get_rank()
     if rank:
         os.environ["EDGEVIT_QUIET"] = "1"  # one rank speaks, one rank writes
     return rank, world
+
+
+def train_device():
+    """Where training runs: this process's GPU under torchrun (LOCAL_RANK), the first GPU alone, else the CPU.
+    ``EDGEVIT_DEVICE=cpu`` keeps it on the CPU."""
+    import torch
+
+    if os.environ.get("EDGEVIT_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def data_parallel(model, device, world: int):
+    """``model`` wrapped for data-parallel training (DDP) when several processes train, else as it is."""
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def cpu_state(model) -> dict:
+    """A state dict on the CPU: checkpoints load on any machine, with or without a GPU."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _check_run_dir(out: Path) -> None:
@@ -183,12 +218,13 @@ def _read_resume(resume: str, spec) -> dict:
 
 def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, weights: str | None = None,
-          resume: str | None = None, seed: int = 0, limit: int | None = None, **model_overrides) -> TrainResult:
+          resume: str | None = None, seed: int = 0, limit: int | None = None, workers: int | None = None,
+          **model_overrides) -> TrainResult:
     """Train ``model_name`` on ``data`` and write ``best.pt`` / ``last.pt`` into ``out``."""
     import torch
 
     from edgevit import __version__
-    from edgevit.data import load_dataset, preprocess_split
+    from edgevit.data import load_dataset
     from edgevit.models import create_model, data_config, load_weights, resolve_spec
 
     spec = resolve_spec(model_name)
@@ -210,7 +246,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     torch.manual_seed(seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
     np.random.seed(seed + rank)  # augmentation differs per rank
 
-    ds = load_dataset(data)
+    ds = load_dataset(data, workers)
     pre = data_config(spec)
     model = create_model(spec, num_classes=ds.num_classes, **model_overrides)
     weights_source = weights
@@ -225,13 +261,14 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     tr_idx, ho_idx = holdout_split(len(ds.train), seed)
     if limit:
         tr_idx, ho_idx = tr_idx[:limit], ho_idx[: max(1, limit // 5)]
-    x_tr = preprocess_split(ds.train.subset(tr_idx), pre, "preprocess train")
-    y_tr = ds.train.labels[tr_idx]
-    x_ho = preprocess_split(ds.train.subset(ho_idx), pre, "preprocess holdout")
-    y_ho = ds.train.labels[ho_idx]
+    x_tr = ds.stream(ds.train.subset(tr_idx), pre)  # decoded batch by batch: memory does not grow with the data
+    x_ho = ds.stream(ds.train.subset(ho_idx), pre)
+    y_ho = x_ho.labels
 
     local_batch = batch_size // world  # --batch-size is the global batch, --lr is for it: 1 or N processes train alike
     steps_per_epoch = math.ceil((len(x_tr) // world) / local_batch)
+    device = train_device()
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=d.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=min(0.3, 1.0 / epochs), anneal_strategy="cos")
@@ -265,17 +302,17 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
     pad = max(1, spec.input_size // 16) if d.augment else 0
     net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
+    model = data_parallel(net, device, world)
+    where = f"{device.type.upper()}{'' if device.index is None else f' {device.index}'}"
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(net)
-        say(f"data-parallel training on {world} processes (gloo): global batch {batch_size}, {local_batch} per "
-            f"process, {len(x_tr) // world} images per process per epoch")
+        say(f"data-parallel training on {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}): global "
+            f"batch {batch_size}, {local_batch} per process, {len(x_tr) // world} images per process per epoch")
+    say(f"training on {where}: {len(x_tr)} images, decoded by {x_tr.workers or 'no'} worker process(es)")
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        running = fit_epoch(model, x_tr, y_tr, pre, opt, sched, loss_fn, local_batch, pad,
+        running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
                             desc=f"epoch {epoch + 1}/{epochs}",
-                            order=shard_indices(len(x_tr), epoch, rank, world, seed))
+                            order=shard_indices(len(x_tr), epoch, rank, world, seed), device=device)
         if rank:  # rank 0 evaluates and writes; the others go on to the next epoch (DDP syncs them)
             continue
         top1, _ = evaluate_torch(net, x_ho, y_ho, pre, desc="held-out")
@@ -283,12 +320,12 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
                         "elapsed_s": round(time.perf_counter() - t0, 1)})
         is_best = top1 > best
         best = max(best, top1)
-        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        state = {"model": cpu_state(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "best_top1": best, "history": history, "edgevit": meta,
                  "total_steps": epochs * steps_per_epoch}
         _save(state, out / "last.pt")
         if is_best:
-            _save({"model": net.state_dict(), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
+            _save({"model": cpu_state(net), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
                   out / "best.pt")
         say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
             f"{' (best)' if is_best else ''}, {time.perf_counter() - t0:.0f}s")
