@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from edgevit import __version__
@@ -75,6 +76,8 @@ def _cmd_train(a) -> int:
 
     r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=_weights_arg(a),
               resume=a.resume, seed=a.seed, limit=a.limit, workers=a.workers)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "
           f"{r.best_top1:.2f}%; checkpoints: {r.best_path}, {r.last_path}")
     return 0
@@ -483,7 +486,6 @@ def _terminate(signum, _frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
     import shlex
     import signal
 

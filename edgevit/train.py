@@ -333,4 +333,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         import torch.distributed as dist
 
         dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
+        shared = [best, history]
+        dist.broadcast_object_list(shared, src=0)  # every rank returns rank 0's result
+        best, history = shared
     return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)

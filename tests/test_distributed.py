@@ -53,5 +53,6 @@ def test_two_processes_see_disjoint_data_and_match_one_process(fmnist_dir, tmp_p
         ia, ib = set(next(iter(a))), set(next(iter(b)))
         assert ia and not ia & ib and len(ia) == len(ib)  # disjoint, equal shares
     one_best, two_best = logs[1][0]["best"], logs[2][0]["best"]
+    assert two[1]["best"] == two_best  # every rank returns rank 0's result
     assert abs(one_best - two_best) <= 10.0, (one_best, two_best)  # the same training, within noise
     assert sorted(p.name for p in (tmp_path / "run2").iterdir()) == ["best.pt", "last.pt"]  # one writer
