@@ -141,7 +141,17 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.export import check_onnx, export_onnx, freeze_weight_standardization, onnx_metadata
     from edgevit.hub import is_hub
     from edgevit.hub import resolve as resolve_hub
-    from edgevit.measure import compare_latency, host_info, run_batches, top1, topk, torch_runner, without_samples
+    from edgevit.measure import (
+        compare_latency,
+        fastest_threads,
+        host_info,
+        run_batches,
+        thread_counts,
+        top1,
+        topk,
+        torch_runner,
+        without_samples,
+    )
     from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
     from edgevit.outputs import check_output, claim, output_dir
     from edgevit.qat import is_qat_checkpoint, restore
@@ -416,19 +426,41 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                               "`edgevit compile BUNDLE` there builds it and measures its latency")
         elif measure_latency:
             x = np.ascontiguousarray(np.repeat(check_x[:1], tgt.batch, axis=0))
-            if not threads and not tgt.threads and backend.name in ("openvino", "onnxruntime"):
-                runner, lat["threads_sweep"] = _fastest_threads(backend, stage, {**partial, "backend": built.details},
-                                                                runner, x)
-                built.details["threads"] = lat["threads"] = runner.info.get("threads")
-            say(f"measuring latency at batch {tgt.batch}")
+            # Every runtime at its own fastest thread count, found in the same interleaved run: a small model often
+            # runs fastest on fewer threads than the host has, and a baseline timed at a thread count that suits it
+            # badly (PyTorch's OpenMP on all cores of a loaded host: 2.2x slower) is no baseline.
+            counts = thread_counts()
+            sweep = not threads and not tgt.threads and backend.name in ("openvino", "onnxruntime")
+            art_counts = counts if sweep else [runner.info.get("threads")]
+            torch_counts = [threads] if threads else counts
+            manifest_now = {**partial, "backend": built.details}
+            cands = {f"artifact@{n}": (runner if runner.info.get("threads") == n or not sweep
+                                       else backend.load(stage, manifest_now, n)) for n in art_counts}
+            cands.update({f"torch@{n}": torch_runner(net, n) for n in torch_counts})
             plain = backend.load_default(onnx_path, threads)
             plain_name = f"{backend.name}_default_fp32_export"
-            res = compare_latency({"artifact": runner, "torch_eager_fp32": torch_runner(net, threads),
-                                   plain_name: plain}, x)
+            cands[plain_name] = plain
+            say(f"measuring latency at batch {tgt.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
+                                                             "artifact and PyTorch)" if len(cands) > 3 else ""))
+            timed = compare_latency(cands, x)
+            a_n = fastest_threads({n: timed[f"artifact@{n}"]["p50"] for n in art_counts})
+            t_n = fastest_threads({n: timed[f"torch@{n}"]["p50"] for n in torch_counts})
+            runner = cands[f"artifact@{a_n}"]
+            rule = "fastest p50 at the target's batch; within 3% of it, fewer threads"
+            if sweep:
+                built.details["threads"] = lat["threads"] = runner.info.get("threads")
+                lat["threads_sweep"] = {"chosen": a_n, "p50_ms": {str(n): timed[f"artifact@{n}"]["p50"]
+                                                                  for n in art_counts}, "rule": rule}
+            res = {"artifact": timed[f"artifact@{a_n}"], "torch_eager_fp32": timed[f"torch@{t_n}"],
+                   plain_name: timed[plain_name]}
             samples = {k: v["samples"] for k, v in res.items()}
             lat["artifact"] = without_samples(res["artifact"])
+            torch_base = {**without_samples(res["torch_eager_fp32"]), "executed_precision": "fp32", "threads": t_n}
+            if len(torch_counts) > 1:
+                torch_base["threads_sweep"] = {"chosen": t_n, "rule": rule, "p50_ms": {
+                    str(n): timed[f"torch@{n}"]["p50"] for n in torch_counts}}
             lat["baselines"] = {
-                "torch_eager_fp32": {**without_samples(res["torch_eager_fp32"]), "executed_precision": "fp32"},
+                "torch_eager_fp32": torch_base,
                 plain_name: {**without_samples(res[plain_name]),
                              "executed_precision": plain.info.get("executed_precision")},
             }
@@ -486,29 +518,6 @@ def _follow_qat(net, qmodel, ds, pre, spec, recipe, unlabelled, epochs: int, sig
         qmodel = quantize_torch(net, calib, recipe, spec.is_transformer, preset="performance" if signed else None)
     finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=lr, samples=samples,
              previous=previous)
-
-
-THREADS_TIE = 0.03  # within 3 % of the fastest, fewer threads win: less to share, the same speed
-
-
-def _fastest_threads(backend, stage: Path, manifest: dict, runner, x: np.ndarray) -> tuple[object, dict]:
-    """The artifact's thread count chosen by measurement (1, 2, 4, ... up to all cores, timed against each other):
-    a small model at batch 1 often runs fastest on fewer threads than the host has (vit-tiny INT8 at 32 px on a
-    2-core host: 0.18 ms on 1 thread, 0.42 ms on 2). The bundle records the choice; predict and the demo use it."""
-    from edgevit.measure import compare_latency
-
-    cores = os.cpu_count() or 1
-    counts = sorted({min(c, cores) for c in (1, 2, 4, 8, 16, 32, 64)} | {cores})
-    if len(counts) < 2:
-        return runner, {"chosen": counts[0], "p50_ms": None}
-    say(f"choosing the thread count: timing {', '.join(map(str, counts))} threads")
-    runners = {str(n): (runner if runner.info.get("threads") == n else backend.load(stage, manifest, n))
-               for n in counts}
-    res = compare_latency(runners, x, min_seconds=1.0, min_iters=30)
-    best = min(res[k]["p50"] for k in runners)
-    chosen = next(k for k in runners if res[k]["p50"] <= best * (1 + THREADS_TIE))  # fewest threads first
-    return runners[chosen], {"chosen": int(chosen), "p50_ms": {k: res[k]["p50"] for k in runners},
-                             "rule": "fastest p50 at the target's batch; within 3% of it, fewer threads"}
 
 
 def provenance() -> dict:

@@ -146,13 +146,14 @@ class TorchRunner:
     def __init__(self, model, threads: int | None = None) -> None:
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
         self.model, self.threads = model.eval(), threads
-        self.info = {"backend": "torch", "executed_precision": "fp32", "threads": torch.get_num_threads()}
+        self.info = {"backend": "torch", "executed_precision": "fp32", "threads": threads or torch.get_num_threads()}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
+
+        if self.threads and torch.get_num_threads() != self.threads:  # torch's thread count is per process
+            torch.set_num_threads(self.threads)
 
         with torch.inference_mode():
             param = next(self.model.parameters(), None)
@@ -166,6 +167,21 @@ class TorchRunner:
 
 def torch_runner(model, threads: int | None = None) -> TorchRunner:
     return TorchRunner(model, threads)
+
+
+THREADS_TIE = 0.03  # within 3 % of the fastest, fewer threads win: less to share, the same speed
+
+
+def thread_counts() -> list[int]:
+    """The thread counts a sweep tries on this host: 1, 2, 4, ... up to all cores."""
+    cores = os.cpu_count() or 1
+    return sorted({min(c, cores) for c in (1, 2, 4, 8, 16, 32, 64)} | {cores})
+
+
+def fastest_threads(p50_by_threads: dict[int, float]) -> int:
+    """The thread count with the fastest p50; within :data:`THREADS_TIE` of it, the fewest threads."""
+    best = min(p50_by_threads.values())
+    return min(n for n, p in p50_by_threads.items() if p <= best * (1 + THREADS_TIE))
 
 
 # ----------------------------------------------------------------------------------------- isolated timing

@@ -183,6 +183,11 @@ def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
     assert sweep["p50_ms"][str(sweep["chosen"])] <= best * 1.03  # the fastest, or as fast with fewer threads
     assert r.manifest["backend"]["threads"] == sweep["chosen"] == r.manifest["latency_ms"]["threads"]
     assert Predictor(r.bundle).runner.info["threads"] == sweep["chosen"]
+    # the PyTorch baseline is timed at its own fastest thread count, in the same run
+    tb = r.manifest["latency_ms"]["baselines"]["torch_eager_fp32"]
+    ts = tb["threads_sweep"]
+    assert set(ts["p50_ms"]) >= {"1", str(cores)} and tb["threads"] == ts["chosen"]
+    assert tb["p50"] == ts["p50_ms"][str(ts["chosen"])] <= min(ts["p50_ms"].values()) * 1.03
 
 
 def test_calibration_on_unlabelled_images_folder_and_npy(fmnist_dir, tiny_checkpoint, tmp_path, capsys):
