@@ -1,4 +1,9 @@
-"""Progress bars on stderr (tqdm), quiet for short loops and when EDGEVIT_QUIET is set."""
+"""Progress bars and status lines on stderr, and how much of the libraries' own output the user sees.
+
+Verbosity (``edgevit -q``/``-v``, or EDGEVIT_QUIET=1 / EDGEVIT_VERBOSE=1): quiet prints only results and errors;
+the default prints edgevit's status lines and progress, and keeps NNCF's, OpenVINO's and torch's progress bars, info
+and warnings to themselves (they are not the user's business: edgevit reports what they did); verbose passes them on
+to stderr."""
 
 from __future__ import annotations
 
@@ -34,8 +39,62 @@ def _log_lines(it: Iterable[T], desc: str, total: int | None) -> Iterator[T]:
         if now - last >= LOG_INTERVAL_S and (total is None or i < total):
             last = now
             done = f"{i}/{total} ({100 * i / total:.0f}%)" if total else str(i)
-            eta = f", about {(now - t0) / i * (total - i):.0f}s left" if total else ""
-            say(f"{desc}: {done} in {now - t0:.0f}s{eta}")
+            eta = f", about {duration((now - t0) / i * (total - i))} to the end of {desc}" if total else ""
+            say(f"{desc}: {done} in {duration(now - t0)}{eta}")
+
+
+def duration(seconds: float) -> str:
+    """12 s, 4.5 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def verbose() -> bool:
+    return bool(os.environ.get("EDGEVIT_VERBOSE")) and not os.environ.get("EDGEVIT_QUIET")
+
+
+def set_verbosity(level: int) -> None:
+    """-1 quiet, 0 default, 1 verbose: for this process and the processes it starts."""
+    os.environ.pop("EDGEVIT_QUIET", None)
+    os.environ.pop("EDGEVIT_VERBOSE", None)
+    if level < 0:
+        os.environ["EDGEVIT_QUIET"] = "1"
+    elif level > 0:
+        os.environ["EDGEVIT_VERBOSE"] = "1"
+
+
+def library_output():
+    """A context for calls into a library that writes progress bars and logs of its own (NNCF's rich bars go to
+    stdout, which is kept for results): shown on stderr when verbose, dropped otherwise; its loggers follow."""
+    import contextlib
+    import logging
+
+    show = verbose()
+    for name in ("nncf", "torch.utils.cpp_extension", "openvino"):
+        logging.getLogger(name).setLevel(logging.INFO if show else logging.ERROR)
+    if show:
+        return contextlib.redirect_stdout(sys.stderr)
+    stack = contextlib.ExitStack()
+    sink = stack.enter_context(open(os.devnull, "w"))
+    stack.enter_context(contextlib.redirect_stdout(sink))
+    stack.enter_context(_warnings_off())
+    return stack
+
+
+def _warnings_off():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+
+    return ctx()
 
 
 def say(msg: str) -> None:

@@ -631,10 +631,11 @@ def summary(result: BuildResult) -> str:
     if "artifact" in lat:
         b = lat["baselines"]
         parts = [f"{prec} {lat['artifact']['p50']:.3f} ms"] + [
-            f"{k} {val['p50']:.3f} ms ({val['p50'] / lat['artifact']['p50']:.2f}x)" for k, val in b.items()]
+            f"{_baseline_label(k, val)} {val['p50']:.3f} ms ({val['p50'] / lat['artifact']['p50']:.2f}x)"
+            for k, val in b.items()]
         isa = ",".join(lat["host"].get("isa", [])) or "no SIMD flags read"
-        lines.append(f"latency   p50 at batch {lat['batch']}, {lat['host']['cpu']} ({isa}), {lat['threads']} threads: "
-                     + " | ".join(parts))
+        lines.append(f"latency   p50 at batch {lat['batch']}, {lat['host']['cpu']} ({isa}), "
+                     f"{_threads(lat['threads'])}: " + " | ".join(parts))
         default = next((val for k, val in b.items() if k.endswith("_default_fp32_export")), None)
         if default and default["p50"] < lat["artifact"]["p50"]:
             lines.append(f"note      {prec} is slower than the backend's defaults on the FP32 export "
@@ -655,14 +656,28 @@ def summary(result: BuildResult) -> str:
     if engine:
         plan = m["backend"].get("plan", {})
         dla = "" if plan.get("dla_core") is None else f" core {plan['dla_core']}"
-        how = (f"{plan.get('device')}{dla}, "
-               f"flags {plan.get('builder_flags')}, strongly typed {plan.get('strongly_typed')}")
+        how = (f"{plan.get('device')}{dla}, flags {', '.join(plan.get('builder_flags') or []) or 'none'}, "
+               + ("strongly typed" if plan.get("strongly_typed") else "weakly typed"))
         pending = engine.get("status") == "pending"
         lines.append(f"engine    pending: {engine['why']}; {engine['next']} ({how})" if pending
                      else f"engine    built with TensorRT {engine['tensorrt']} on {engine['device_name']} ({how})")
     if "skipped" in lat:
         lines.append(f"latency   {lat['skipped']}")
     if "compute_layers_by_precision" in rt:
-        lines.append(f"executed  inference precision {rt['inference_precision']}, compute layers by precision "
-                     f"{rt['compute_layers_by_precision']}")
-    return "\n".join(lines)
+        by = ", ".join(f"{n} in {p}" for p, n in rt["compute_layers_by_precision"].items())
+        lines.append(f"executed  inference precision {rt['inference_precision']}; compute layers: {by}")
+    # the real path where the messages name a bundle
+    return "\n".join(lines).replace("edgevit compile BUNDLE", f"edgevit compile {result.bundle}")
+
+
+def _threads(n) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}" if n else "default threads"
+
+
+def _baseline_label(key: str, val: dict) -> str:
+    """A baseline named by what it executed: 'torch eager fp32 (1 thread)', 'openvino defaults (ran bf16)'."""
+    if key == "torch_eager_fp32":
+        return f"torch eager fp32 ({_threads(val.get('threads'))})" if val.get("threads") else "torch eager fp32"
+    backend = key.removesuffix("_default_fp32_export")
+    ran = val.get("executed_precision")
+    return f"{backend} defaults on the fp32 export" + (f" (ran {ran})" if ran else "")

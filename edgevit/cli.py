@@ -38,25 +38,44 @@ def _cmd_targets(a) -> int:
             rows.append({**t.to_dict(), "runs_here": ok, "prepares_here": prep, "why": why if not ok else prep_why})
         print(dumps(rows, indent=None))
         return 0
-    print(f"{'target':20} {'backend':12} {'precisions':18} {'this host':10} description")
+    import textwrap
+
+    default = parser_default("build", "target")
+    print(f"{'target':18} {'backend':11} {'precisions':14} {'here':9} description")
+    notes: dict[str, int] = {}
     for name in list_targets():
         t = load_target(name)
         ok, why = host_support(t)
         prep, prep_why = prepare_support(t)
         can = "yes" if ok else ("prepare" if prep else "no")
-        note = "" if ok else (f"  [bundle up to the engine here; engine on the device: {why}]" if prep
-                              else f"  [{prep_why if not prep else why}]")
-        print(f"{t.name:20} {t.backend:12} {','.join(t.precisions):18} {can:10} {t.description}{note}")
+        if not ok:  # why not: one footnote per distinct reason, not the same sentence on every row
+            can += f" {notes.setdefault(why if prep else prep_why, len(notes) + 1)}"
+        desc = ("(default) " if t.name == default else "") + t.description
+        lines = textwrap.wrap(desc, 100 - 56, break_on_hyphens=False) or [""]
+        print(f"{t.name:18} {t.backend:11} {','.join(t.precisions):14} {can:9} {lines[0]}")
+        for more in lines[1:]:
+            print(" " * 56 + more)
+    for why, n in notes.items():
+        print(textwrap.fill(f"{n}: {why}", 100, subsequent_indent="   ", break_on_hyphens=False))
     from edgevit.detect import detect_target
 
     try:
         auto, why = detect_target()
-        print(f"\nauto (--target auto) on this host: {auto}, because {why}")
+        print("\n" + textwrap.fill(f"auto (--target auto) on this host: {auto}, because {why}", 100,
+                                   break_on_hyphens=False))
     except EdgevitError as e:
         print(f"\nauto (--target auto) on this host: none ({e})")
-    print("\nyes: builds and runs here. prepare: builds the checked bundle here (Q/DQ ONNX, its accuracy, the engine "
-          "plan); run `edgevit compile BUNDLE` on the device to build the engine.")
+    print()
+    print(textwrap.fill("yes: builds and runs here. prepare: builds the checked bundle here (Q/DQ ONNX, its "
+                        "accuracy, the engine plan); run `edgevit compile BUNDLE` on the device to build the "
+                        "engine.", 100))
     return 0
+
+
+def parser_default(command: str, dest: str):
+    """The default of a command's option, as its parser declares it (one place for it)."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].get_default(dest)
 
 
 def _weights_arg(a) -> str | None:
@@ -295,7 +314,44 @@ WORKERS_HELP = ("processes that decode images while the model computes (default:
                 "files, none for in-memory Fashion-MNIST; 0: decode in this process)")
 
 
-class _Help(argparse.HelpFormatter):
+# What each command is for, and how it is used: shown by `edgevit COMMAND --help`.
+ABOUT = {
+    "models": ("The model zoo: ViTs, hybrids (CNN stem + ViT), MaxViT and the CNN baselines, with their input size. "
+               "Any other timm model name works too.", ["edgevit models"]),
+    "targets": ("Device profiles (targets/*.toml): backend, precisions, and whether this host can build and run "
+                "each one.", ["edgevit targets", "edgevit targets --json"]),
+    "train": ("Train or fine-tune a model on a dataset; writes best.pt and last.pt. Runs data-parallel under "
+              "torchrun.", ["edgevit train --model vit-tiny-fmnist --data fashion-mnist --out runs/vit",
+                            "edgevit train --model vit-tiny --pretrained --data imagefolder:photos/ --out runs/ft",
+                            "torchrun --standalone --nproc_per_node 4 -m edgevit train --model vit-tiny --data DIR "
+                            "--out runs/ddp"]),
+    "build": ("Quantize (or keep fp32/bf16), compile for a target, validate against FP32 and write a verified "
+              "bundle.", ["edgevit build --model vit-tiny-fmnist --weights runs/vit/best.pt --data fashion-mnist",
+                          "edgevit build --model vit-tiny --pretrained --target jetson-orin --precision int8 "
+                          "--data DIR",
+                          "edgevit build --config build.toml"]),
+    "bench": ("Benchmark a suite of models x targets x precisions into the history database.",
+              ["edgevit bench --suite benchmarks/quick.toml", "edgevit bench --suite fashion-mnist --train-missing"]),
+    "report": ("HTML and Markdown report of the benchmark history, with trends and regressions (exit 3 on a "
+               "regression).", ["edgevit report", "edgevit report --db jetson.sqlite --db cpu.sqlite --out report"]),
+    "compile": ("On a Jetson or NVIDIA GPU: build a bundle's TensorRT engine and measure it.",
+                ["edgevit compile build/vit-tiny-jetson-orin-int8"]),
+    "predict": ("Classify image files with a bundle.", ["edgevit predict build/BUNDLE samples/*.png"]),
+    "demo": ("Live classification with predictions and FPS on screen, from a camera, stream, video or image folder.",
+             ["edgevit demo build/BUNDLE --source 0", "edgevit demo build/BUNDLE --source clip.mp4 --output out.mp4"]),
+    "inspect": ("Figures of what a ViT learned (attention, position embeddings) and where INT8 hurts it.",
+                ["edgevit inspect --model vit-tiny-fmnist --weights runs/vit/best.pt --data fashion-mnist "
+                 "--out inspect"]),
+    "time": ("A bundle's latency and throughput on this host, through its own runtime.", ["edgevit time build/BUNDLE"]),
+    "env": ("This host: CPU features, GPU, TensorRT and the versions of the libraries edgevit uses.",
+            ["edgevit env", "edgevit env --json"]),
+    "samples": ("Write real labelled test images (PNG) to try predict and the demo on.",
+                ["edgevit samples --data fashion-mnist --out samples -n 10"]),
+    "verify": ("Check a bundle: manifest schema, files and checksums.", ["edgevit verify build/BUNDLE"]),
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
     """--help shows each option's default where it has one that says something."""
 
     def _get_help_string(self, action):
@@ -311,7 +367,19 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _Help)
+        name = kwargs.get("prog", "").split()[-1] if kwargs.get("prog") else None
+        if name in ABOUT and "description" not in kwargs:
+            about, examples = ABOUT[name]
+            kwargs["description"] = about
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
         super().__init__(*args, **kwargs)
+        if name in ABOUT or kwargs.get("prog") == "edgevit":
+            g = self.add_mutually_exclusive_group()
+            g.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
+                           default=argparse.SUPPRESS, help="only results and errors")
+            g.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
+                           default=argparse.SUPPRESS,
+                           help="also the libraries' own progress bars, logs and warnings (NNCF, OpenVINO, torch)")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -388,6 +456,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", action="store_true",
                    help="per-layer time and executed precision from the runtime's profiler, into the manifest")
     s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)
+    s.add_argument("--config", metavar="FILE", help="a TOML file of these options (model = \"vit-tiny\", "
+                                                    "qat_epochs = 2, ...); the command line wins")
     s.add_argument("--json", action="store_true", help="the bundle and its manifest as one JSON object on stdout "
                                                        "(the summary goes to stderr)")
     s.set_defaults(fn=_cmd_build)
@@ -492,8 +562,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if argv is None and hasattr(signal, "SIGPIPE"):  # `edgevit models | head`: stop quietly, like a Unix tool
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = parser().parse_args(argv)
-    os.environ["EDGEVIT_COMMAND"] = shlex.join(["edgevit", *(sys.argv[1:] if argv is None else argv)])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser().parse_args(_with_config(argv))
+    except EdgevitUsage as e:
+        print(f"edgevit: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    if getattr(args, "verbosity", None) is not None:
+        from edgevit._progress import set_verbosity
+
+        set_verbosity(args.verbosity)
+    os.environ["EDGEVIT_COMMAND"] = shlex.join(["edgevit", *argv])
     try:
         return args.fn(args)
     except EdgevitError as e:
@@ -509,6 +588,52 @@ def main(argv: list[str] | None = None) -> int:
                13: "check the permissions or write elsewhere", 30: "write elsewhere"}.get(e.errno, "")
         print(f"edgevit: error:{where} {e.strerror or e}" + (f"; {fix}" if fix else ""), file=sys.stderr)
         return 1
+
+
+def _with_config(argv: list[str]) -> list[str]:
+    """``build --config FILE``: the TOML file's keys are build's options without the dashes (``model =
+    "vit-tiny"``, ``qat_epochs = 2``, ``distill = true``), checked by the same parser as the command line; options
+    given on the command line win. Unknown keys are errors."""
+    if "build" not in argv:
+        return argv
+    at = argv.index("build")
+    rest = argv[at + 1:]
+    path = None
+    for i, a in enumerate(rest):
+        if a == "--config" and i + 1 < len(rest):
+            path = rest[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    if path is None:
+        return argv
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise EdgevitUsage(f"--config {path}: no such file; pass a TOML file of build options") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise EdgevitUsage(f"--config {path} is not valid TOML ({e})") from None
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    build_parser = sub.choices["build"]  # the same parser the command line goes through
+    options = {o: act for act in build_parser._actions for o in act.option_strings if o.startswith("--")}
+    extra: list[str] = []
+    for key, value in cfg.items():
+        opt = "--" + str(key).replace("_", "-")
+        act = options.get(opt)
+        if act is None or opt in ("--config", "--help"):
+            known = ", ".join(sorted(o[2:].replace("-", "_") for o in options if o not in ("--config", "--help")))
+            raise EdgevitUsage(f"--config {path}: unknown option {key!r}; the keys are build's options: {known}")
+        if act.nargs == 0:  # a flag
+            if not isinstance(value, bool):
+                raise EdgevitUsage(f"--config {path}: {key} must be true or false, not {value!r}")
+            extra += [opt] if value else []
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            extra += [opt, str(value)]
+        else:
+            raise EdgevitUsage(f"--config {path}: {key} must be a string or a number, not {value!r}")
+    return [*argv[:at + 1], *extra, *rest]
 
 
 def _one_line(msg: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,6 +271,19 @@ SECTIONS = {
 }
 
 
+SQNR_LEGEND = ("SQNR, the signal-to-quantization-noise ratio, is 10·log10(‖FP32 output‖² / ‖INT8 output − FP32 "
+               "output‖²) in dB: every 6 dB halves the error. As a rule of thumb, above 30 dB a layer's INT8 error is "
+               "negligible, 20–30 dB is usually harmless, and below about 20 dB the layer is a candidate to keep in "
+               "higher precision. The accuracy gate of the build has the last word.")
+
+
+def ignored_patterns_snippet(layers: list[LayerError]) -> str:
+    """A calibration recipe line that keeps ``layers`` in higher precision: NNCF ignored-scope patterns matching the
+    nodes the ONNX exporter names after each module (TOML literal strings, so the backslashes stay as they are)."""
+    pats = [re.escape(onnx_scope(e.name)) + ".*" for e in layers]
+    return "ignored_patterns = [" + ", ".join(f"'{p}'" for p in pats) + "]"
+
+
 def _write_page(r: InspectReport, title: str) -> None:
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}img{max-width:100%}"
@@ -286,6 +300,10 @@ def _write_page(r: InspectReport, title: str) -> None:
             parts += [f"<tr><td>{html.escape(e.name)}</td><td>{e.kind}</td><td>{e.sqnr_db:.2f}</td></tr>"
                       for e in r.worst_layers]
             parts.append("</table>")
+            parts.append(f"<p>{html.escape(SQNR_LEGEND)}</p><p>To keep these layers in higher precision, copy "
+                         "<code>calibration/default.toml</code>, replace its <code>ignored_patterns</code> line with "
+                         "this one, and build with <code>--calibration YOUR.toml</code>:</p>"
+                         f"<pre>{html.escape(ignored_patterns_snippet(r.worst_layers))}</pre>")
     tmp = r.out / ".index.html.tmp"
     tmp.write_text("\n".join(parts) + "\n")
     os.replace(tmp, r.out / "index.html")

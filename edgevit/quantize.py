@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit._config import load_toml_dataclass, resolve_named, shipped_dir
+from edgevit._progress import library_output
 from edgevit.errors import UnknownNameError, UsageError
 
 PRESETS = ("mixed", "performance")
@@ -94,8 +95,6 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
                                         max_drop: float, recipe: Recipe, transformer: bool):
     """NNCF's accuracy-aware PTQ for an OpenVINO model: quantize, then return the layers that cost the most top-1 to
     higher precision until the drop on ``val_images`` is at most ``max_drop`` points (or nothing is left to revert)."""
-    import contextlib
-    import sys
 
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -115,7 +114,7 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
     )
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    with contextlib.redirect_stdout(sys.stderr):
+    with library_output():
         return nncf.quantize_with_accuracy_control(model, calib, val, validation_fn=validate, **kwargs)
 
 
@@ -165,10 +164,7 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if recipe.ignored_patterns:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(recipe.ignored_patterns), validate=False)
-    import contextlib
-    import sys
-
-    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars go to stdout; keep stdout for results
+    with library_output():  # NNCF's progress bars go to stdout; keep stdout for results
         return nncf.quantize(model, dataset, **kwargs)
 
 

@@ -8,11 +8,12 @@ noisy machine's drift; where a cell has no such peer, its raw p50 is used.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
+import math
 import os
+import re
 import sqlite3
 from pathlib import Path
 from statistics import median
@@ -139,13 +140,17 @@ def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = N
 
 
 # ------------------------------------------------------------------------------------------------------- charts
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+def _svg(fig) -> str:
+    """The figure as SVG text (crisp at any zoom, its labels searchable), text kept as text."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # inline in the page: no XML prolog or doctype
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -188,7 +193,8 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", zorder=2)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # 2 and 5 between decades: no collisions
+            lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v)), 6) in (2.0, 5.0) else ""))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
@@ -204,10 +210,12 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
         handles.append(Line2D([], [], ls="--", color="tab:red", label="Pareto front: " + " → ".join(
             p[2] for p in front)))
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _png(fig)
+    return _svg(fig)
 
 
-def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], tolerances: dict | None = None) -> str | None:
+def trend_chart(runs: list[dict], cells: list[dict], flagged: dict[str, set[str]],
+                tolerances: dict | None = None) -> str | None:
+    """Small multiples, one per cell; ``flagged`` maps a cell to the metrics flagged in it (latency, accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +235,8 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], toleranc
                         if _key(c) == k and c["status"] == "passed")
         xs = [s[0] for s in series]
         ys = [s[1] for s in series if s[1]]
-        ax.plot(xs, [s[1] for s in series], "o-", color="tab:red" if " ".join(k) in flagged else "tab:blue")
+        kinds = flagged.get(" ".join(k), set())
+        ax.plot(xs, [s[1] for s in series], "o-", color="tab:red" if "latency" in kinds else "tab:blue")
         if len(ys) >= 2:  # where the latest run would be flagged: the median of the runs before it, plus the tolerance
             limit = median(ys[:-1][-int(tol["window"]):]) * (1 + tol["latency"])
             ax.axhline(limit, color="tab:red", lw=0.8, ls="--")
@@ -242,16 +251,18 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: set[str], toleranc
         ax.tick_params(axis="y", labelsize=7)
         acc = ax.twinx()
         accs = [s[2] for s in series if s[2] is not None]
-        acc.plot(xs, [s[2] for s in series], "s:", color="tab:green", markersize=3)
+        acc.plot(xs, [s[2] for s in series], "s:", markersize=3,
+                 color="tab:red" if "accuracy" in kinds else "tab:green")
         if accs:
             acc.set_ylim(min(accs) - 2, max(accs) + 2)
         acc.tick_params(labelsize=6, colors="tab:green")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("trend per cell across runs on this host (run number, commit): p50 latency (blue; red when flagged), "
-                 "the effect-size threshold (red dashes), top-1 % (green, right axis)", fontsize=9)
+    fig.suptitle("trend per cell across runs on this host (run number, commit): p50 latency (blue; red when its "
+                 "latency is flagged), the effect-size threshold (red dashes), top-1 % (green, right axis; red when "
+                 "its accuracy is flagged)", fontsize=9)
     fig.tight_layout()
-    return _png(fig)
+    return _svg(fig)
 
 
 # ------------------------------------------------------------------------------------------------------- tables
@@ -333,12 +344,16 @@ def _section_html(sec: dict, headed: bool) -> str:
             label = family + (" (baseline)" if family in ("mobilenet", "resnet") else "")
             rows.append(f'<tr class="fam"><td colspan="{len(COLUMNS)}">{esc(label)}</td></tr>')
         cls = "bad" if c["status"] != "passed" else ""
-        tds = "".join(f"<td>{esc(_cell_text(c, k))}</td>" for k, _ in COLUMNS)
+        link = f'{sec["cells_dir"]}/{cell_file(c)}'
+        tds = "".join(
+            f'<td data-v="{esc(_sort_value(c.get(k)))}">'
+            + (f'<a href="{esc(link)}" title="what the history holds for this cell: error, latency samples, '
+               f'validation, profile">{esc(_cell_text(c, k))}</a>' if k in ("model", "status") else
+               esc(_cell_text(c, k))) + "</td>" for k, _ in COLUMNS)
         title = f' title="{esc(c["error"])}"' if c.get("error") else ""
         rows.append(f'<tr class="{cls}"{title}>{tds}</tr>')
     regs = "".join(f"<li><b>{esc(f['cell'])}</b> ({esc(f['kind'])}): {esc(f['message'])}</li>" for f in found)
-    imgs = "".join(f'<h3>{esc(title)}</h3><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
-                   for title, b64 in charts.items() if b64)
+    imgs = "".join(f'<h3>{esc(title)}</h3><div class="chart">{svg}</div>' for title, svg in charts.items() if svg)
     reg_class = "reg bad" if found else "reg"
     profiles = _profiles_html(latest)
     return f"""{f'<h2 class="device">{esc(sec["device"])}</h2>' if headed else ''}
@@ -348,10 +363,44 @@ this host; latency is the wall clock per call at batch 1 (SingleStream), timed i
 the backend's defaults on the FP32 export of the same model (on a remote device: the bundle alone, through its own
 runtime).</p>
 <h3 class="{reg_class}">Regressions: {len(found)}</h3><ul>{regs or '<li>none</li>'}</ul>
-<table><tr>{''.join(f'<th>{esc(h)}</th>' for _, h in COLUMNS)}</tr>{''.join(rows)}</table>
+<table class="sortable"><thead><tr>{''.join(f'<th title="click to sort">{esc(h)}</th>' for _, h in COLUMNS)}</tr>
+</thead><tbody>{''.join(rows)}</tbody></table>
 {_checks_html(latest)}
 {imgs}
 {profiles}"""
+
+
+def cell_file(c: dict) -> str:
+    """The file name of a cell's record in the report's cells/ folder."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(_key(c))) + ".json"
+
+
+def _sort_value(v) -> str:
+    """What a column sorts by: numbers as numbers (zero-padded), text as text, missing last."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:020.6f}" if v >= 0 else f"-{-v:019.6f}"
+    return "~" if v is None else str(v)
+
+
+SORT_JS = """<script>
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.style.cursor = 'pointer';
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], asc = th.dataset.dir !== 'asc';
+      table.querySelectorAll('th').forEach(function (h) { delete h.dataset.dir; h.classList.remove('asc', 'desc'); });
+      th.dataset.dir = asc ? 'asc' : 'desc'; th.classList.add(asc ? 'asc' : 'desc');
+      var rows = Array.from(body.rows).filter(function (r) { return !r.classList.contains('fam'); });
+      body.querySelectorAll('tr.fam').forEach(function (r) { r.remove(); });  /* groups end once sorted */
+      rows.sort(function (a, b) {
+        var x = a.cells[col].dataset.v || '', y = b.cells[col].dataset.v || '';
+        return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+</script>"""
 
 
 def _profiles_html(latest: list[dict], top: int = 10) -> str:
@@ -401,9 +450,14 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+
 td:nth-child(4){{max-width:28em}}
 tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
 .reg{{color:#070}} .reg.bad{{color:#b00}} h2.device{{border-top:2px solid #888;padding-top:.5em}}
-img{{max-width:100%}}</style></head><body>
+.chart svg{{max-width:100%;height:auto}} th.asc::after{{content:" ▲"}} th.desc::after{{content:" ▼"}}
+a{{color:inherit}}</style></head><body>
 <h1>edgevit benchmark: suite {esc(suite)}</h1>
-{body}</body></html>"""
+<p>Download: <a href="results.csv">results.csv</a> · <a href="results.json">results.json</a> ·
+<a href="summary.md">summary.md</a>. Click a column to sort; a model or status links to everything the history holds
+for that cell.</p>
+{body}
+{SORT_JS}</body></html>"""
 
 
 RESULT_FIELDS = ("device", "run_id", "git_commit", "model", "family", "target", "precision", "status", "error",
@@ -434,7 +488,7 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
            suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
     """Write ``report.html`` and ``summary.md`` into ``out`` (atomically; ``out`` is replaced only if it is an edgevit
     report or empty, unless ``force``). Returns (out, regressions)."""
-    from edgevit.outputs import check_output, output_dir
+    from edgevit.outputs import check_output, output_dir, write_json
 
     check_output(Path(out), "report", force)
 
@@ -454,12 +508,15 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
         dcells = [c for c in cells if c["run_id"] in ids]
         latest = [c for c in dcells if c["run_id"] == druns[-1]["run_id"]]
         dfound = regressions(druns, dcells)
-        flagged = {f["cell"] for f in dfound}
+        flagged: dict[str, set[str]] = {}
+        for f in dfound:
+            flagged.setdefault(f["cell"], set()).add(f["kind"])
         if len(devices) > 1:
             dfound = [{**f, "cell": f"{f['cell']} on {label}"} for f in dfound]
         charts = {"Accuracy vs latency, Pareto front per target": accuracy_latency_chart(latest),
                   "Trends": trend_chart(druns, dcells, flagged)}
-        sections.append({"device": label, "runs": druns, "latest": latest, "found": dfound, "charts": charts})
+        sections.append({"device": label, "runs": druns, "latest": latest, "found": dfound, "charts": charts,
+                         "cells_dir": "cells" if not sections else f"cells-{len(sections) + 1}"})
         found += dfound
     final = Path(out)
     with output_dir(final, "report", force) as stage:
@@ -467,8 +524,13 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
         (stage / "summary.md").write_text(markdown(sections))
         _write_results(stage, sections)
         for i, sec in enumerate(sections):
-            for title, b64 in sec["charts"].items():
-                if b64:
+            cdir = stage / sec["cells_dir"]
+            cdir.mkdir()
+            for c in sec["latest"]:
+                write_json(cdir / cell_file(c), {k: v for k, v in c.items() if k != "details"}
+                           | {"details": _details(c)})
+            for title, svg in sec["charts"].items():
+                if svg:
                     stem = "pareto" if title.startswith("Acc") else "trends"
-                    (stage / (f"{stem}.png" if i == 0 else f"{stem}-{i + 1}.png")).write_bytes(base64.b64decode(b64))
+                    (stage / (f"{stem}.svg" if i == 0 else f"{stem}-{i + 1}.svg")).write_text(svg)
     return final, found

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit._progress import progress, say
+from edgevit._progress import duration, progress, say
 from edgevit.errors import UsageError, WeightsError
 
 HOLDOUT_MAX = 5000
@@ -307,9 +307,13 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     if world > 1:
         say(f"data-parallel training on {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}): global "
             f"batch {batch_size}, {local_batch} per process, {len(x_tr) // world} images per process per epoch")
-    say(f"training on {where}: {len(x_tr)} images, decoded by {x_tr.workers or 'no'} worker process(es)")
+    n_params = sum(p.numel() for p in net.parameters())
+    say(f"training {spec.alias} ({n_params / 1e6:.2f}M parameters, {spec.input_size} px) on {ds.description}: "
+        f"{len(x_tr)} images, {epochs - start_epoch} epoch(s) of {steps_per_epoch} steps at batch {batch_size}, on "
+        f"{where}; {x_tr.workers or 'no'} decode worker(s); best checkpoint chosen on {len(x_ho)} held-out images")
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
+        epoch_start = time.perf_counter() - t0
         running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
                             desc=f"epoch {epoch + 1}/{epochs}",
                             order=shard_indices(len(x_tr), epoch, rank, world, seed), device=device)
@@ -327,8 +331,11 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
         if is_best:
             _save({"model": cpu_state(net), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
                   out / "best.pt")
+        now = time.perf_counter() - t0
+        left = now / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
         say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
-            f"{' (best)' if is_best else ''}, {time.perf_counter() - t0:.0f}s")
+            f"{' (best)' if is_best else ''}; {duration(now - epoch_start)} this epoch, {duration(now)} in all"
+            + (f", about {duration(left)} to go" if left else ""))
     if world > 1:
         import torch.distributed as dist
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r1")]) == 0  # one run: nothing to compare
     _copy_run(db, run["run_id"], "run2")
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r2")]) == 0  # same figures: no regression
-    assert (tmp_path / "r2" / "trends.png").is_file()  # two runs make a trend
+    assert (tmp_path / "r2" / "trends.svg").is_file()  # two runs make a trend
     _copy_run(db, run["run_id"], "run3", slow=1.5, top1_delta=-5.0)  # but 2 earlier runs are not enough to judge
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r3")]) == 0
     _copy_run(db, run["run_id"], "run4")
@@ -106,7 +107,15 @@ def test_report_shows_table_charts_and_flags_an_injected_slowdown(bench_run, tmp
     assert "Regressions against the previous runs: 2" in md
     assert "vit-tiny-fmnist cpu-x86 int8** (latency)" in md and "(accuracy)" in md
     page = (tmp_path / "r3" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "mobilenet (baseline)" in page
+    assert page.count("<svg") == 2 and "mobilenet (baseline)" in page  # charts inline, as SVG
+    assert "latency p50 at batch 1" in page  # SVG text stays text: searchable
+    assert 'class="sortable"' in page and 'href="results.csv"' in page
+    # every row links to its cell's record, which holds the error of a failed cell
+    links = set(re.findall(r'href="(cells/[^"]+\.json)"', page))
+    assert len(links) == 4
+    records = [json.loads((tmp_path / "r3" / link).read_text()) for link in links]
+    assert any("bogus_kwarg" in (r.get("error") or "") for r in records)
+    assert all("details" in r for r in records)
     assert "bogus_kwarg" in page  # the failed cell's error is on the page
     assert "Per-layer profile" in page and "AsyncInferQueue" in page
     import csv

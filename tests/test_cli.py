@@ -26,7 +26,66 @@ def test_help_and_listings():
     assert p.returncode == 0 and "cpu-x86" in p.stdout and "openvino" in p.stdout
     orin = next(line for line in p.stdout.splitlines() if line.startswith("jetson-orin "))
     if "x86_64" in os.uname().machine:  # an x86 workstation prepares Jetson bundles; the board builds the engine
-        assert " prepare " in orin and "is x86_64" in orin
+        assert " prepare " in orin and "needs an aarch64 host, this is x86_64" in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) <= 100  # fits a terminal
+    assert "(default)" in next(line for line in p.stdout.splitlines() if line.startswith("cpu-x86 "))
+
+
+@pytest.mark.parametrize("command", ["models", "targets", "train", "build", "bench", "report", "compile", "predict",
+                                     "demo", "inspect", "time", "env", "samples", "verify"])
+def test_every_command_says_what_it_is_for_with_examples(command):
+    from edgevit.cli import parser
+
+    sub = next(a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    text = sub.choices[command].format_help()
+    desc = text.split("\n\n")[1]
+    assert len(desc.split()) >= 5 and not desc.startswith(("usage", "options"))  # a description, not just usage
+    examples = text.split("examples:\n")[1].splitlines()
+    assert examples and all(e.strip().startswith(("edgevit ", "torchrun ")) and command in e for e in examples)
+    assert "-q, --quiet" in text and "-v, --verbose" in text
+
+
+def test_build_config_file_is_the_same_options(tmp_path, capsys):
+    from edgevit.cli import _with_config, main, parser
+
+    cfg = tmp_path / "build.toml"
+    cfg.write_text('model = "vit-tiny-fmnist"\nprecision = "fp32"\nqat_epochs = 0\nkeep_failed = true\n'
+                   'threads = 2\n')
+    a = parser().parse_args(_with_config(["build", "--config", str(cfg), "--threads", "1"]))
+    assert (a.model, a.precision, a.keep_failed, a.threads) == ("vit-tiny-fmnist", "fp32", True, 1)  # CLI wins
+    cfg.write_text('model = "vit-tiny-fmnist"\nthreads = 0\n')  # checked by the same validators as the CLI
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--config", str(cfg)])
+    assert e.value.code == 2 and "--threads: 0 is out of range" in capsys.readouterr().err
+    for text, says in [('model = "x"\nmodle = "y"\n', "unknown option 'modle'"),
+                       ('distill = "yes"\n', "distill must be true or false"),
+                       ("model = [\n", "is not valid TOML")]:
+        cfg.write_text(text)
+        assert main(["build", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert main(["build", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_quiet_and_verbose(fmnist_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEVIT_QUIET", "EDGEVIT_VERBOSE")}
+
+    def train(before=(), after=()):
+        p = subprocess.run([sys.executable, "-m", "edgevit", *before, "train", "--model", "vit-tiny-fmnist",
+                            "--data", f"fashion-mnist:{fmnist_dir}", "--out", str(tmp_path / "r"), "--epochs", "1",
+                            "--limit", "64", *after], capture_output=True, text=True, env=env, timeout=600)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        return p
+
+    normal = train()
+    assert "training vit-tiny-fmnist" in normal.stderr and "epoch 1/1" in normal.stderr
+    assert "trained vit-tiny-fmnist" in normal.stdout
+    quiet = train(before=["-q"])  # before the command
+    assert quiet.stderr.strip() == "" and "trained vit-tiny-fmnist" in quiet.stdout
+    quiet = train(after=["--quiet"])  # or after it
+    assert quiet.stderr.strip() == ""
 
 
 @pytest.mark.parametrize("args,code,pattern", [

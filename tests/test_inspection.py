@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from edgevit.inspection import (
     principal_filters,
     sqnr_db,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_attention_distance_of_hand_set_maps():
@@ -65,6 +68,33 @@ def test_inspect_vit_with_int8_bundle(int8_bundle, tiny_checkpoint, fmnist_dir, 
     page = (tmp_path / "index.html").read_text()
     for e in r.worst_layers:
         assert e.name in page and f"{e.sqnr_db:.2f}" in page
+    assert "rule of thumb" in page  # what a good SQNR is
+
+
+def test_inspect_snippet_keeps_the_worst_layers_in_higher_precision(int8_bundle, tiny_checkpoint, fmnist_dir,
+                                                                    tmp_path):
+    """The paste-ready recipe line does what it says: a build with it leaves those layers unquantized."""
+    import html
+    import re
+
+    import tomllib
+
+    from edgevit.build import build
+    from edgevit.inspection import onnx_scope
+
+    r = inspect_model("vit-tiny-fmnist", str(tiny_checkpoint), tmp_path / "i", bundle=str(int8_bundle), images=16)
+    page = (tmp_path / "i" / "index.html").read_text()
+    line = html.unescape(re.search(r"<pre>(ignored_patterns = .*?)</pre>", page).group(1))
+    recipe = (ROOT / "calibration" / "fast.toml").read_text().replace("ignored_patterns = []", line)
+    (tmp_path / "keep.toml").write_text(recipe)
+    assert tomllib.loads(recipe)["ignored_patterns"]  # valid TOML, as pasted
+    b = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(tmp_path / "b"), calibration=str(tmp_path / "keep.toml"), val_samples=32,
+              measure_latency=False)
+    kept = b.manifest["backend"]["kept_in_higher_precision"]
+    for e in r.worst_layers:
+        if e.kind == "Linear":
+            assert any(k.startswith(onnx_scope(e.name)) for k in kept), (e.name, kept)
 
 
 def test_inspect_maxvit_says_what_does_not_apply(tmp_path):

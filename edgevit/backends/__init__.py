@@ -83,7 +83,8 @@ def host_support(target) -> tuple[bool, str]:
     import platform
 
     if target.arch and platform.machine() not in target.arch:
-        return False, f"needs a {'/'.join(target.arch)} host, this is {platform.machine()}"
+        arch = "/".join(target.arch)
+        return False, f"needs {'an' if arch[:1] in 'aeiou' else 'a'} {arch} host, this is {platform.machine()}"
     return get_backend(target.backend).device_support(target)
 
 

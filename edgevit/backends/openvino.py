@@ -171,18 +171,21 @@ class OpenVINOBackend:
             model = ov.convert_model(str(job.quantized_onnx))
             details["quantizer"] = f"nncf {_nncf_version()} quantization-aware training (PyTorch), Q/DQ ONNX"
         elif job.precision == "int8" and job.accuracy_control:
-            from edgevit.quantize import kept_in_higher_precision, nncf_quantize_with_accuracy_control
+            from edgevit.quantize import nncf_quantize_with_accuracy_control
 
             val_x, val_y, max_drop = job.accuracy_control
             model = nncf_quantize_with_accuracy_control(ov.convert_model(str(job.onnx_path)), job.calibration, val_x,
                                                         val_y, max_drop, job.recipe, job.transformer)
             details["quantizer"] = f"nncf {_nncf_version()} quantize_with_accuracy_control"
-            details["kept_in_higher_precision"] = kept_in_higher_precision(model)
         elif job.precision == "int8":
             model = nncf_quantize(ov.convert_model(str(job.onnx_path)), job.calibration, job.recipe, job.transformer)
             details["quantizer"] = "nncf " + _nncf_version()
         else:
             model = ov.convert_model(str(job.onnx_path))
+        if job.precision == "int8" and not job.quantized_onnx:  # what the recipe or the gate left unquantized
+            from edgevit.quantize import kept_in_higher_precision
+
+            details["kept_in_higher_precision"] = kept_in_higher_precision(model)
         ov.save_model(model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
         details["compile_config"] = self._config(job.precision, job.target)
         return Built(files=["model.xml", "model.bin"], details=details)
