@@ -338,7 +338,8 @@ ABOUT = {
                 ["edgevit compile build/vit-tiny-jetson-orin-int8"]),
     "predict": ("Classify image files with a bundle.", ["edgevit predict build/BUNDLE samples/*.png"]),
     "demo": ("Live classification with predictions and FPS on screen, from a camera, stream, video or image folder.",
-             ["edgevit demo build/BUNDLE --source 0", "edgevit demo build/BUNDLE --source clip.mp4 --output out.mp4"]),
+             ["edgevit demo build/BUNDLE --source 0", "edgevit demo build/BUNDLE --source clip.mp4 --output out.mp4",
+              "edgevit demo build/BUNDLE --source samples/ --output demo.mp4"]),
     "inspect": ("Figures of what a ViT learned (attention, position embeddings) and where INT8 hurts it.",
                 ["edgevit inspect --model vit-tiny-fmnist --weights runs/vit/best.pt --data fashion-mnist "
                  "--out inspect"]),
