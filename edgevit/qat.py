@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit._progress import say
+from edgevit._progress import library_output, say
 from edgevit.errors import UsageError, WeightsError
 
 QAT_LR_FACTOR = 0.02  # QAT's peak learning rate: this fraction of the model's training learning rate
@@ -208,6 +208,7 @@ def export_qdq_onnx(qmodel, input_size: tuple[int, int], path: Path) -> Path:
 
     from edgevit.export import export_onnx
 
-    stripped = nncf.strip(copy.deepcopy(qmodel).eval(), strip_format=nncf.StripFormat.NATIVE,
-                          example_input=torch.zeros(1, 3, *input_size))
-    return export_onnx(stripped, input_size, path)
+    with library_output():
+        stripped = nncf.strip(copy.deepcopy(qmodel).eval(), strip_format=nncf.StripFormat.NATIVE,
+                              example_input=torch.zeros(1, 3, *input_size))
+        return export_onnx(stripped, input_size, path)
