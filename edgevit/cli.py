@@ -12,14 +12,19 @@ from edgevit.errors import UsageError as EdgevitUsage
 
 
 def _cmd_models(a) -> int:
+    import textwrap
+
     from edgevit.models import ZOO
 
-    print(f"{'alias':20} {'family':9} {'input':>5}  {'timm architecture':26} description")
+    print(f"{'alias':19} {'family':9} {'input':>5} {'timm architecture':24} description")
     for s in ZOO.values():
         arch = s.timm_name + ("*" if s.kwargs else "")
-        print(f"{s.alias:20} {s.family:9} {s.input_size:>5}  {arch:26} {s.description}")
-    print("\n* the architecture with the alias's own sizes (its description says which), not timm's pretrained "
-          "model.\nAny other timm model name works too (e.g. --model deit_tiny_patch16_224).")
+        lines = textwrap.wrap(s.description, 100 - 61, break_on_hyphens=False) or [""]
+        print(f"{s.alias:19} {s.family:9} {s.input_size:>5} {arch:24} {lines[0]}")
+        for more in lines[1:]:
+            print(" " * 61 + more)
+    print("\n* the architecture with the alias's own sizes (its description says which), not timm's\n"
+          "  pretrained model. Any other timm model name works too (e.g. --model deit_tiny_patch16_224).")
     return 0
 
 

@@ -22,6 +22,7 @@ def test_help_and_listings():
     assert p.returncode == 0
     for alias in ("vit-tiny-fmnist", "hybrid-tiny", "maxvit-pico", "mobilenetv3-large", "resnet50"):
         assert alias in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) <= 100
     p = run("targets")
     assert p.returncode == 0 and "cpu-x86" in p.stdout and "openvino" in p.stdout
     orin = next(line for line in p.stdout.splitlines() if line.startswith("jetson-orin "))
