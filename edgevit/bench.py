@@ -59,6 +59,7 @@ class Suite:
     latency_tolerance: float = 0.25  # flag p50 (relative to the same run's PyTorch eager) worse by more than this
     accuracy_tolerance: float = 0.5  # flag top-1 lower by more than this many points
     history_window: int = 5  # previous runs a cell is compared with
+    peers: bool = False  # also time NNCF's one-line default INT8 of each INT8 cell's model (a peer column)
     path: str = ""
 
 
@@ -207,7 +208,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             raise UsageError(f"weights not found: {sm.weights}; train them or run bench with --train-missing")
         r = build(sm.model, target=target, precision=precision, data=suite.dataset, weights=sm.weights or None,
                   out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
-                  **sm.overrides)
+                  peers=suite.peers, **sm.overrides)
         m = r.manifest
         cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
         v, lat = m["validation"], m["latency_ms"]

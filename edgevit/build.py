@@ -123,7 +123,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
           max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False, qat_epochs: int = 0,
           distill: bool = False, qat_lr: float | None = None, qat_samples: int | None = None,
           ignore_trt_rules: bool = False, force: bool = False, profile: bool = False, calib_data: str | None = None,
-          workers: int | None = None, **model_overrides) -> BuildResult | None:
+          workers: int | None = None, peers: bool = False, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data``; ``qat_epochs`` > 0 adds quantization-aware
@@ -131,6 +131,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     as ``<name>.qat.pt``. ``weights`` may be such a checkpoint: it is rebuilt (or, with ``qat_epochs``, resumed)
     without calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points).
     ``out/<name>`` is replaced only if it is an edgevit bundle (or empty), unless ``force``.
+
+    ``peers`` (INT8): the backend's one-line INT8 recipe (NNCF with every default) of the same export, on the same
+    calibration images, is timed beside the artifact as a baseline (``nncf_default_int8``); it is never shipped.
 
     Under ``torchrun`` (with ``qat_epochs``), QAT runs data-parallel: every process trains its shard, rank 0 alone
     builds, validates and writes; the other ranks return None."""
@@ -169,7 +172,7 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                            threads=threads, name=name, max_drop=max_drop, qat_epochs=qat_epochs, distill=distill,
                            qat_lr=qat_lr, qat_samples=qat_samples, ignore_trt_rules=ignore_trt_rules,
                            force=force, profile=profile, calib_data=calib_data, workers=workers,
-                           **model_overrides)
+                           peers=peers, **model_overrides)
     t_start = time.perf_counter()
     samples: dict | None = None
     layer_profile: dict | None = None
@@ -440,6 +443,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             plain = backend.load_default(onnx_path, threads)
             plain_name = f"{backend.name}_default_fp32_export"
             cands[plain_name] = plain
+            peer = backend.peer_int8(onnx_path, calib, work) if peers and calib is not None else None
+            peer_counts = art_counts if peer else []
+            cands.update({f"peer@{n}": backend.load_default(peer, n) for n in peer_counts})
             say(f"measuring latency at batch {tgt.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
                                                              "artifact and PyTorch)" if len(cands) > 3 else ""))
             timed = compare_latency(cands, x)
@@ -453,6 +459,9 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                                                                   for n in art_counts}, "rule": rule}
             res = {"artifact": timed[f"artifact@{a_n}"], "torch_eager_fp32": timed[f"torch@{t_n}"],
                    plain_name: timed[plain_name]}
+            if peer_counts:
+                p_n = fastest_threads({n: timed[f"peer@{n}"]["p50"] for n in peer_counts})
+                res["nncf_default_int8"] = timed[f"peer@{p_n}"]
             samples = {k: v["samples"] for k, v in res.items()}
             lat["artifact"] = without_samples(res["artifact"])
             torch_base = {**without_samples(res["torch_eager_fp32"]), "executed_precision": "fp32", "threads": t_n}
@@ -464,6 +473,11 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
                 plain_name: {**without_samples(res[plain_name]),
                              "executed_precision": plain.info.get("executed_precision")},
             }
+            if peer_counts:  # the one-line NNCF recipe on the same export and calibration images
+                lat["baselines"]["nncf_default_int8"] = {
+                    **without_samples(res["nncf_default_int8"]), "threads": p_n,
+                    "executed_precision": cands[f"peer@{p_n}"].info.get("executed_precision"),
+                    "recipe": "nncf.quantize(model, dataset), every option at its default"}
             where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
             lat["method"] = f"interleaved rounds, {where}, same input; wall clock per call"
             lat["p50"], lat["p90"] = lat["artifact"]["p50"], lat["artifact"]["p90"]
@@ -708,6 +722,8 @@ def _baseline_label(key: str, val: dict) -> str:
     """A baseline named by what it executed: 'torch eager fp32 (1 thread)', 'openvino defaults (ran bf16)'."""
     if key == "torch_eager_fp32":
         return f"torch eager fp32 ({_threads(val.get('threads'))})" if val.get("threads") else "torch eager fp32"
+    if key == "nncf_default_int8":
+        return f"NNCF default int8 ({_threads(val.get('threads'))})"
     backend = key.removesuffix("_default_fp32_export")
     ran = val.get("executed_precision")
     return f"{backend} defaults on the fp32 export" + (f" (ran {ran})" if ran else "")

@@ -270,6 +270,7 @@ COLUMNS = [("model", "model"), ("target", "target"), ("precision", "precision"),
            ("weights", "weights"),
            ("top1", "top-1 %"), ("top5", "top-5 %"), ("top1_drop", "drop vs FP32"), ("p50", "p50 ms"),
            ("p90", "p90 ms"), ("p99", "p99 ms"), ("x_torch", "× torch eager"), ("x_default", "× backend default"),
+           ("x_peer", "× NNCF default int8"),
            ("throughput", "img/s (offline)"), ("size_mb", "size MB"), ("build_seconds", "build s"),
            ("peak_rss_mb", "peak RSS MB"), ("executed", "executed"), ("comparable", "runs compared")]
 
@@ -278,6 +279,9 @@ def _row(c: dict) -> dict:
     r = dict(c)
     r["x_torch"] = round(c["torch_p50"] / c["p50"], 2) if c.get("p50") and c.get("torch_p50") else None
     r["x_default"] = round(c["default_p50"] / c["p50"], 2) if c.get("p50") and c.get("default_p50") else None
+    peer = (((_details(c).get("latency") or {}).get("baselines") or {}).get("nncf_default_int8") or {}).get("p50")
+    r["x_peer"] = round(peer / c["p50"], 2) if c.get("p50") and peer else None
+    r["peer_p50"] = peer
     r["weights"] = _details(c).get("weights", "?")
     r["size_mb"] = round(c["size_bytes"] / 1e6, 2) if c.get("size_bytes") else None
     return r
@@ -461,7 +465,8 @@ for that cell.</p>
 
 
 RESULT_FIELDS = ("device", "run_id", "git_commit", "model", "family", "target", "precision", "status", "error",
-                 "top1", "top5", "top1_drop", "p50", "p90", "p99", "torch_p50", "default_p50", "throughput",
+                 "top1", "top5", "top1_drop", "p50", "p90", "p99", "torch_p50", "default_p50", "peer_p50",
+                 "throughput",
                  "size_bytes", "build_seconds", "peak_rss_mb", "executed", "comparable")
 
 

@@ -119,7 +119,7 @@ def test_progress_in_a_log_writes_plain_lines(monkeypatch, capsys):
     monkeypatch.setattr(_progress, "LOG_INTERVAL_S", 0.0)
     assert list(_progress.progress(range(4), desc="epoch 1/2")) == [0, 1, 2, 3]
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("epoch 1/2: 1/4 (25%) in ") and "left" in lines[0]
+    assert lines[0].startswith("epoch 1/2: 1/4 (25%) in ") and lines[0].endswith("to the end of epoch 1/2")
     assert len(lines) == 3 and "\r" not in "".join(lines)  # the last step is not announced: the caller reports it
     monkeypatch.setenv("EDGEVIT_QUIET", "1")
     assert list(_progress.progress(range(4), desc="x")) == [0, 1, 2, 3]

@@ -68,6 +68,11 @@ class Backend(Protocol):
     def load_default(self, onnx_path: Path, threads: int | None = None) -> Runner:
         """The backend with its own defaults on the FP32 export: the plain recipe edgevit is measured against."""
         ...
+    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> Path | None:
+        """The field's one-line INT8 recipe for this backend on the same FP32 export and calibration images (for
+        OpenVINO: ``nncf.quantize(model, dataset)`` with every default), as a model :meth:`load_default` runs; None
+        where the backend has no such recipe. A peer column in benchmarks, never shipped."""
+        ...
 
 
 def get_backend(name: str) -> Backend:

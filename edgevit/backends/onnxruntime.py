@@ -130,5 +130,8 @@ class ONNXRuntimeBackend:
         return ORTRunner(Path(bundle_dir) / "model.onnx",
                          threads or manifest["backend"].get("threads") or manifest["target"].get("threads"))
 
+    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
+        return None  # no one-line INT8 recipe of its own to compare with
+
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return ORTRunner(onnx_path, threads)

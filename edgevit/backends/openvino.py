@@ -207,6 +207,18 @@ class OpenVINOBackend:
         cfg = {"INFERENCE_NUM_THREADS": _threads(threads)} if threads else {}
         return OVRunner(onnx_path, cfg)
 
+    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> Path:
+        import nncf
+        import openvino as ov
+
+        from edgevit._progress import library_output
+
+        with library_output():  # NNCF's one-line call, as a user of NNCF writes it: every option at its default
+            q = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(list(calibration), lambda x: x[None]))
+        path = Path(work_dir) / "peer_nncf_default_int8.xml"
+        ov.save_model(q, str(path), compress_to_fp16=False)
+        return path
+
 
 def _nncf_version() -> str:
     import nncf

@@ -598,6 +598,9 @@ class TensorRTBackend:
             return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
         return _proxy(Path(bundle_dir) / ONNX_FILE, threads)
 
+    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
+        return None  # no one-line INT8 recipe of its own to compare with
+
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return _proxy(onnx_path, threads)
 
