@@ -51,8 +51,7 @@ def _tried_text(gate: dict) -> str:
 
 def _gate_holdout(ds, pre) -> tuple[np.ndarray, np.ndarray]:
     """Images accuracy-aware PTQ may tune on: the training split's hold-out, never calibration or validation."""
-    from edgevit.data import preprocess_split
-    from edgevit.train import holdout_split
+    from edgevit.data import holdout_split, preprocess_split
 
     _, hold = holdout_split(len(ds.train))
     hold = hold[:GATE_HOLDOUT]

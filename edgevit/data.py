@@ -510,6 +510,17 @@ def preprocess_split(split: Split, pre: Preprocessing, desc: str = "preprocess",
     return out
 
 
+HOLDOUT_MAX = 5000
+
+
+def holdout_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training part and the held-out part of a training split (best-checkpoint selection never
+    looks at the dataset's own validation/test split, which ``build`` uses for the reported accuracy)."""
+    n_hold = min(HOLDOUT_MAX, max(1, n // 10))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
 def sample_indices(n_total: int, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
     """``n`` distinct indices, drawn at random; class-balanced (round-robin over classes) when labels are given."""
     n = min(n, n_total)

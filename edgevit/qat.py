@@ -115,13 +115,12 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
     this process's GPU when there is one; the model comes back on the CPU for export."""
     import torch
 
-    from edgevit.data import sample_indices
+    from edgevit.data import holdout_split, sample_indices
     from edgevit.train import (
         _distributed,
         data_parallel,
         evaluate_torch,
         fit_epoch,
-        holdout_split,
         shard_indices,
         train_device,
     )

@@ -66,8 +66,7 @@ def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> 
 def calibration_images(ds, pre, recipe: Recipe, unlabelled=None) -> tuple[np.ndarray, np.ndarray]:
     """float32 NCHW calibration images drawn from the training split (class-balanced where the recipe says so), or
     at random from ``unlabelled`` (a Split of images without labels: ``--calib-data``), and their indices."""
-    from edgevit.data import preprocess_split, sample_indices
-    from edgevit.train import holdout_split
+    from edgevit.data import holdout_split, preprocess_split, sample_indices
 
     if unlabelled is not None:
         idx = sample_indices(len(unlabelled), recipe.samples, recipe.seed)

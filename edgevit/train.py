@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgevit._progress import duration, progress, say
+from edgevit.data import holdout_split
 from edgevit.errors import UsageError, WeightsError
-
-HOLDOUT_MAX = 5000
 
 
 @dataclass
@@ -26,14 +25,6 @@ class TrainResult:
     epochs: int
     seconds: float
     history: list[dict]
-
-
-def holdout_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training part and the held-out part of a training split (best-checkpoint selection never
-    looks at the dataset's own validation/test split, which ``build`` uses for the reported accuracy)."""
-    n_hold = min(HOLDOUT_MAX, max(1, n // 10))
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
 def _augment(x, pad: int):
