@@ -294,7 +294,8 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
         if precision == "int8" and ds is not None and (qmodel is None or signed):  # TensorRT: V's scale too
             say(f"calibrating INT8 with {min(recipe.samples, len(unlabelled or ds.train))} images from "
                 f"{calib_data or ds.spec} "
-                f"({Path(recipe.path).name}, {'transformer' if spec.is_transformer else 'CNN'} recipe)")
+                f"({Path(recipe.path).name}, NNCF "
+                f"{'transformer' if recipe.nncf_transformer(spec.is_transformer) else 'default'} model type)")
             calib, _ = calibration_images(ds, pre, recipe, unlabelled)
         say(f"building {precision} for {tgt.name} with {backend.name} {backend.version()}")
         (stage / "labels.txt").write_text("\n".join(classes) + "\n")

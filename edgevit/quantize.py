@@ -16,6 +16,7 @@ from edgevit.errors import UnknownNameError, UsageError
 PRESETS = ("mixed", "performance")
 SELECTIONS = ("balanced", "random")
 BIAS_CORRECTIONS = ("fast", "full", "none")
+MODEL_TYPES = ("auto", "transformer", "default")  # auto: NNCF's transformer model type for transformer families
 # Accuracy-aware PTQ validates the whole hold-out after every revert; without a cap a hopeless budget reverts layer by
 # layer for many minutes (measured: still running after 8 min on 1,000 images for a 6-block ViT).
 AC_MAX_ITERATIONS = 10
@@ -35,13 +36,21 @@ class Recipe:
     bias_correction: str = "fast"
     smooth_quant_alpha: float | None = None
     ignored_patterns: list = ()
+    model_type: str = "auto"
     path: str = ""
+
+    def nncf_transformer(self, transformer_family: bool) -> bool:
+        """Whether NNCF quantizes with its transformer model type (LayerNorm, Softmax, residual Adds kept in higher
+        precision, SmoothQuant on): ``auto`` for the transformer families, or as the recipe says."""
+        return self.model_type == "transformer" or (self.model_type == "auto" and transformer_family)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise UnknownNameError(f"preset in {self.path}", self.preset, PRESETS)
         if self.selection not in SELECTIONS:
             raise UnknownNameError(f"selection in {self.path}", self.selection, SELECTIONS)
+        if self.model_type not in MODEL_TYPES:
+            raise UnknownNameError(f"model_type in {self.path}", self.model_type, MODEL_TYPES)
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise UnknownNameError(f"bias_correction in {self.path}", self.bias_correction, BIAS_CORRECTIONS)
         if self.samples < 1:
@@ -50,7 +59,8 @@ class Recipe:
     def to_dict(self) -> dict:
         return {"recipe": Path(self.path).name, "samples": self.samples, "selection": self.selection,
                 "seed": self.seed, "preset": self.preset, "bias_correction": self.bias_correction,
-                "smooth_quant_alpha": self.smooth_quant_alpha, "ignored_patterns": list(self.ignored_patterns)}
+                "smooth_quant_alpha": self.smooth_quant_alpha, "ignored_patterns": list(self.ignored_patterns),
+                "model_type": self.model_type}
 
 
 def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> Recipe:
@@ -111,7 +121,7 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=AC_MAX_ITERATIONS, ranking_subset_size=min(AC_RANKING_SUBSET, len(val_labels))),
     )
-    if transformer:
+    if recipe.nncf_transformer(transformer):
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     with library_output():
         return nncf.quantize_with_accuracy_control(model, calib, val, validation_fn=validate, **kwargs)
@@ -159,7 +169,7 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
         fast_bias_correction=recipe.bias_correction != "full",
         advanced_parameters=advanced,
     )
-    if transformer:
+    if recipe.nncf_transformer(transformer):
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if recipe.ignored_patterns:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(recipe.ignored_patterns), validate=False)

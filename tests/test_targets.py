@@ -42,6 +42,32 @@ def test_recipes():
         load_recipe("fats")
     with pytest.raises(UsageError, match="at least 1"):
         load_recipe(samples=0)
+    assert r.model_type == "auto" and r.nncf_transformer(True) and not r.nncf_transformer(False)
+    plain = load_recipe("plain")
+    assert plain.model_type == "default" and not plain.nncf_transformer(True)
+
+
+def test_plain_recipe_quantizes_what_the_transformer_type_keeps_in_higher_precision(tmp_path):
+    """model_type = "default" is NNCF's plain call: more of a ViT is quantized (LayerNorm inputs, residual Adds,
+    Softmax paths) than with the transformer model type."""
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from edgevit.export import export_onnx
+    from edgevit.models import create_model, resolve_spec
+    from edgevit.quantize import nncf_quantize
+
+    torch.manual_seed(0)
+    net = create_model(resolve_spec("vit-tiny-fmnist"), num_classes=10, embed_dim=32, depth=1, num_heads=2)
+    onnx_path = export_onnx(net, (32, 32), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+
+    def fake_quantizes(recipe):
+        q = nncf_quantize(ov.convert_model(str(onnx_path)), calib, load_recipe(recipe, samples=16), True)
+        return sum(op.get_type_name() == "FakeQuantize" for op in q.get_ordered_ops())
+
+    assert fake_quantizes("plain") > fake_quantizes("default")
 
 
 @pytest.mark.parametrize("model,want", [
