@@ -77,24 +77,14 @@ def library_output():
         logging.getLogger(name).setLevel(logging.INFO if show else logging.ERROR)
     if show:
         return contextlib.redirect_stdout(sys.stderr)
+    import warnings
+
     stack = contextlib.ExitStack()
     sink = stack.enter_context(open(os.devnull, "w"))
     stack.enter_context(contextlib.redirect_stdout(sink))
-    stack.enter_context(_warnings_off())
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")  # inside catch_warnings: undone when the context exits
     return stack
-
-
-def _warnings_off():
-    import contextlib
-    import warnings
-
-    @contextlib.contextmanager
-    def ctx():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-
-    return ctx()
 
 
 def say(msg: str) -> None:

@@ -145,7 +145,6 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     from edgevit.hub import resolve as resolve_hub
     from edgevit.measure import (
         compare_latency,
-        fastest_threads,
         host_info,
         run_batches,
         thread_counts,
@@ -333,14 +332,13 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             ONNX Runtime top-1 goes in ``qat``."""
             nonlocal qmodel
             from edgevit.backends.onnxruntime import ORTRunner
-            from edgevit.qat import export_qdq_onnx, finetune, quantize_torch
+            from edgevit.qat import export_qdq_onnx, finetune
 
             prev = meta.get("qat") if qmodel is not None else None
             if epochs:
                 if qmodel is None:
                     say("QAT: PTQ initialisation of the PyTorch model")
-                    qmodel = quantize_torch(net, calib, recipe, spec.is_transformer,
-                                            preset="performance" if signed else None)
+                    qmodel = _ptq_init(net, calib, recipe, spec, signed)
                 res = finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=qat_lr,
                                samples=qat_samples, checkpoint=qat_ckpt, previous=prev, fp32_state=net.state_dict(),
                                meta={**ev, "model": spec.alias, "classes": classes, "model_overrides": model_overrides,
@@ -449,25 +447,22 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
             say(f"measuring latency at batch {tgt.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
                                                              "artifact and PyTorch)" if len(cands) > 3 else ""))
             timed = compare_latency(cands, x)
-            a_n = fastest_threads({n: timed[f"artifact@{n}"]["p50"] for n in art_counts})
-            t_n = fastest_threads({n: timed[f"torch@{n}"]["p50"] for n in torch_counts})
+            a_n, a_sweep = _fastest_of(timed, "artifact", art_counts)
+            t_n, t_sweep = _fastest_of(timed, "torch", torch_counts)
             runner = cands[f"artifact@{a_n}"]
-            rule = "fastest p50 at the target's batch; within 3% of it, fewer threads"
             if sweep:
                 built.details["threads"] = lat["threads"] = runner.info.get("threads")
-                lat["threads_sweep"] = {"chosen": a_n, "p50_ms": {str(n): timed[f"artifact@{n}"]["p50"]
-                                                                  for n in art_counts}, "rule": rule}
+                lat["threads_sweep"] = a_sweep
             res = {"artifact": timed[f"artifact@{a_n}"], "torch_eager_fp32": timed[f"torch@{t_n}"],
                    plain_name: timed[plain_name]}
             if peer_counts:
-                p_n = fastest_threads({n: timed[f"peer@{n}"]["p50"] for n in peer_counts})
+                p_n, _ = _fastest_of(timed, "peer", peer_counts)
                 res["nncf_default_int8"] = timed[f"peer@{p_n}"]
             samples = {k: v["samples"] for k, v in res.items()}
             lat["artifact"] = without_samples(res["artifact"])
             torch_base = {**without_samples(res["torch_eager_fp32"]), "executed_precision": "fp32", "threads": t_n}
             if len(torch_counts) > 1:
-                torch_base["threads_sweep"] = {"chosen": t_n, "rule": rule, "p50_ms": {
-                    str(n): timed[f"torch@{n}"]["p50"] for n in torch_counts}}
+                torch_base["threads_sweep"] = t_sweep
             lat["baselines"] = {
                 "torch_eager_fp32": torch_base,
                 plain_name: {**without_samples(res[plain_name]),
@@ -519,19 +514,37 @@ def build(model: str, target: str = "cpu-x86", precision: str = "int8", data: st
     return BuildResult(final, manifest, samples)
 
 
+def _ptq_init(net, calib, recipe, spec, signed: bool):
+    """QAT's starting point, made alike on every rank: NNCF's fake quantizers calibrated on ``calib`` (symmetric for
+    TensorRT targets)."""
+    from edgevit.qat import quantize_torch
+
+    return quantize_torch(net, calib, recipe, spec.is_transformer, preset="performance" if signed else None)
+
+
 def _follow_qat(net, qmodel, ds, pre, spec, recipe, unlabelled, epochs: int, signed: bool, distill: bool,
                 lr: float | None, samples: int | None, previous: dict | None) -> None:
     """What a rank other than 0 does in a data-parallel QAT build: the same PTQ initialisation as rank 0 (the same
     calibration images; DDP then broadcasts rank 0's parameters), then its shard of every QAT epoch. It writes
     nothing: rank 0 validates, bundles and checkpoints."""
-    from edgevit.qat import finetune, quantize_torch
+    from edgevit.qat import finetune
     from edgevit.quantize import calibration_images
 
     if qmodel is None:
         calib, _ = calibration_images(ds, pre, recipe, unlabelled)
-        qmodel = quantize_torch(net, calib, recipe, spec.is_transformer, preset="performance" if signed else None)
+        qmodel = _ptq_init(net, calib, recipe, spec, signed)
     finetune(qmodel, ds, pre, spec, epochs, teacher=net if distill else None, lr=lr, samples=samples,
              previous=previous)
+
+
+def _fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
+    """The thread count at which candidate ``name`` (timed as ``name@N``) ran fastest, and the sweep's record."""
+    from edgevit.measure import THREADS_TIE, fastest_threads
+
+    p50 = {n: timed[f"{name}@{n}"]["p50"] for n in counts}
+    chosen = fastest_threads(p50)
+    return chosen, {"chosen": chosen, "p50_ms": {str(n): v for n, v in p50.items()},
+                    "rule": f"fastest p50 at the target's batch; within {THREADS_TIE:.0%} of it, fewer threads"}
 
 
 def provenance() -> dict:

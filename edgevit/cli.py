@@ -77,10 +77,15 @@ def _cmd_targets(a) -> int:
     return 0
 
 
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one command: the same one the command line goes through."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
 def parser_default(command: str, dest: str):
     """The default of a command's option, as its parser declares it (one place for it)."""
-    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command].get_default(dest)
+    return command_parser(command).get_default(dest)
 
 
 def _weights_arg(a) -> str | None:
@@ -621,9 +626,7 @@ def _with_config(argv: list[str]) -> list[str]:
         raise EdgevitUsage(f"--config {path}: no such file; pass a TOML file of build options") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise EdgevitUsage(f"--config {path} is not valid TOML ({e})") from None
-    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    build_parser = sub.choices["build"]  # the same parser the command line goes through
-    options = {o: act for act in build_parser._actions for o in act.option_strings if o.startswith("--")}
+    options = {o: act for act in command_parser("build")._actions for o in act.option_strings if o.startswith("--")}
     extra: list[str] = []
     for key, value in cfg.items():
         opt = "--" + str(key).replace("_", "-")

@@ -147,6 +147,8 @@ class TorchRunner:
         import torch
 
         self.model, self.threads = model.eval(), threads
+        param = next(model.parameters(), None)
+        self.device = None if param is None or param.device.type == "cpu" else param.device  # where the model is
         self.info = {"backend": "torch", "executed_precision": "fp32", "threads": threads or torch.get_num_threads()}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -154,11 +156,10 @@ class TorchRunner:
 
         if self.threads and torch.get_num_threads() != self.threads:  # torch's thread count is per process
             torch.set_num_threads(self.threads)
-
         with torch.inference_mode():
-            param = next(self.model.parameters(), None)
-            xt = torch.from_numpy(x) if param is None else torch.from_numpy(x).to(param.device)
-            return self.model(xt).float().cpu().numpy()
+            if self.device is None:
+                return self.model(torch.from_numpy(x)).numpy()
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     def spec(self) -> tuple:
         """How a timing worker process makes the same runner (see :func:`compare_latency`)."""

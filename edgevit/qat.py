@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -116,26 +115,15 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
     import torch
 
     from edgevit.data import holdout_split, sample_indices
-    from edgevit.train import (
-        _distributed,
-        data_parallel,
-        evaluate_torch,
-        fit_epoch,
-        shard_indices,
-        train_device,
-    )
+    from edgevit.train import data_parallel, evaluate_torch, fit_epoch, parallel_plan, shard_indices
 
     if epochs < 1:
         raise UsageError("--qat-epochs must be at least 1")
     d = spec.train
     lr = lr or d.lr * QAT_LR_FACTOR
     batch_size = batch_size or d.batch_size
-    rank, world = _distributed()
-    if batch_size % world:
-        raise UsageError(f"the QAT batch {batch_size} is the global batch: it must divide among the {world} "
-                         "processes")
-    torch.manual_seed(seed)
-    np.random.seed(seed + rank)  # augmentation differs per rank
+    plan = parallel_plan(batch_size, seed, "the QAT batch")
+    rank, world, local_batch, device = plan.rank, plan.world, plan.local_batch, plan.device
     pool, hold = holdout_split(len(ds.train))
     if samples and samples < len(pool):
         pool = pool[sample_indices(len(pool), samples, seed, ds.train.labels[pool])]
@@ -144,9 +132,7 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
     x_ho = ds.stream(ds.train.subset(hold), pre)
     y_ho = x_ho.labels
 
-    local_batch = batch_size // world
-    steps = epochs * math.ceil((len(x_tr) // world) / local_batch)
-    device = train_device()
+    steps = epochs * plan.steps_per_epoch(len(x_tr))
     qmodel.to(device)
     if teacher is not None:
         teacher.to(device).eval()

@@ -143,6 +143,35 @@ def train_device():
     return torch.device("cuda", index)
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How this process takes part in training: its rank among ``world`` processes, its share of the global batch,
+    and its device."""
+
+    rank: int
+    world: int
+    local_batch: int
+    device: object
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Steps of one epoch over ``n`` images: each rank's equal shard (:func:`shard_indices`) in local batches."""
+        return math.ceil((n // self.world) / self.local_batch)
+
+
+def parallel_plan(batch_size: int, seed: int, what: str) -> Parallel:
+    """Join the process group under torchrun (or train alone), check that the global ``batch_size`` divides among
+    the processes, and seed: the same initial model on every rank (DDP also broadcasts rank 0's), augmentation that
+    differs per rank."""
+    import torch
+
+    rank, world = _distributed()
+    if batch_size % world:
+        raise UsageError(f"{what} {batch_size} is the global batch: it must divide among the {world} processes")
+    torch.manual_seed(seed)
+    np.random.seed(seed + rank)
+    return Parallel(rank, world, batch_size // world, train_device())
+
+
 def data_parallel(model, device, world: int):
     """``model`` wrapped for data-parallel training (DDP) when several processes train, else as it is."""
     if world <= 1:
@@ -228,14 +257,11 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit}); omit it to train on the whole train split")
     out = Path(out)
-    rank, world = _distributed()
-    if batch_size % world:
-        raise UsageError(f"--batch-size {batch_size} is the global batch: it must divide among the {world} processes")
+    plan = parallel_plan(batch_size, seed, "--batch-size")
+    rank, world, local_batch, device = plan.rank, plan.world, plan.local_batch, plan.device
     if rank == 0:
         _check_run_dir(out)
     ck = _read_resume(resume, spec) if resume else None
-    torch.manual_seed(seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
-    np.random.seed(seed + rank)  # augmentation differs per rank
 
     ds = load_dataset(data, workers)
     pre = data_config(spec)
@@ -256,9 +282,8 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     x_ho = ds.stream(ds.train.subset(ho_idx), pre)
     y_ho = x_ho.labels
 
-    local_batch = batch_size // world  # --batch-size is the global batch, --lr is for it: 1 or N processes train alike
-    steps_per_epoch = math.ceil((len(x_tr) // world) / local_batch)
-    device = train_device()
+    # --batch-size is the global batch, --lr is for it: 1 or N processes train alike
+    steps_per_epoch = plan.steps_per_epoch(len(x_tr))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=d.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
@@ -315,12 +340,13 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
                         "elapsed_s": round(time.perf_counter() - t0, 1)})
         is_best = top1 > best
         best = max(best, top1)
-        state = {"model": cpu_state(net), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        weights = cpu_state(net)
+        state = {"model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "best_top1": best, "history": history, "edgevit": meta,
                  "total_steps": epochs * steps_per_epoch}
         _save(state, out / "last.pt")
         if is_best:
-            _save({"model": cpu_state(net), "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
+            _save({"model": weights, "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
                   out / "best.pt")
         now = time.perf_counter() - t0
         left = now / (epoch + 1 - start_epoch) * (epochs - epoch - 1)

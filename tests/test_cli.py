@@ -35,10 +35,9 @@ def test_help_and_listings():
 @pytest.mark.parametrize("command", ["models", "targets", "train", "build", "bench", "report", "compile", "predict",
                                      "demo", "inspect", "time", "env", "samples", "verify"])
 def test_every_command_says_what_it_is_for_with_examples(command):
-    from edgevit.cli import parser
+    from edgevit.cli import command_parser
 
-    sub = next(a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    text = sub.choices[command].format_help()
+    text = command_parser(command).format_help()
     desc = text.split("\n\n")[1]
     assert len(desc.split()) >= 5 and not desc.startswith(("usage", "options"))  # a description, not just usage
     examples = text.split("examples:\n")[1].splitlines()
@@ -190,7 +189,7 @@ def test_samples_writes_real_labelled_images_that_predict_reads(fmnist_dir, int8
 
 
 def test_help_shows_defaults():
-    from edgevit.cli import parser
+    from edgevit.cli import command_parser
 
-    text = " ".join(parser()._subparsers._group_actions[0].choices["build"].format_help().split())
+    text = " ".join(command_parser("build").format_help().split())
     assert "(default: cpu-x86)" in text and "(default: int8)" in text and "(default: None)" not in text
