@@ -198,6 +198,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
     from edgevit.backends import get_backend
     from edgevit.build import build
+    from edgevit.bundle import BACKEND_DEFAULT, TORCH_EAGER
     from edgevit.measure import offline_throughput
 
     cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
@@ -222,8 +223,8 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
         if "artifact" in lat:
             cell.update(p50=lat["artifact"]["p50"], p90=lat["artifact"]["p90"], p99=lat["artifact"].get("p99"))
             base = lat["baselines"]
-            cell["torch_p50"] = base["torch_eager_fp32"]["p50"]
-            cell["default_p50"] = next(b["p50"] for k, b in base.items() if k.endswith("_default_fp32_export"))
+            cell["torch_p50"] = base[TORCH_EAGER]["p50"]
+            cell["default_p50"] = base[BACKEND_DEFAULT]["p50"]
             cell["throughput"], offline = offline_throughput(runner, suite.throughput_batch, m)
             if profile_layers and precision == "int8":  # why an INT8 model is (not) fast: per-layer time
                 x1 = np.zeros((1, *m["model"]["input_size"]), np.float32)

@@ -21,6 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
+from typing import TypedDict
 
 from edgevit.errors import BundleError
 from edgevit.models import sha256_file
@@ -34,6 +35,98 @@ STATUSES = ("ok", "failed-validation")
 MAX_SIDE = 4096  # no bundle's input is larger: the preprocessing of a damaged manifest must not allocate gigabytes
 MAX_CLASSES = 1_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# The baselines a build times beside its artifact, by explicit key (``latency_ms.baselines``)
+TORCH_EAGER = "torch_eager_fp32"  # PyTorch eager FP32 at its fastest thread count
+BACKEND_DEFAULT = "backend_default_fp32"  # the backend with its own defaults on the FP32 export ("backend" names it)
+NNCF_DEFAULT = "nncf_default_int8"  # NNCF's one-line INT8 of the same export (peers)
+BASELINES = (TORCH_EAGER, BACKEND_DEFAULT, NNCF_DEFAULT)
+
+
+# ------------------------------------------------------------------------------------------- schema, as types
+# What ``manifest.json`` holds; :func:`validate_manifest` checks the same at run time. Every reader goes through
+# :func:`read_manifest`, which returns a :class:`Manifest`.
+class ModelRecord(TypedDict):
+    alias: str
+    timm_name: str
+    family: str
+    num_classes: int
+    input_size: list[int]  # [3, H, W]
+    weights: str | None
+    weights_sha256: str | None
+    random_init: bool
+    overrides: dict
+
+
+class Timing(TypedDict, total=False):
+    p50: float  # ms
+    p90: float
+    p99: float
+    isolated: bool  # timed in its own process
+    threads: int
+    executed_precision: str | None
+    backend: str  # BACKEND_DEFAULT: which backend's defaults
+    threads_sweep: dict
+    recipe: str  # NNCF_DEFAULT: the call that made it
+
+
+class Baselines(TypedDict, total=False):
+    torch_eager_fp32: Timing
+    backend_default_fp32: Timing
+    nncf_default_int8: Timing
+
+
+class LatencyRecord(TypedDict, total=False):
+    host: dict  # cpu, isa, cores (+ gpu after `edgevit compile`)
+    threads: int | None
+    batch: int
+    artifact: Timing
+    baselines: Baselines
+    threads_sweep: dict
+    method: str
+    p50: float
+    p90: float
+    skipped: str  # why nothing was timed
+
+
+class Validation(TypedDict, total=False):
+    dataset: str
+    split: str
+    samples: int
+    reference: str
+    reference_top1: float
+    top1: float
+    top5: float
+    top1_drop: float  # points lost against FP32 PyTorch
+    max_abs_logit_diff: float
+    argmax_agreement: float
+    measured_with: str
+    note: str
+    qdq_onnx: dict
+    skipped: str  # why accuracy was not measured
+
+
+class Manifest(TypedDict, total=False):
+    schema_version: int
+    edgevit_version: str
+    model: ModelRecord
+    preprocessing: dict  # edgevit.data.Preprocessing.to_dict()
+    labels: list[str]
+    target: dict  # edgevit.targets.Target.to_dict()
+    precision: str
+    requested_precision: str  # "best"
+    backend: dict  # name, version, runtime, and what the backend recorded (plan, engine, quantizer...)
+    export: dict
+    calibration: dict | None
+    validation: Validation
+    accuracy_gate: dict | None  # edgevit.validate.Gate.to_dict()
+    qat: dict | None
+    selection: dict  # --precision best: rule, chosen, candidates
+    status: str
+    latency_ms: LatencyRecord
+    build_seconds: float
+    provenance: dict
+    profile: dict | None
+    files: dict[str, dict]  # relative path -> {sha256, bytes}
 
 
 # ------------------------------------------------------------------------------------------------------ schema
@@ -87,7 +180,7 @@ def _choice(d: dict, key: str, where: str, choices, optional: bool = False):
     return v
 
 
-def validate_manifest(m) -> dict:
+def validate_manifest(m) -> Manifest:
     """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
     from edgevit.backends import BACKENDS
     from edgevit.data import INTERPOLATIONS
@@ -164,6 +257,10 @@ def validate_manifest(m) -> dict:
 
     for k in ("validation", "latency_ms"):
         _get(m, k, "", dict)
+    baselines = _get(m["latency_ms"], "baselines", "latency_ms", dict, optional=True) or {}
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise _fail("latency_ms.baselines", f"has {', '.join(map(repr, unknown))}, not one of {', '.join(BASELINES)}")
     for k in ("calibration", "accuracy_gate", "qat", "selection", "provenance", "profile"):
         _get(m, k, "", dict, optional=True)
     _choice(m, "status", "", STATUSES, optional=True)
@@ -210,7 +307,7 @@ def _unlisted(bundle: Path, listed: set[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- read/write
-def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
+def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifest:
     """Load a bundle's manifest and prove the bundle is what it says (see the module docstring); ``verify=False``
     skips only the checksums."""
     d = Path(bundle_dir)
@@ -259,7 +356,7 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
     return m
 
 
-def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
+def write_manifest(bundle_dir: Path, manifest: dict) -> Manifest:
     """Add checksums of the listed files (``_files``) and write ``manifest.json``; the result must read back."""
     files = {}
     for rel in sorted(set(manifest.pop("_files"))):
@@ -272,7 +369,7 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
     return update_manifest(bundle_dir, manifest)
 
 
-def update_manifest(bundle_dir: Path, manifest: dict) -> dict:
+def update_manifest(bundle_dir: Path, manifest: dict) -> Manifest:
     """(Re)write ``manifest.json`` atomically as strict JSON, after checking it against the schema."""
     validate_manifest(manifest)
     write_text(Path(bundle_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")

@@ -113,13 +113,14 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_build(a) -> int:
-    from edgevit.build import build, summary
+    from edgevit.build import QATOptions, build
+    from edgevit.summary import summary
 
+    qat = QATOptions(epochs=a.qat_epochs, distill=a.distill, lr=a.qat_lr, samples=a.qat_samples)
     r = build(a.model, target=a.target, precision=a.precision, data=a.data, weights=_weights_arg(a), out=a.out,
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
-              keep_failed=a.keep_failed, qat_epochs=a.qat_epochs, distill=a.distill, qat_lr=a.qat_lr,
-              qat_samples=a.qat_samples, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile,
+              keep_failed=a.keep_failed, qat=qat, ignore_trt_rules=a.ignore_trt_rules, force=a.force, profile=a.profile,
               calib_data=a.calib_data, workers=a.workers)
     if r is None:  # a torchrun follower of a data-parallel QAT build: rank 0 reports
         return 0
@@ -134,7 +135,7 @@ def _cmd_build(a) -> int:
 
 
 def _cmd_compile(a) -> int:
-    from edgevit.backends.tensorrt import compile_bundle
+    from edgevit.compile import compile_bundle
 
     m = compile_bundle(a.bundle, log=lambda s: print(s, file=sys.stderr))
     e, lat = m["backend"]["engine"], m["latency_ms"]

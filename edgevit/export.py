@@ -126,12 +126,3 @@ def set_metadata(model, metadata: dict[str, str]) -> None:
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-
-
-def stamp_onnx(path: Path, metadata: dict[str, str]) -> None:
-    """:func:`set_metadata` on a file, in place."""
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    set_metadata(m, metadata)
-    onnx.save(m, str(path))

@@ -197,3 +197,102 @@ def export_qdq_onnx(qmodel, input_size: tuple[int, int], path: Path) -> Path:
         stripped = nncf.strip(copy.deepcopy(qmodel).eval(), strip_format=nncf.StripFormat.NATIVE,
                               example_input=torch.zeros(1, 3, *input_size))
         return export_onnx(stripped, input_size, path)
+
+
+# ------------------------------------------------------------------------------------------ QAT inside a build
+@dataclass(frozen=True)
+class QATOptions:
+    """Quantization-aware training inside ``build`` (the rare knobs together, as NNCF groups its advanced ones).
+    ``epochs`` 0 is plain PTQ; ``distill`` distils from the FP32 model; ``lr`` and ``samples`` override the model's
+    QAT learning rate and the number of training images per epoch."""
+
+    epochs: int = 0
+    distill: bool = False
+    lr: float | None = None
+    samples: int | None = None
+
+    def check(self, precision: str) -> None:
+        if self.epochs < 0:
+            raise UsageError("--qat-epochs must be 0 or more")
+        if (self.epochs or self.distill) and precision not in ("int8", "best"):
+            raise UsageError(f"quantization-aware training makes INT8 models; --qat-epochs/--distill need "
+                             f"--precision int8, not {precision}")
+        if self.distill and not self.epochs:
+            raise UsageError("--distill distils during quantization-aware training: add --qat-epochs N")
+
+
+def ptq_init(net, calib, recipe, spec, signed: bool):
+    """QAT's starting point, made alike on every rank: NNCF's fake quantizers calibrated on ``calib`` (symmetric for
+    targets that need signed symmetric INT8)."""
+    return quantize_torch(net, calib, recipe, spec.is_transformer, preset="performance" if signed else None)
+
+
+def check_qat_output(path: Path, weights: str | None, force: bool) -> None:
+    """The QAT checkpoint a build writes may replace only an earlier QAT checkpoint (or the one it resumes)."""
+    from edgevit.models import read_state_dict
+    from edgevit.outputs import OutputExistsError, check_output_file
+
+    if force or not (path.exists() or path.is_symlink()):
+        check_output_file(path, "QAT checkpoint", force=True)
+        return
+    if weights and path.resolve() == Path(weights).resolve():
+        return
+    try:
+        ours = path.is_file() and not path.is_symlink() and is_qat_checkpoint(read_state_dict(str(path))[1])
+    except WeightsError:
+        ours = False
+    if not ours:
+        raise OutputExistsError(f"{path} exists and is not an edgevit QAT checkpoint; pass --force to replace it, "
+                                "or choose another --out/--name")
+
+
+def follow_qat(prep, opts: QATOptions, recipe, signed: bool) -> None:
+    """What a rank other than 0 does in a data-parallel QAT build: the same PTQ initialisation as rank 0 (the same
+    calibration images; DDP then broadcasts rank 0's parameters), then its shard of every QAT epoch. It writes
+    nothing: rank 0 validates, bundles and checkpoints."""
+    qmodel = prep.qmodel
+    if qmodel is None:
+        qmodel = ptq_init(prep.net, prep.calibration(recipe), recipe, prep.spec, signed)
+    finetune(qmodel, prep.ds, prep.pre, prep.spec, opts.epochs, teacher=prep.net if opts.distill else None,
+             lr=opts.lr, samples=opts.samples,
+             previous=prep.weights.meta.get("qat") if prep.qmodel is not None else None)
+
+
+class QATStage:
+    """QAT for one build: from the PTQ initialisation (or on from a QAT checkpoint), fine-tuning with a checkpoint
+    after every epoch, to the Q/DQ ONNX the backend compiles. :attr:`record` becomes the manifest's ``qat``."""
+
+    def __init__(self, prep, opts: QATOptions, recipe, checkpoint: Path, meta: dict, threads: int | None) -> None:
+        self.prep, self.opts, self.recipe, self.checkpoint = prep, opts, recipe, checkpoint
+        self.meta, self.threads = meta, threads  # meta: what the checkpoint says it was trained for
+        self.qmodel = prep.qmodel
+        self.record: dict = {}
+
+    def qdq(self, epochs: int, signed: bool) -> Path:
+        """Train for ``epochs`` (0: the checkpoint as it is) and export the Q/DQ ONNX; its ONNX Runtime top-1 goes in
+        :attr:`record`."""
+        prep = self.prep
+        w = prep.weights
+        prev = w.meta.get("qat") if prep.qmodel is not None else None
+        if epochs:
+            if self.qmodel is None:
+                say("QAT: PTQ initialisation of the PyTorch model")
+                self.qmodel = ptq_init(prep.net, prep.calibration(self.recipe), self.recipe, prep.spec, signed)
+            res = finetune(self.qmodel, prep.ds, prep.pre, prep.spec, epochs,
+                           teacher=prep.net if self.opts.distill else None, lr=self.opts.lr, samples=self.opts.samples,
+                           checkpoint=self.checkpoint, previous=prev, fp32_state=prep.net.state_dict(), meta=self.meta)
+            self.record.update(checkpoint=str(self.checkpoint), history=res.history, seconds=res.seconds,
+                               distill=self.opts.distill, epochs=epochs, rebuilt_from_checkpoint=False)
+        else:
+            self.record.update(checkpoint=Path(w.arg).name, history=(prev or {}).get("history", []),
+                               rebuilt_from_checkpoint=True)
+        qdq = export_qdq_onnx(self.qmodel, prep.pre.input_size, prep.work / "model_qdq.onnx")
+        if prep.ds is not None:
+            from edgevit.backends.onnxruntime import ORTRunner
+            from edgevit.measure import run_batches, top1
+            from edgevit.validate import measured_with
+
+            runner = ORTRunner(qdq, self.threads)
+            got = run_batches(runner, prep.val_u8, prep.pre, desc="Q/DQ ONNX (onnxruntime)")
+            self.record["qdq_onnx"] = {"top1": top1(got, prep.val_split.labels), "measured_with": measured_with(runner)}
+        return qdq

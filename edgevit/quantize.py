@@ -130,8 +130,8 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
 TORCH_CALIB_BATCH = 32  # NNCF's torch backend collects statistics per item: batches make it ~10x faster
 
 
-def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, input_name: str | None = None,
-                  preset: str | None = None, signed_symmetric: bool = False):
+def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, preset: str | None = None,
+                  signed_symmetric: bool = False):
     """Quantize an OpenVINO, ONNX or PyTorch model with NNCF. ``transformer`` selects NNCF's transformer model type,
     which keeps LayerNorm, Softmax and residual Adds in higher precision. A PyTorch model comes back with NNCF's
     fake quantizers inserted: the starting point of quantization-aware training.
@@ -151,6 +151,7 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
             return torch.from_numpy(np.ascontiguousarray(x))
     else:
         items = list(images)
+        input_name = _onnx_input_name(model)  # ONNX Runtime feeds inputs by name; OpenVINO takes the array
 
         def transform(x):
             x = x[None]
@@ -175,6 +176,44 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(recipe.ignored_patterns), validate=False)
     with library_output():  # NNCF's progress bars go to stdout; keep stdout for results
         return nncf.quantize(model, dataset, **kwargs)
+
+
+def _onnx_input_name(model) -> str | None:
+    graph = getattr(model, "graph", None)  # an onnx.ModelProto
+    return graph.input[0].name if graph is not None and hasattr(graph, "initializer") else None
+
+
+def quantize_for(backend, onnx_path: Path, precision: str, calibration: np.ndarray | None, recipe: Recipe | None,
+                 transformer: bool, accuracy_control: tuple | None = None,
+                 qdq_onnx: Path | None = None) -> tuple[object, str | None]:
+    """The model ``backend`` compiles, and how it was quantized: the one place the pipeline chooses a quantizer.
+
+    A Q/DQ ONNX from quantization-aware training is taken as it is; INT8 is NNCF's PTQ on the backend's own model
+    format (signed symmetric where the backend declares it must be), or NNCF's accuracy-aware PTQ with
+    ``accuracy_control`` = (hold-out images, labels, max drop) where the backend declares it can; other precisions
+    are the FP32 export unchanged."""
+    from edgevit.errors import UsageError
+
+    caps = backend.capabilities
+    if qdq_onnx is not None:
+        return backend.read(qdq_onnx), f"nncf {_nncf_version()} quantization-aware training (PyTorch), Q/DQ ONNX"
+    model = backend.read(onnx_path)
+    if precision != "int8":
+        return model, None
+    if accuracy_control is not None:
+        if not caps.accuracy_control:
+            raise UsageError(f"accuracy-aware PTQ is not available for the {backend.name} backend")
+        val_x, val_y, max_drop = accuracy_control
+        return (nncf_quantize_with_accuracy_control(model, calibration, val_x, val_y, max_drop, recipe, transformer),
+                f"nncf {_nncf_version()} quantize_with_accuracy_control")
+    how = f"nncf {_nncf_version()}" + (" (symmetric signed INT8)" if caps.int8_signed_symmetric else "")
+    return nncf_quantize(model, calibration, recipe, transformer, signed_symmetric=caps.int8_signed_symmetric), how
+
+
+def _nncf_version() -> str:
+    import nncf
+
+    return nncf.__version__
 
 
 def _is_torch(model) -> bool:

@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 from statistics import median
 
+from edgevit.bundle import NNCF_DEFAULT
 from edgevit.errors import DatasetError, UsageError
 
 FAMILY_ORDER = ("vit", "hybrid", "maxvit", "other", "mobilenet", "resnet")
@@ -279,7 +280,7 @@ def _row(c: dict) -> dict:
     r = dict(c)
     r["x_torch"] = round(c["torch_p50"] / c["p50"], 2) if c.get("p50") and c.get("torch_p50") else None
     r["x_default"] = round(c["default_p50"] / c["p50"], 2) if c.get("p50") and c.get("default_p50") else None
-    peer = (((_details(c).get("latency") or {}).get("baselines") or {}).get("nncf_default_int8") or {}).get("p50")
+    peer = (((_details(c).get("latency") or {}).get("baselines") or {}).get(NNCF_DEFAULT) or {}).get("p50")
     r["x_peer"] = round(peer / c["p50"], 2) if c.get("p50") and peer else None
     r["peer_p50"] = peer
     r["weights"] = _details(c).get("weights", "?")

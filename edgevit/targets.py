@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from edgevit._config import load_toml_dataclass, resolve_named, shipped_dir
 from edgevit.errors import TargetError, UnknownNameError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+Precision = Literal["fp32", "fp16", "bf16", "int8", "best"]  # best: the fastest the target allows that passes
 HOST_PRECISIONS = ("f32", "bf16", "f16")
 
 

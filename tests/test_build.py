@@ -29,7 +29,7 @@ def test_int8_bundle_manifest_is_complete_and_measured(int8_bundle, fmnist_dir):
     assert m["calibration"]["samples"] == 64 and m["calibration"]["split"] == "train"
     lat = m["latency_ms"]
     assert lat["artifact"]["p50"] > 0 and lat["artifact"]["p90"] >= lat["artifact"]["p50"]
-    assert {"torch_eager_fp32", "openvino_default_fp32_export"} <= set(lat["baselines"])
+    assert {"torch_eager_fp32", "backend_default_fp32"} <= set(lat["baselines"])
     assert lat["host"]["cpu"] and lat["threads"] >= 1
     rt = m["backend"]["runtime"]
     assert rt["inference_precision"] == "f32"  # set explicitly, read back from OpenVINO
@@ -224,7 +224,7 @@ def test_calibration_on_unlabelled_images_folder_and_npy(fmnist_dir, tiny_checkp
 def test_best_choice_is_stable_within_the_noise():
     import numpy as np
 
-    from edgevit.build import choose_fastest
+    from edgevit.best import choose_fastest
 
     rng = np.random.default_rng(0)
 
@@ -247,8 +247,9 @@ def test_best_choice_is_stable_within_the_noise():
 
 
 def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_checkpoint, tmp_path):
-    from edgevit.build import build, summary
+    from edgevit.build import build
     from edgevit.report import _row
+    from edgevit.summary import summary
 
     r = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
               out=str(tmp_path), val_samples=32, peers=True)

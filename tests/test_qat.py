@@ -10,11 +10,11 @@ from tests.conftest import TINY_VIT
 
 @pytest.fixture(scope="module")
 def qat_build(fmnist_dir, tiny_checkpoint, tmp_path_factory):
-    from edgevit.build import build
+    from edgevit.build import QATOptions, build
 
     out = tmp_path_factory.mktemp("qat")
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
-              out=str(out), calibration="fast", qat_epochs=1, distill=True, measure_latency=False)
+              out=str(out), calibration="fast", qat=QATOptions(epochs=1, distill=True), measure_latency=False)
     return r, out
 
 
@@ -67,12 +67,12 @@ def test_qat_checkpoint_rebuilds_without_training(qat_build, fmnist_dir, tmp_pat
 
 
 def test_qat_resumes_from_its_checkpoint(qat_build, fmnist_dir, tmp_path):
-    from edgevit.build import build
+    from edgevit.build import QATOptions, build
 
     _, out = qat_build
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
-              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), qat_epochs=1,
-              qat_samples=200, measure_latency=False)
+              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path),
+              qat=QATOptions(epochs=1, samples=200), measure_latency=False)
     assert [h["epoch"] for h in r.manifest["qat"]["history"]] == [0, 1, 2]
     assert [t["method"] for t in r.manifest["accuracy_gate"]["tried"]] == ["QAT checkpoint", "QAT"]
 
@@ -148,12 +148,13 @@ def test_qat_flag_misuse_is_a_usage_error(args, needle, fmnist_dir, tmp_path, ca
 def test_qat_for_tensorrt_quantizes_at_least_what_ptq_does(fmnist_dir, tiny_checkpoint, tmp_path):
     """A QAT export leaves timm's fused attention unquantized; the TensorRT path quantizes it (and softmax @ V), so
     every GEMM input PTQ quantizes is quantized after QAT too, and the attention blocks can fuse."""
-    from edgevit.build import build
+    from edgevit.build import QATOptions, build
 
     common = dict(target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path),
                   calibration="fast", val_samples=50)
     ptq = build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="ptq", **common)
-    build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="q", qat_epochs=1, qat_samples=128, **common)
+    build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="q", qat=QATOptions(epochs=1, samples=128),
+          **common)
     qat = build("vit-tiny-fmnist", weights=str(tmp_path / "q.qat.pt"), name="qat", **common)  # the QAT model itself
     assert qat.manifest["qat"]["rebuilt_from_checkpoint"]
     rules = qat.manifest["backend"]["trt_rules"]

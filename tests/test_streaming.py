@@ -91,7 +91,7 @@ def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
 QAT_SCRIPT = """
 import json, os, sys
 import edgevit.train as t
-from edgevit.build import build
+from edgevit.build import QATOptions, build
 
 seen = []
 real = t.shard_indices
@@ -101,7 +101,7 @@ def recording(n, epoch, rank=0, world=1, seed=0):
     return idx
 t.shard_indices = recording
 r = build("vit-tiny-fmnist", precision="int8", data=sys.argv[1], weights=sys.argv[2], out=sys.argv[3],
-          qat_epochs=1, qat_samples=256, val_samples=64, calib_samples=32, measure_latency=False)
+          qat=QATOptions(epochs=1, samples=256), val_samples=64, calib_samples=32, measure_latency=False)
 rank = int(os.environ["RANK"])
 with open(os.path.join(sys.argv[4], f"rank{rank}.json"), "w") as f:
     json.dump({"seen": seen, "bundle": str(r.bundle) if r else None}, f)

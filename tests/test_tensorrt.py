@@ -249,8 +249,9 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'edgevit[tensorrt]')")
     import shutil
 
-    from edgevit.backends.tensorrt import compile_bundle, engine_support
+    from edgevit.backends.tensorrt import engine_support
     from edgevit.build import build
+    from edgevit.compile import compile_bundle
 
     ok, why = engine_support()
     if not ok:

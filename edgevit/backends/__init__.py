@@ -19,22 +19,28 @@ BACKENDS = {
 }
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared once: the pipeline reads these instead of trying and catching."""
+
+    int8_signed_symmetric: bool = False  # INT8 must be signed and symmetric (zero-point 0): TensorRT
+    accuracy_control: bool = False  # NNCF's accuracy-aware PTQ works on this backend's model format
+    engine_on_device: bool = False  # the artifact is finished on the device (`edgevit compile`), not on this host
+
+
 @dataclass
 class BuildJob:
-    """What a backend needs to compile one artifact."""
+    """What a backend needs to compile one artifact. The pipeline has already quantized ``model`` (see
+    :func:`edgevit.quantize.quantize_for`); a backend only turns it into its artifact."""
 
-    onnx_path: Path  # the FP32 ONNX export (opset 17, dynamic batch)
+    model: object  # what the backend's :meth:`Backend.read` returned, quantized for int8
+    onnx_path: Path  # the FP32 ONNX export (opset 17, dynamic batch) it was read from
     precision: str
     target: object  # edgevit.targets.Target
     out_dir: Path  # the bundle's temporary directory; write files here
-    transformer: bool  # ViT / hybrid / MaxViT: use the transformer-aware quantization recipe
+    quantizer: str | None = None  # how ``model`` was quantized, for the manifest (None: not quantized)
+    qat: bool = False  # ``model`` came from quantization-aware training (a Q/DQ ONNX), not from PTQ here
     calibration: np.ndarray | None = None  # float32 NCHW calibration images (int8 only)
-    recipe: object | None = None  # edgevit.quantize.Recipe
-    # Accuracy-aware PTQ (the accuracy gate's fallback): held-out images and labels NNCF ranks layers on, and the
-    # largest top-1 drop in points it may leave. Backends that cannot do it raise NotImplementedError.
-    accuracy_control: tuple[np.ndarray, np.ndarray, float] | None = None
-    # A Q/DQ ONNX already quantized in PyTorch (quantization-aware training): compile it as it is, no PTQ.
-    quantized_onnx: Path | None = None
     allow_rule_violations: bool = False  # TensorRT: write a Q/DQ graph that breaks TensorRT's rules anyway
     metadata: dict = field(default_factory=dict)  # ONNX metadata_props for every ONNX the backend ships
 
@@ -53,9 +59,13 @@ class Runner(Protocol):
 
 class Backend(Protocol):
     name: str
+    capabilities: Capabilities
 
     def available(self) -> tuple[bool, str]: ...
     def version(self) -> str: ...
+    def read(self, onnx_path: Path):
+        """The ONNX file as the model this backend quantizes and compiles (``openvino.Model``, ``onnx.ModelProto``)."""
+        ...
     def build(self, job: BuildJob) -> Built: ...
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner: ...
     def device_support(self, target) -> tuple[bool, str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built
+from edgevit.backends import BuildJob, Built, Capabilities
 
 
 def _graph_nodes(path: Path):
@@ -79,6 +78,7 @@ def _ort_runner(path: Path, threads: int, proxy_for: str | None) -> ORTRunner:
 
 class ONNXRuntimeBackend:
     name = "onnxruntime"
+    capabilities = Capabilities()
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -92,31 +92,19 @@ class ONNXRuntimeBackend:
 
         return ort.__version__
 
+    def read(self, onnx_path: Path):
+        import onnx
+
+        return onnx.load(str(onnx_path))
+
     def build(self, job: BuildJob) -> Built:
-        out = job.out_dir / "model.onnx"
-        details = {}
-        if job.accuracy_control:
-            raise NotImplementedError("accuracy-aware PTQ is implemented for the openvino backend only")
-        if job.quantized_onnx:
-            shutil.copyfile(job.quantized_onnx, out)
-            details["quantizer"] = "nncf quantization-aware training (PyTorch), Q/DQ ONNX"
-        elif job.precision == "int8":
-            import onnx
+        import onnx
 
-            from edgevit.export import INPUT_NAME
-            from edgevit.quantize import nncf_quantize
+        from edgevit.export import set_metadata
 
-            q = nncf_quantize(onnx.load(str(job.onnx_path)), job.calibration, job.recipe, job.transformer,
-                              input_name=INPUT_NAME)
-            onnx.save(q, str(out))
-            details["quantizer"] = "nncf"
-        else:
-            shutil.copyfile(job.onnx_path, out)
-        if job.metadata:
-            from edgevit.export import stamp_onnx
-
-            stamp_onnx(out, job.metadata)
-        return Built(files=["model.onnx"], details=details)
+        set_metadata(job.model, job.metadata)
+        onnx.save(job.model, str(job.out_dir / "model.onnx"))
+        return Built(files=["model.onnx"], details={"quantizer": job.quantizer} if job.quantizer else {})
 
     def device_support(self, target) -> tuple[bool, str]:
         return self.available()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built
+from edgevit.backends import BuildJob, Built, Capabilities
 
 HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
@@ -139,6 +139,7 @@ class OVRunner:
 
 class OpenVINOBackend:
     name = "openvino"
+    capabilities = Capabilities(accuracy_control=True)
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -161,32 +162,20 @@ class OpenVINOBackend:
         return {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": _threads(threads or target.threads),
                 "PERFORMANCE_HINT": "LATENCY"}
 
+    def read(self, onnx_path: Path):
+        import openvino as ov
+
+        return ov.convert_model(str(onnx_path))
+
     def build(self, job: BuildJob) -> Built:
         import openvino as ov
 
-        from edgevit.quantize import nncf_quantize
-
-        details = {}
-        if job.quantized_onnx:  # QAT: the Q/DQ pairs become FakeQuantize ops, which the CPU plugin runs in INT8
-            model = ov.convert_model(str(job.quantized_onnx))
-            details["quantizer"] = f"nncf {_nncf_version()} quantization-aware training (PyTorch), Q/DQ ONNX"
-        elif job.precision == "int8" and job.accuracy_control:
-            from edgevit.quantize import nncf_quantize_with_accuracy_control
-
-            val_x, val_y, max_drop = job.accuracy_control
-            model = nncf_quantize_with_accuracy_control(ov.convert_model(str(job.onnx_path)), job.calibration, val_x,
-                                                        val_y, max_drop, job.recipe, job.transformer)
-            details["quantizer"] = f"nncf {_nncf_version()} quantize_with_accuracy_control"
-        elif job.precision == "int8":
-            model = nncf_quantize(ov.convert_model(str(job.onnx_path)), job.calibration, job.recipe, job.transformer)
-            details["quantizer"] = "nncf " + _nncf_version()
-        else:
-            model = ov.convert_model(str(job.onnx_path))
-        if job.precision == "int8" and not job.quantized_onnx:  # what the recipe or the gate left unquantized
+        details = {"quantizer": job.quantizer} if job.quantizer else {}
+        if job.precision == "int8" and not job.qat:  # what the recipe or the gate left unquantized
             from edgevit.quantize import kept_in_higher_precision
 
-            details["kept_in_higher_precision"] = kept_in_higher_precision(model)
-        ov.save_model(model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
+            details["kept_in_higher_precision"] = kept_in_higher_precision(job.model)
+        ov.save_model(job.model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
         details["compile_config"] = self._config(job.precision, job.target)
         return Built(files=["model.xml", "model.bin"], details=details)
 
@@ -218,12 +207,6 @@ class OpenVINOBackend:
         path = Path(work_dir) / "peer_nncf_default_int8.xml"
         ov.save_model(q, str(path), compress_to_fp16=False)
         return path
-
-
-def _nncf_version() -> str:
-    import nncf
-
-    return nncf.__version__
 
 
 def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_precision: str,

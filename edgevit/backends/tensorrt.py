@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built
+from edgevit.backends import BuildJob, Built, Capabilities
 from edgevit.errors import BackendUnavailableError, BundleError, TargetError, ValidationFailedError
 from edgevit.outputs import dumps
 
@@ -473,7 +472,7 @@ class TRTRunner:
 # ------------------------------------------------------------------------------------------------------ backend
 class TensorRTBackend:
     name = "tensorrt"
-    signed_symmetric = True  # INT8 must be symmetric and signed (zero-point 0, int8)
+    capabilities = Capabilities(int8_signed_symmetric=True, engine_on_device=True)
 
     def available(self) -> tuple[bool, str]:
         """The part of a TensorRT build that runs on any host needs what the ONNX Runtime backend needs."""
@@ -487,26 +486,19 @@ class TensorRTBackend:
         except ImportError:
             return "not installed here (the engine is built on the device)"
 
+    def read(self, onnx_path: Path):
+        import onnx
+
+        return onnx.load(str(onnx_path))
+
     def build(self, job: BuildJob) -> Built:
         import onnx
 
         from edgevit import trt_rules
         from edgevit.export import INPUT_NAME, clean_onnx
 
-        if job.accuracy_control:
-            raise NotImplementedError("accuracy-aware PTQ is implemented for the openvino backend only")
-        details: dict = {}
-        if job.quantized_onnx:
-            model = onnx.load(str(job.quantized_onnx))
-            details["quantizer"] = "nncf quantization-aware training (PyTorch), Q/DQ ONNX"
-        elif job.precision == "int8":
-            from edgevit.quantize import nncf_quantize
-
-            model = nncf_quantize(onnx.load(str(job.onnx_path)), job.calibration, job.recipe, job.transformer,
-                                  input_name=INPUT_NAME, signed_symmetric=True)
-            details["quantizer"] = "nncf (ONNX, symmetric INT8 for TensorRT)"
-        else:
-            model = onnx.load(str(job.onnx_path))
+        details: dict = {"quantizer": job.quantizer} if job.quantizer else {}
+        model = job.model
         target = job.target
         ok, why = engine_support()
         here = ok and _is_target_device(target)
@@ -596,16 +588,16 @@ class TensorRTBackend:
                 raise BackendUnavailableError(f"{bundle_dir} holds a TensorRT engine, which needs TensorRT and the "
                                               f"GPU it was built on: {why}")
             return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
-        return _proxy(Path(bundle_dir) / ONNX_FILE, threads)
+        return onnx_proxy(Path(bundle_dir) / ONNX_FILE, threads)
 
     def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
         return None  # no one-line INT8 recipe of its own to compare with
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
-        return _proxy(onnx_path, threads)
+        return onnx_proxy(onnx_path, threads)
 
 
-def _proxy(onnx_path: Path, threads: int | None):
+def onnx_proxy(onnx_path: Path, threads: int | None):
     """The bundle's ONNX through ONNX Runtime on the CPU: the closest honest proxy for the engine's accuracy."""
     from edgevit.backends.onnxruntime import ORTRunner
 
@@ -624,46 +616,3 @@ def _is_target_device(target) -> bool:
         except Exception:
             return False
     return True
-
-
-def compile_bundle(bundle: str | Path, log=print) -> dict:
-    """Finish a TensorRT bundle on the device: build the engine from its checked ONNX with the plan re-derived for
-    this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
-    from edgevit.bundle import read_manifest, write_manifest
-    from edgevit.measure import compare_latency, host_info, without_samples
-    from edgevit.outputs import output_dir
-    from edgevit.targets import Target
-
-    bundle = Path(bundle)
-    m = read_manifest(bundle)
-    if m["backend"]["name"] != "tensorrt":
-        raise BundleError(f"{bundle} is a {m['backend']['name']} bundle; only TensorRT bundles are compiled")
-    ok, why = engine_support()
-    if not ok:
-        raise BackendUnavailableError(f"cannot compile here: {why}")
-    target = Target(**{k: v for k, v in m["target"].items() if k in Target.__dataclass_fields__})
-    with output_dir(bundle, "bundle") as stage:
-        shutil.rmtree(stage)
-        shutil.copytree(bundle, stage)
-        plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]),
-                           fp32_layers=m["backend"].get("plan", {}).get("fp32_layers", []))
-        write_plan(stage, plan)
-        record = build_engine(stage / ONNX_FILE, plan, stage, log)
-        runner = TRTRunner(stage / ENGINE_FILE, record, plan)
-        proxy = _proxy(stage / ONNX_FILE, None)
-        x = np.random.default_rng(0).standard_normal((8, *m["model"]["input_size"])).astype(np.float32)
-        got, want = np.concatenate([runner(x[i:i + 1]) for i in range(8)]), proxy(x)
-        record["check_vs_onnxruntime"] = {"inputs": "8 random normal images",
-                                          "argmax_agreement": float((got.argmax(1) == want.argmax(1)).mean() * 100),
-                                          "max_abs_logit_diff": round(float(np.abs(got - want).max()), 5)}
-        lat = compare_latency({"engine": runner}, x[:1])
-        lat["engine"] = without_samples(lat["engine"])
-        m["backend"].update(version=record["tensorrt"], plan=plan,
-                            engine={k: v for k, v in record.items() if k not in ("plan", "files")},
-                            runtime=runner.info)
-        m["latency_ms"] = {"host": {**host_info(), "gpu": record["device_name"]}, "batch": 1, "artifact":
-                           lat["engine"], "p50": lat["engine"]["p50"], "p90": lat["engine"]["p90"],
-                           "method": "TensorRT engine on the device, wall clock per call incl. copies"}
-        m["_files"] = sorted(set(m["files"]) | set(record["files"]) | {SCRIPT_FILE})
-        write_manifest(stage, m)
-    return read_manifest(bundle)

@@ -1,0 +1,92 @@
+"""The latency stage of a build: the artifact timed side by side with the plain recipes, in the same run.
+
+Every runtime is timed at its own fastest thread count, found in the same interleaved run: a small model often runs
+fastest on fewer threads than the host has, and a baseline timed at a thread count that suits it badly (PyTorch's
+OpenMP on all cores of a loaded host: 2.2x slower) is no baseline. The baselines are the manifest's explicit keys
+(:data:`edgevit.bundle.BASELINES`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgevit._progress import say
+from edgevit.bundle import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
+
+
+@dataclass
+class Latency:
+    record: LatencyRecord  # the manifest's latency_ms
+    samples: dict | None = None  # raw per-call times (ms) of what was timed, kept out of the manifest
+    runner: object | None = None  # the artifact's runner at its chosen thread count
+    profile: dict | None = None  # per-layer time (--profile)
+
+
+def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
+    """The thread count at which candidate ``name`` (timed as ``name@N``) ran fastest, and the sweep's record."""
+    from edgevit.measure import THREADS_TIE, fastest_threads
+
+    p50 = {n: timed[f"{name}@{n}"]["p50"] for n in counts}
+    chosen = fastest_threads(p50)
+    return chosen, {"chosen": chosen, "p50_ms": {str(n): v for n, v in p50.items()},
+                    "rule": f"fastest p50 at the target's batch; within {THREADS_TIE:.0%} of it, fewer threads"}
+
+
+def measure_build(prep, backend, target, art, stage, precision: str, threads: int | None, calib=None,
+                  peers: bool = False, profile: bool = False) -> Latency:
+    """Time the artifact in ``stage`` against PyTorch eager, the backend's defaults on the FP32 export and (``peers``)
+    NNCF's one-line INT8, each at its fastest thread count, in one interleaved run."""
+    from edgevit.measure import compare_latency, host_info, thread_counts, torch_runner, without_samples
+
+    runner = art.runner
+    lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": target.batch}
+    if runner.info.get("proxy_for"):
+        lat["skipped"] = (f"the {runner.info['proxy_for']} engine runs on the device ({target.device}); "
+                          "`edgevit compile BUNDLE` there builds it and measures its latency")
+        return Latency(lat, runner=runner)
+    x = np.ascontiguousarray(np.repeat(prep.check_x[:1], target.batch, axis=0))
+    counts = thread_counts()
+    sweep = not threads and not target.threads and not backend.capabilities.engine_on_device
+    art_counts = counts if sweep else [runner.info.get("threads")]
+    torch_counts = [threads] if threads else counts
+    loaded = {"precision": precision, "target": target.to_dict(), "backend": art.built.details}
+    cands = {f"artifact@{n}": (runner if runner.info.get("threads") == n or not sweep
+                               else backend.load(stage, loaded, n)) for n in art_counts}
+    cands.update({f"torch@{n}": torch_runner(prep.net, n) for n in torch_counts})
+    plain = cands["default"] = backend.load_default(prep.onnx_path, threads)
+    peer = backend.peer_int8(prep.onnx_path, calib, prep.work) if peers and calib is not None else None
+    peer_counts = art_counts if peer else []
+    cands.update({f"peer@{n}": backend.load_default(peer, n) for n in peer_counts})
+    say(f"measuring latency at batch {target.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
+                                                        "artifact and PyTorch)" if len(cands) > 3 else ""))
+    timed = compare_latency(cands, x)
+    a_n, a_sweep = fastest_of(timed, "artifact", art_counts)
+    t_n, t_sweep = fastest_of(timed, "torch", torch_counts)
+    runner = cands[f"artifact@{a_n}"]
+    if sweep:
+        art.built.details["threads"] = lat["threads"] = runner.info.get("threads")
+        lat["threads_sweep"] = a_sweep
+    res = {"artifact": timed[f"artifact@{a_n}"], TORCH_EAGER: timed[f"torch@{t_n}"], BACKEND_DEFAULT: timed["default"]}
+    torch_base = {**without_samples(res[TORCH_EAGER]), "executed_precision": "fp32", "threads": t_n}
+    if len(torch_counts) > 1:
+        torch_base["threads_sweep"] = t_sweep
+    baselines = {TORCH_EAGER: torch_base,
+                 BACKEND_DEFAULT: {**without_samples(res[BACKEND_DEFAULT]), "backend": backend.name,
+                                   "executed_precision": plain.info.get("executed_precision")}}
+    if peer_counts:  # the one-line NNCF recipe on the same export and calibration images
+        p_n, _ = fastest_of(timed, "peer", peer_counts)
+        res[NNCF_DEFAULT] = timed[f"peer@{p_n}"]
+        baselines[NNCF_DEFAULT] = {
+            **without_samples(res[NNCF_DEFAULT]), "threads": p_n,
+            "executed_precision": cands[f"peer@{p_n}"].info.get("executed_precision"),
+            "recipe": "nncf.quantize(model, dataset), every option at its default"}
+    where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
+    lat.update(artifact=without_samples(res["artifact"]), baselines=baselines,
+               method=f"interleaved rounds, {where}, same input; wall clock per call",
+               p50=res["artifact"]["p50"], p90=res["artifact"]["p90"])
+    layers = None
+    if profile:
+        say("profiling per-layer time (--profile)")
+        layers = runner.profile(x)
+    return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)

@@ -1,0 +1,233 @@
+"""The stages of one build, each reading the checked :class:`Request` and the :class:`~edgevit.prepare.Prepared`
+model: compile (the pipeline's one choice of quantizer, then the backend), validate and gate (fallbacks: QAT, or
+accuracy-aware PTQ), latency, and the bundle's manifest. :func:`edgevit.build.build` runs them for one precision,
+:func:`edgevit.best.build_best` for every candidate."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgevit._progress import say
+from edgevit.errors import UsageError, ValidationFailedError
+from edgevit.qat import QATOptions, QATStage
+from edgevit.quantize import AC_MAX_ITERATIONS
+from edgevit.validate import DEFAULT_MAX_DROP, Artifact, Gate
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    manifest: dict
+    samples: dict | None = None  # raw per-call latency samples (ms) of what was timed, kept out of the manifest
+
+
+@dataclass
+class Request:
+    """A build request, checked before any work: what every stage reads."""
+
+    spec: object  # edgevit.models.ModelSpec
+    target: object  # edgevit.targets.Target
+    backend: object  # edgevit.backends.Backend
+    precision: str
+    final: Path  # out/<name>
+    recipe: object | None  # edgevit.quantize.Recipe (int8)
+    qat: QATOptions
+    weights: str | None
+    force: bool = False
+    threads: int | None = None
+    max_drop: float | None = DEFAULT_MAX_DROP
+    keep_failed: bool = False
+    ignore_trt_rules: bool = False
+    measure_latency: bool = True
+    profile: bool = False
+    peers: bool = False
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def signed(self) -> bool:  # TensorRT: INT8 quantizers must be signed symmetric
+        return self.backend.capabilities.int8_signed_symmetric
+
+
+def check_candidate(prep, req: Request, precision: str) -> None:
+    """What the prepared model allows at ``precision``: a QAT checkpoint builds only INT8, for the quantizers it was
+    trained with; INT8 needs calibration images."""
+    if precision == "int8" and prep.ds is None:
+        raise UsageError("int8 calibration needs images: pass --data")
+    if req.qat.epochs and precision != "int8":
+        raise UsageError(f"quantization-aware training makes INT8 models; --qat-epochs/--distill need --precision "
+                         f"int8, not {precision}")
+    if prep.qmodel is None:
+        return
+    w = prep.weights
+    if precision != "int8":
+        raise UsageError(f"{w.arg} is a quantization-aware training checkpoint: build it with --precision int8")
+    trained_for = w.edgevit.get("qat_quantizer")  # absent in checkpoints older than this field: the rules decide
+    if req.signed and trained_for and trained_for != "signed symmetric":
+        raise UsageError(
+            f"{w.arg} was quantization-aware trained for {w.edgevit.get('qat_target', 'another target')} with "
+            f"{trained_for} quantizers; {req.target.name} ({req.backend.name}) needs signed symmetric INT8. Train QAT "
+            f"for this target from the FP32 weights: --weights FP32.pt --target {req.target.name} --qat-epochs N")
+
+
+def compile_artifact(prep, req: Request, precision: str, stage: Path, calib=None, accuracy_control=None,
+                     qdq: Path | None = None) -> Artifact:
+    """Quantize (the pipeline's one choice of quantizer), compile with the backend, load and validate."""
+    from edgevit.backends import BuildJob
+    from edgevit.export import onnx_metadata
+    from edgevit.quantize import quantize_for
+    from edgevit.validate import validate
+
+    model, quantizer = quantize_for(req.backend, prep.onnx_path, precision, calib, req.recipe,
+                                    prep.spec.is_transformer, accuracy_control, qdq)
+    built = req.backend.build(BuildJob(
+        model=model, onnx_path=prep.onnx_path, precision=precision, target=req.target, out_dir=stage,
+        quantizer=quantizer, qat=qdq is not None, calibration=calib, allow_rule_violations=req.ignore_trt_rules,
+        metadata=onnx_metadata(prep.classes, prep.pre.to_dict(), prep.spec.alias)))
+    loaded = {"precision": precision, "target": req.target.to_dict(), "backend": built.details}
+    runner = req.backend.load(stage, loaded, req.threads)
+    return Artifact(built, runner, validate(prep, runner, f"{precision} ({req.backend.name})"))
+
+
+def compile_gated(prep, req: Request, precision: str, stage: Path) -> tuple[Artifact, Gate | None, dict, object]:
+    """The artifact for ``precision`` in ``stage``, held to the accuracy gate: (artifact, gate, QAT record,
+    calibration images)."""
+    check_candidate(prep, req, precision)
+    (stage / "labels.txt").write_text("\n".join(prep.classes) + "\n")
+    calib = None
+    if precision == "int8" and (prep.qmodel is None or req.signed):  # TensorRT: V's scale from calibration too
+        calib = prep.calibration(req.recipe)
+    say(f"building {precision} for {req.target.name} with {req.backend.name} {req.backend.version()}")
+    qat = QATStage(prep, req.qat, req.recipe, req.final.with_name(f"{req.final.name}.qat.pt"),
+                   _qat_meta(prep, req), req.threads) if precision == "int8" else None
+    qdq = qat.qdq(0, req.signed) if qat and prep.qmodel is not None else None  # a QAT checkpoint, as it is
+    art = compile_artifact(prep, req, precision, stage, calib, qdq=qdq)
+    gate = Gate.open(precision, prep, art.validation, req.max_drop, "QAT checkpoint" if qdq else "PTQ")
+    if gate and (req.qat.epochs or not gate.passed):
+        art = _fallback(prep, req, stage, art, gate, qat, calib)
+    record = qat.record if qat else {}
+    if record and gate and gate.kept == "PTQ":
+        record["kept"] = False  # trained, but plain PTQ did better on the hold-out
+    elif "qdq_onnx" in record:
+        art.validation["qdq_onnx"] = record["qdq_onnx"]
+    executed = art.runner.info.get("executed_precision")
+    if executed and executed != precision:
+        from edgevit.measure import host_info
+
+        say(f"warning: {precision} was asked for but {req.backend.name} executes {executed} on this host "
+            f"({host_info()['cpu']}); the manifest records what ran")
+    return art, gate, record, calib
+
+
+def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat: QATStage, calib) -> Artifact:
+    """The gate's second try, QAT (asked for) or accuracy-aware PTQ (over budget), kept only if it beats the first
+    on the training hold-out; raises when the kept one is still over budget (unless ``keep_failed``)."""
+    gate.tried[0]["holdout_top1"] = gate.holdout_top1(prep, first.runner)
+    kept_first = Path(tempfile.mkdtemp(dir=prep.work))
+    shutil.copytree(stage, kept_first, dirs_exist_ok=True)
+    art = first
+    if req.qat.epochs:
+        say(f"quantization-aware training for {req.qat.epochs} epoch(s) (--qat-epochs)"
+            + ("" if gate.passed else f"; PTQ loses {first.validation['top1_drop']:.2f} points"))
+        method, extra = "QAT", {"epochs": req.qat.epochs, "distill": req.qat.distill}
+        art = compile_artifact(prep, req, "int8", stage, calib, qdq=qat.qdq(req.qat.epochs, req.signed))
+    elif req.backend.capabilities.accuracy_control:
+        say(f"accuracy gate: INT8 loses {first.validation['top1_drop']:.2f} points, over the budget of "
+            f"{req.max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher precision)")
+        method, extra = "accuracy-aware PTQ", {"tuned_on": f"{len(gate.holdout[1])} hold-out training images",
+                                               "max_reverts": AC_MAX_ITERATIONS}
+        art = compile_artifact(prep, req, "int8", stage, calib, accuracy_control=(*gate.holdout, req.max_drop))
+    else:
+        method = None
+        gate.skip("accuracy-aware PTQ", f"not available for the {req.backend.name} backend (it needs NNCF's "
+                                        "OpenVINO path)")
+    if method and not gate.add(method, art.validation, gate.holdout_top1(prep, art.runner), **extra):
+        say(f"{method} did worse than {gate.tried[0]['method']} on the hold-out; keeping the latter")
+        shutil.rmtree(stage)
+        shutil.copytree(kept_first, stage)
+        art = first
+    gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
+    if not gate.passed:
+        if not req.keep_failed:
+            more = "" if req.qat.epochs else "train with --qat-epochs 2, "
+            raise ValidationFailedError(
+                f"INT8 build of {prep.spec.alias} fails the accuracy gate: top-1 drop "
+                f"{art.validation['top1_drop']:.2f} points > --max-drop {req.max_drop:.2f} (tried "
+                f"{gate.tried_text()}); no bundle written. Raise --max-drop, {more}calibrate with more images "
+                "(--calib-samples), or build fp32/bf16")
+        say(f"warning: keeping a FAILED bundle (--keep-failed): {gate.tried_text()}")
+    return art
+
+
+def _qat_meta(prep, req: Request) -> dict:
+    """What a QAT checkpoint says it was trained for (read back when it is rebuilt or resumed)."""
+    return {**(prep.weights.edgevit if prep.weights else {}), "model": prep.spec.alias, "classes": prep.classes,
+            "model_overrides": prep.overrides, "qat_target": req.target.name,
+            "qat_quantizer": "signed symmetric" if req.signed else f"{req.backend.name} default",
+            "preprocessing": prep.pre.to_dict()}
+
+
+def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib):
+    from edgevit.latency import Latency, measure_build
+
+    if not req.measure_latency and not art.runner.info.get("proxy_for"):
+        from edgevit.measure import host_info
+
+        return Latency({"host": host_info(), "threads": art.runner.info.get("threads"), "batch": req.target.batch,
+                        "skipped": "latency not measured (measure_latency=False)"}, runner=art.runner)
+    return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
+                         peers=req.peers, profile=req.profile)
+
+
+def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact, gate: Gate | None, qat: dict,
+                 calib, lat, **extra) -> dict:
+    """The manifest of the artifact in ``stage`` (checksummed and checked against the schema by
+    :func:`edgevit.bundle.write_manifest`)."""
+    from edgevit import __version__
+    from edgevit.bundle import write_manifest
+
+    manifest = {
+        "edgevit_version": __version__,
+        "model": prep.model_record(),
+        "preprocessing": prep.pre.to_dict(),
+        "labels": prep.classes,
+        "target": req.target.to_dict(),
+        "precision": precision,
+        "backend": {"name": req.backend.name, "version": req.backend.version(), **art.built.details,
+                    "runtime": lat.runner.info},
+        "export": {"format": "onnx", "opset": 17, "max_abs_diff_vs_torch": round(prep.export_diff, 6)},
+        "calibration": ({"dataset": prep.calib_source,
+                         "split": "unlabelled images" if prep.unlabelled is not None else "train",
+                         "method": "NNCF post-training quantization", **req.recipe.to_dict(),
+                         "samples": int(len(calib))} if calib is not None else None),
+        "validation": art.validation,
+        "accuracy_gate": gate.to_dict() if gate else None,
+        "qat": qat or None,
+        "status": "failed-validation" if gate and not gate.passed else "ok",
+        "latency_ms": lat.record,
+        "build_seconds": round(time.perf_counter() - req.t_start, 1),
+        "provenance": provenance(),
+        "profile": lat.profile,
+        **extra,
+        "_files": [*art.built.files, "labels.txt"],
+    }
+    return write_manifest(stage, manifest)
+
+
+def provenance() -> dict:
+    """What made this bundle: library versions, the command line, when (UTC)."""
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    from edgevit.measure import library_versions
+
+    versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx"))
+    cmd = os.environ.get("EDGEVIT_COMMAND")  # set by the CLI (and inherited by bench's cell processes)
+    command = shlex.split(cmd) if cmd else [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    return {"versions": versions, "command": command,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
