@@ -19,34 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit._opencv import cv2 as _cv2
+from edgevit._opencv import opencv_has
 from edgevit._progress import say
-from edgevit.errors import EdgevitError, UsageError
+from edgevit.errors import UsageError
+from edgevit.sinks import DISPLAY, VIDEO_CODECS, check_sinks, display_available, open_sink
+
+__all__ = ["Capture", "FrameSource", "SourceError", "display_available", "opencv_has", "open_source", "run_demo"]
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
-VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
 
 
 class SourceError(UsageError):
     """A camera, stream, file or directory that cannot be opened."""
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise EdgevitError("the demo needs OpenCV: pip install 'edgevit[demo]' (or use JetPack's OpenCV on a "
-                           "Jetson)") from None
-    return cv2
-
-
-def opencv_has(feature: str) -> bool:
-    """Whether the installed OpenCV was built with ``feature`` (GStreamer, FFMPEG, V4L/V4L2, GUI)."""
-    info = _cv2().getBuildInformation()
-    for line in info.splitlines():
-        key, _, value = line.strip().partition(":")
-        if key.strip().lower() == feature.lower():
-            return value.strip().upper().startswith("YES") or (feature == "GUI" and value.strip() not in ("NONE", ""))
-    return False
 
 
 # ------------------------------------------------------------------------------------------------------ sources
@@ -264,30 +249,7 @@ class Capture:
         self.source.close()
 
 
-# ----------------------------------------------------------------------------------------------------- outputs
-def display_available() -> tuple[bool, str]:
-    if not opencv_has("GUI"):
-        return False, f"OpenCV {_cv2().__version__} has no GUI support"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False, "no display (DISPLAY is not set)"
-    return True, "ok"
-
-
-class _AtomicFile:
-    """An output written to a temporary name beside its final path and renamed when finished."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.with_name(f".{self.final.name}.partial{self.final.suffix}")
-
-    def commit(self) -> None:
-        os.replace(self.tmp, self.final)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
-
-
+# ----------------------------------------------------------------------------------------------------- overlay
 def draw_overlay(img: np.ndarray, top: list[tuple[str, float]], fps: float, stage_ms: dict) -> np.ndarray:
     cv2 = _cv2()
     out = img.copy()
@@ -336,12 +298,10 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
              headless: bool | None = None, max_fps: float | None = None, max_frames: int | None = None,
              top_k: int = 3, threads: int | None = None, opener: Callable[[], FrameSource] | None = None,
              reconnects: int = 10, backoff_s: float = 0.5, force: bool = False) -> DemoSummary:
-    """Run the demo loop until the source ends, ``max_frames`` frames, Ctrl-C or SIGTERM (both finish the outputs).
-    An existing ``output``/``jsonl`` file is replaced only with ``force``."""
-    from PIL import Image
-
-    from edgevit.outputs import check_output_file, dumps
-    from edgevit.predict import Predictor, softmax
+    """Run the demo loop, capture → classify → render to every sink, until the source ends, ``max_frames`` frames,
+    q/Esc in the window, Ctrl-C or SIGTERM (all of which finish the outputs). ``output`` and ``jsonl`` are sink
+    specs (see :mod:`edgevit.sinks`); an existing file is replaced only with ``force``."""
+    from edgevit.predict import Predictor
 
     if max_fps is not None and not 0 < max_fps < float("inf"):
         raise UsageError("--max-fps must be a positive number")
@@ -351,73 +311,19 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
         raise UsageError("--top-k must be at least 1")
     if output and Path(output).suffix.lower() not in VIDEO_CODECS:
         raise UsageError(f"--output must end in one of {', '.join(VIDEO_CODECS)}, got {output!r}")
-    if output and jsonl and Path(output).resolve() == Path(jsonl).resolve():
-        raise UsageError("--output and --jsonl name the same file; pass two paths")
-    for path, what in ((output, "--output"), (jsonl, "--jsonl")):
-        if path:
-            check_output_file(path, what, force)
-    cv2 = _cv2()
+    specs = [s for s in (output, jsonl and f"jsonl://{jsonl}") if s]  # --jsonl is JSON lines, whatever its name
+    check_sinks(specs, force)
     pred = Predictor(bundle, threads=threads)
-    show, why = display_available()
-    if headless is None:
-        headless = not show
-        if headless:
-            say(f"running headless: {why}" + ("" if output or jsonl else "; pass --output/--jsonl to keep results"))
-    elif not headless and not show:
-        raise UsageError(f"cannot open a window: {why}; run with --headless and --output/--jsonl")
-
+    headless = _headless(headless, bool(specs))
     cap = Capture(opener or (lambda: open_source(source)), max_fps=max_fps, reconnects=reconnects,
                   backoff_s=backoff_s)
     summary = DemoSummary(source=source, headless=headless)
-    video = _AtomicFile(Path(output)) if output else None
-    lines = _AtomicFile(Path(jsonl)) if jsonl else None
-    writer, jf = None, (open(lines.tmp, "w") if lines else None)
-    times = {k: [] for k in STAGES}
-    t_start, ok, last_post = time.perf_counter(), False, 0.0
+    sinks: list = []
+    times: dict[str, list] = {k: [] for k in STAGES}
+    t_start, ok = time.perf_counter(), False
     try:
-        for frame in cap.frames():
-            t0 = time.perf_counter()
-            rgb = Image.fromarray(np.ascontiguousarray(frame.image[..., ::-1]))
-            x = pred.preprocessing(rgb)[None]
-            t1 = time.perf_counter()
-            logits = pred.runner(x)[0]
-            t2 = time.perf_counter()
-            top = pred.top(softmax(logits), top_k)
-            stage = {"capture": frame.capture_ms, "preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
-            elapsed = time.perf_counter() - t_start
-            fps = (summary.frames + 1) / elapsed if elapsed > 0 else 0.0
-            annotated = None
-            if video or not headless:  # this frame's postprocess is not over yet: show the previous one's
-                annotated = draw_overlay(frame.image, top, fps, {**stage, "postprocess": last_post})
-            stage["postprocess"] = last_post = (time.perf_counter() - t2) * 1000
-            if video:
-                if writer is None:
-                    h, w = annotated.shape[:2]
-                    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[video.final.suffix.lower()])
-                    writer = cv2.VideoWriter(str(video.tmp), fourcc, cap.source.fps or 30.0, (w, h))
-                    if not writer.isOpened():
-                        raise EdgevitError(f"cannot write video {output}: OpenCV has no encoder for it")
-                    size = (w, h)
-                if annotated.shape[1::-1] != size:
-                    annotated = cv2.resize(annotated, size)
-                writer.write(annotated)
-            if jf:
-                rec = {"frame": frame.index, "time": round(time.time(), 3),
-                       "top": [{"label": lb, "score": round(s, 5)} for lb, s in top],
-                       "ms": {k: round(v, 3) for k, v in stage.items()}}
-                if frame.name:
-                    rec["image"] = frame.name
-                jf.write(dumps(rec) + "\n")
-            if not headless:
-                cv2.imshow("edgevit", annotated)
-                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                    break
-            for k in STAGES:
-                times[k].append(stage[k])
-            summary.frames += 1
-            if max_frames and summary.frames >= max_frames:
-                break
-        ok = True
+        sinks += [open_sink(s, cap.source.fps) for s in specs + ([] if headless else [DISPLAY])]
+        ok = _loop(cap, pred, sinks, top_k, max_frames, summary, times, t_start)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated): keep what was recorded
         summary.stopped_by_user, ok = True, True
         summary.stopped_by = "SIGTERM" if getattr(e, "signum", None) else "Ctrl-C"
@@ -425,20 +331,53 @@ def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, 
         summary.seconds = time.perf_counter() - t_start
         cap.close()
         summary.dropped, summary.reopened = cap.dropped, cap.reopened
-        if writer is not None:
-            writer.release()
-        if jf:
-            jf.close()
-        if not headless:
-            cv2.destroyAllWindows()
-        for out, opened in ((video, writer is not None), (lines, jf is not None)):
-            if out is None:
-                continue
-            if ok and opened and out.tmp.exists():
-                out.commit()
-                summary.outputs.append(str(out.final))
-            else:
-                out.discard()
+        summary.outputs = [p for p in (s.close(ok) for s in sinks) if p]
     summary.stage_ms = {k: {"mean": round(float(np.mean(v)), 3), "p90": round(float(np.percentile(v, 90)), 3)}
                         for k, v in times.items() if v}
     return summary
+
+
+def _headless(headless: bool | None, has_outputs: bool) -> bool:
+    show, why = display_available()
+    if headless is None:
+        if not show:
+            say(f"running headless: {why}" + ("" if has_outputs else "; pass --output/--jsonl to keep results"))
+        return not show
+    if not headless and not show:
+        raise UsageError(f"cannot open a window: {why}; run with --headless and --output/--jsonl")
+    return headless
+
+
+def _loop(cap: Capture, pred, sinks: list, top_k: int, max_frames: int | None, summary: DemoSummary,
+          times: dict, t_start: float) -> bool:
+    """capture → classify → render, frame by frame, until the source ends, the frame limit, or a sink asks to stop
+    (q/Esc in the window); True once it has ended without an error."""
+    from PIL import Image
+
+    from edgevit.predict import softmax
+
+    wants_image = any(s.wants_image for s in sinks)
+    last_post = 0.0
+    for frame in cap.frames():
+        t0 = time.perf_counter()  # classify
+        x = pred.preprocessing(Image.fromarray(np.ascontiguousarray(frame.image[..., ::-1])))[None]
+        t1 = time.perf_counter()
+        logits = pred.runner(x)[0]
+        t2 = time.perf_counter()
+        top = pred.top(softmax(logits), top_k)
+        stage = {"capture": frame.capture_ms, "preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        elapsed = time.perf_counter() - t_start
+        fps = (summary.frames + 1) / elapsed if elapsed > 0 else 0.0
+        # render: this frame's postprocess is not over yet, so the overlay shows the previous one's
+        annotated = draw_overlay(frame.image, top, fps, {**stage, "postprocess": last_post}) if wants_image else None
+        stage["postprocess"] = last_post = (time.perf_counter() - t2) * 1000
+        record = {"frame": frame.index, "time": round(time.time(), 3),
+                  "top": [{"label": lb, "score": round(s, 5)} for lb, s in top],
+                  "ms": {k: round(v, 3) for k, v in stage.items()}, **({"image": frame.name} if frame.name else {})}
+        go_on = all([s.write(record, annotated) for s in sinks])
+        for k in STAGES:
+            times[k].append(stage[k])
+        summary.frames += 1
+        if not go_on or (max_frames and summary.frames >= max_frames):
+            break
+    return True

@@ -317,13 +317,15 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundl
     import torch
 
     from edgevit.data import load_dataset, preprocess_split, sample_indices
-    from edgevit.models import apply_state_dict, create_model, data_config, read_state_dict, resolve_spec, sha256_file
+    from edgevit.models import data_config, resolve_spec, sha256_file
     from edgevit.outputs import check_output, output_dir
+    from edgevit.prepare import load_model, read_weights
 
     spec = resolve_spec(model)
     check_output(Path(out), "inspect", force)
     if images < 1:
         raise UsageError("--images must be at least 1")
+    w = read_weights(weights, spec) if weights else None
     manifest = None
     if bundle:
         from edgevit.bundle import read_manifest
@@ -332,25 +334,17 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundl
         if manifest["backend"]["name"] != "openvino" or manifest["precision"] != "int8":
             raise UsageError(f"{bundle} is a {manifest['precision']} {manifest['backend']['name']} bundle; "
                              "per-layer SQNR reads INT8 OpenVINO bundles (or omit --bundle to quantize on the fly)")
-        if weights and manifest["model"].get("weights_sha256") not in (None, sha256_file(weights)):
+        if w and manifest["model"].get("weights_sha256") not in (None, sha256_file(w.file)):
             raise WeightsError(f"{bundle} was built from other weights than {weights}; pass the weights it was "
                                "built from")
         data = data or manifest["validation"].get("dataset")
-    overrides, classes = dict(model_overrides), None
-    if weights:
-        state, meta = read_state_dict(weights)
-        ev = meta.get("edgevit") if isinstance(meta.get("edgevit"), dict) else {}
-        overrides = {**ev.get("model_overrides", {}), **overrides}
-        classes = ev.get("classes")
     ds = load_dataset(data) if data else None
-    nc = len(ds.classes) if ds else (len(classes) if classes else None)
+    classes = ds.classes if ds else (w.edgevit.get("classes") if w else None)
     size = input_size or (manifest["model"]["input_size"][-1] if manifest else spec.input_size)
-    net = create_model(spec, num_classes=nc, input_size=size, **overrides)
-    if weights:
-        apply_state_dict(net, state, weights)
-    else:
+    net, _ = load_model(spec, w, classes, size, model_overrides)
+    if not weights:
         say("warning: no --weights: inspecting a randomly initialised model")
-    pre = data_config(spec, size)
+    pre = data_config(spec, size, pretrained=w.hub.preprocessing_overrides() if w and w.hub else None)
 
     final = Path(out)
     with output_dir(final, "inspect", force) as out:
