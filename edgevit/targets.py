@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgevit._config import load_toml_dataclass, resolve_named, shipped_dir
+from edgevit._registry import BACKENDS
 from edgevit.errors import TargetError, UnknownNameError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -77,8 +78,6 @@ def load_target(name_or_path: str) -> Target:
     """A shipped profile by name, or a TOML file path."""
     path = resolve_named(targets_dir(), name_or_path, "target")
     t = load_toml_dataclass(Target, path, path=str(path))
-    from edgevit.backends import BACKENDS
-
     if t.backend not in BACKENDS:
         raise UnknownNameError(f"backend in {path}", t.backend, BACKENDS)
     return t

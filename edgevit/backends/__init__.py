@@ -10,13 +10,10 @@ from typing import Protocol
 
 import numpy as np
 
+from edgevit._registry import BACKENDS
 from edgevit.errors import BackendUnavailableError, UnknownNameError
 
-BACKENDS = {
-    "openvino": "edgevit.backends.openvino:OpenVINOBackend",
-    "onnxruntime": "edgevit.backends.onnxruntime:ONNXRuntimeBackend",
-    "tensorrt": "edgevit.backends.tensorrt:TensorRTBackend",
-}
+__all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "get_backend", "host_support"]
 
 
 @dataclass(frozen=True)
