@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit.backends import BACKENDS, Built, BuildJob, Capabilities, get_backend
+from edgevit.backends import BACKENDS, BuildJob, Built, Capabilities, get_backend
 from edgevit.errors import UsageError
 
 from .conftest import TINY_VIT

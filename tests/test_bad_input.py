@@ -470,7 +470,7 @@ def test_disk_full_is_one_line_naming_the_path(capsys, monkeypatch):
     def full(_args):
         raise OSError(28, "No space left on device", "/data/out/model.bin")
 
-    monkeypatch.setattr(cli_mod, "_cmd_models", full)
+    monkeypatch.setitem(cli_mod.RUN, "models", full)
     rc, _, err = cli(capsys, "models")
     assert rc == 1 and err.strip().splitlines() == [
         "edgevit: error: /data/out/model.bin: No space left on device; free some space or write elsewhere"]

@@ -35,7 +35,7 @@ def test_help_and_listings():
 @pytest.mark.parametrize("command", ["models", "targets", "train", "build", "bench", "report", "compile", "predict",
                                      "demo", "inspect", "time", "env", "samples", "verify"])
 def test_every_command_says_what_it_is_for_with_examples(command):
-    from edgevit.cli import command_parser
+    from edgevit.cli_args import command_parser
 
     text = command_parser(command).format_help()
     desc = text.split("\n\n")[1]
@@ -46,12 +46,13 @@ def test_every_command_says_what_it_is_for_with_examples(command):
 
 
 def test_build_config_file_is_the_same_options(tmp_path, capsys):
-    from edgevit.cli import _with_config, main, parser
+    from edgevit.cli import main
+    from edgevit.cli_args import parser, with_config
 
     cfg = tmp_path / "build.toml"
     cfg.write_text('model = "vit-tiny-fmnist"\nprecision = "fp32"\nqat_epochs = 0\nkeep_failed = true\n'
                    'threads = 2\n')
-    a = parser().parse_args(_with_config(["build", "--config", str(cfg), "--threads", "1"]))
+    a = parser().parse_args(with_config(["build", "--config", str(cfg), "--threads", "1"]))
     assert (a.model, a.precision, a.keep_failed, a.threads) == ("vit-tiny-fmnist", "fp32", True, 1)  # CLI wins
     cfg.write_text('model = "vit-tiny-fmnist"\nthreads = 0\n')  # checked by the same validators as the CLI
     with pytest.raises(SystemExit) as e:
@@ -189,7 +190,7 @@ def test_samples_writes_real_labelled_images_that_predict_reads(fmnist_dir, int8
 
 
 def test_help_shows_defaults():
-    from edgevit.cli import command_parser
+    from edgevit.cli_args import command_parser
 
     text = " ".join(command_parser("build").format_help().split())
     assert "(default: cpu-x86)" in text and "(default: int8)" in text and "(default: None)" not in text
