@@ -222,7 +222,7 @@ def environment_report() -> dict:
     """What this host is and which versions edgevit runs with (``edgevit env``; ``bench --remote`` asks the device)."""
     import platform
 
-    from edgevit.backends.tensorrt import board_model, engine_support
+    from edgevit.backends.tensorrt_engine import board_model, engine_support
     from edgevit.measure import host_info, library_versions
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",

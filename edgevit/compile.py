@@ -15,18 +15,9 @@ from edgevit.errors import BackendUnavailableError, BundleError
 def compile_bundle(bundle: str | Path, log=print) -> dict:
     """Finish a TensorRT bundle on the device: build the engine from its checked ONNX with the plan re-derived for
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
-    from edgevit.backends.tensorrt import (
-        ENGINE_FILE,
-        ONNX_FILE,
-        SCRIPT_FILE,
-        TRTRunner,
-        build_engine,
-        device_info,
-        engine_plan,
-        engine_support,
-        onnx_proxy,
-        write_plan,
-    )
+    from edgevit.backends.tensorrt import onnx_proxy
+    from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support
+    from edgevit.backends.tensorrt_plan import ENGINE_FILE, ONNX_FILE, SCRIPT_FILE, engine_plan, write_plan
     from edgevit.bundle import read_manifest, write_manifest
     from edgevit.measure import compare_latency, host_info, without_samples
     from edgevit.outputs import output_dir

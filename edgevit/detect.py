@@ -38,7 +38,7 @@ def detect_target(root: Path = Path("/")) -> tuple[str, str]:
                 return name, where
         raise TargetError(f"this is a Jetson ({where}) that edgevit has no profile for; pass --target with one of "
                           f"{', '.join(n for _, n in JETSON_BOARDS)} that matches it, or a profile .toml of your own")
-    from edgevit.backends.tensorrt import engine_support
+    from edgevit.backends.tensorrt_engine import engine_support
 
     ok, why = engine_support()
     if ok:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgevit import trt_rules
-from edgevit.backends.tensorrt import engine_mismatch, engine_plan
+from edgevit.backends.tensorrt_plan import engine_mismatch, engine_plan
 from edgevit.errors import TargetError
 from edgevit.targets import list_targets, load_target
 from tests.conftest import TINY_VIT
@@ -206,7 +206,7 @@ def test_cross_host_bundle_predicts_through_onnxruntime(orin_bundle, png):
 
 
 def test_compile_without_tensorrt_says_what_is_missing(orin_bundle, capsys):
-    from edgevit.backends.tensorrt import engine_support
+    from edgevit.backends.tensorrt_engine import engine_support
     from edgevit.cli import main
 
     if engine_support()[0]:
@@ -249,7 +249,7 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'edgevit[tensorrt]')")
     import shutil
 
-    from edgevit.backends.tensorrt import engine_support
+    from edgevit.backends.tensorrt_engine import engine_support
     from edgevit.build import build
     from edgevit.compile import compile_bundle
 
@@ -279,7 +279,7 @@ def test_best_for_a_remote_target_follows_the_documented_rule(fmnist_dir, tiny_c
 
 
 def test_layer_summary_reads_the_inspector_json():
-    from edgevit.backends.tensorrt import layer_summary
+    from edgevit.backends.tensorrt_engine import layer_summary
 
     layers = {"Layers": [{"Name": "conv", "LayerType": "CaskConvolution",
                           "Outputs": [{"Format/Datatype": "Channel major INT8 format where channel % 32 == 0"}]},
@@ -325,7 +325,7 @@ def _trtexec_flags(script: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(list_targets()))
 def test_build_engine_sh_matches_the_plan_for_every_profile(name):
-    from edgevit.backends.tensorrt import build_script
+    from edgevit.backends.tensorrt_plan import build_script
 
     t = load_target(name)
     if t.backend != "tensorrt":
@@ -373,7 +373,7 @@ class _ProfileContext:
 
 
 def test_runner_splits_batches_to_the_engine_profile_and_checks_the_shape():
-    from edgevit.backends.tensorrt import TRTRunner
+    from edgevit.backends.tensorrt_engine import TRTRunner
     from edgevit.errors import ValidationFailedError
 
     r = object.__new__(TRTRunner)
@@ -411,7 +411,7 @@ class _RefusingConfig:
 
 
 def test_timing_cache_from_another_device_is_replaced_not_trusted(tmp_path):
-    from edgevit.backends.tensorrt import apply_timing_cache
+    from edgevit.backends.tensorrt_engine import apply_timing_cache
 
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"from another device")
@@ -481,7 +481,7 @@ def test_layernorm_is_decomposed_exactly_for_tensorrt_before_8_6(tmp_path):
 def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(fmnist_dir, tmp_path):
     import onnx
 
-    from edgevit.backends.tensorrt import build_script
+    from edgevit.backends.tensorrt_plan import build_script
     from edgevit.build import build
 
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
