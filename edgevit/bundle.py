@@ -109,7 +109,7 @@ class Manifest(TypedDict, total=False):
     schema_version: int
     edgevit_version: str
     model: ModelRecord
-    preprocessing: dict  # edgevit.data.Preprocessing.to_dict()
+    preprocessing: dict  # edgevit.images.Preprocessing.to_dict()
     labels: list[str]
     target: dict  # edgevit.targets.Target.to_dict()
     precision: str
@@ -183,7 +183,7 @@ def _choice(d: dict, key: str, where: str, choices, optional: bool = False):
 def validate_manifest(m) -> Manifest:
     """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
     from edgevit.backends import BACKENDS
-    from edgevit.data import INTERPOLATIONS
+    from edgevit.images import INTERPOLATIONS
     from edgevit.targets import Target
 
     if not isinstance(m, dict):

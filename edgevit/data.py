@@ -1,169 +1,28 @@
-"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders, synthetic) and the preprocessing a bundle records.
+"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders, synthetic): splits of labelled images, kept as uint8
+arrays or file paths and read through :mod:`edgevit.stream`; sampling, hold-outs and calibration subsets.
 
-Images are kept as uint8 and turned into model input by one :class:`Preprocessing`, the same object that is written
-into a bundle's manifest, so that ``predict`` and the demo reproduce training and validation input exactly.
-"""
+Images become model input through one :class:`~edgevit.images.Preprocessing`, the object a bundle records."""
 
 from __future__ import annotations
 
 import gzip
 import os
-import signal
 import struct
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from edgevit.errors import DatasetError, EdgevitError, ImageError, UnknownNameError
+from edgevit.errors import DatasetError, UnknownNameError
+from edgevit.images import IMAGE_EXTENSIONS, Preprocessing, load_image
+from edgevit.stream import ImageStream
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-INTERPOLATIONS = tuple(_INTERPOLATION)
-# The image reader's limits, checked from the header before any pixel is decoded. 120 MP covers 108 MP phone
-# photos; a classifier's centre crop has no use for panoramas wider than 20:1, and bounding the aspect ratio bounds
-# what the resize to the model's input allocates. EDGEVIT_MAX_IMAGE_PIXELS raises the pixel budget.
-MAX_IMAGE_PIXELS = 120_000_000
-MAX_ASPECT_RATIO = 20.0
-Image.MAX_IMAGE_PIXELS = None  # our own budget below replaces PIL's warning/exception pair
-
-
-# --------------------------------------------------------------------------------------------------- preprocessing
-@dataclass(frozen=True)
-class Preprocessing:
-    """Image → model input: RGB, resize the shorter side to ``resize``, centre-crop ``input_size``, scale to [0, 1],
-    normalise with ``mean``/``std``, NCHW float32. Grayscale images are replicated to three channels."""
-
-    input_size: tuple[int, int]
-    resize: int
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    channels: str = "RGB"
-    layout: str = "NCHW"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in _INTERPOLATION:
-            raise UnknownNameError("interpolation", self.interpolation, _INTERPOLATION)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(
-            input_size=tuple(d["input_size"]), resize=int(d["resize"]), interpolation=d["interpolation"],
-            mean=tuple(d["mean"]), std=tuple(d["std"]), channels=d.get("channels", "RGB"),
-            layout=d.get("layout", "NCHW"),
-        )
-
-    def resize_crop(self, img: Image.Image) -> np.ndarray:
-        """PIL image → uint8 HWC RGB array of ``input_size``."""
-        img = to_rgb8(img)
-        w, h = img.size
-        check_image_size(w, h, "image")
-        scale = self.resize / min(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), _INTERPOLATION[self.interpolation])
-        th, tw = self.input_size
-        left, top = (nw - tw) // 2, (nh - th) // 2
-        if left < 0 or top < 0:
-            raise ImageError(f"image of {w}x{h} cannot be cropped to {tw}x{th} after resizing to {self.resize}")
-        if (nw, nh) != (tw, th):
-            img = img.crop((left, top, left + tw, top + th))
-        return np.asarray(img, dtype=np.uint8)
-
-    def normalize(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC (or HWC) → float32 NCHW (or CHW)."""
-        x = batch.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
-
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        """One PIL image → float32 CHW."""
-        return self.normalize(self.resize_crop(img))
-
-
-def _pixel_budget() -> int:
-    raw = os.environ.get("EDGEVIT_MAX_IMAGE_PIXELS")
-    if raw is None:
-        return MAX_IMAGE_PIXELS
-    try:
-        v = int(raw)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise ImageError(f"EDGEVIT_MAX_IMAGE_PIXELS must be a positive integer, got {raw!r}")
-    return v
-
-
-def check_image_size(w: int, h: int, what: str) -> None:
-    """Refuse an image whose pixels would not fit the budget, from its declared size (before decoding)."""
-    budget = _pixel_budget()
-    if w < 1 or h < 1:
-        raise ImageError(f"{what} declares {w}x{h} pixels; it is damaged")
-    if w * h > budget:
-        raise ImageError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of {budget / 1e6:.0f} MP; "
-                         "downscale it first (or raise EDGEVIT_MAX_IMAGE_PIXELS)")
-    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
-        raise ImageError(f"{what} is {w}x{h}, an aspect ratio over {MAX_ASPECT_RATIO:.0f}:1 that a classifier's "
-                         "centre crop cannot use; crop it first")
-
-
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """Any PIL image → 8-bit RGB, converted as a viewer would show it: 16/32-bit and float images are scaled (not
-    clipped) to 8 bits, palette and alpha images are composited over black (a transparent pixel contributes nothing,
-    like the black background of Fashion-MNIST-style data), CMYK/YCbCr/LAB converted."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(img)
-        if img.mode.startswith("I;16"):
-            a8 = (a.astype(np.uint32) * 255 + 32767) // 65535  # 65535 → 255, 32768 → 128
-        elif img.mode == "I":  # 32-bit integers: PNG 16-bit greyscale in older Pillow; scale by the declared range
-            a = a.astype(np.int64)
-            top = 255 if a.max(initial=0) <= 255 and a.min(initial=0) >= 0 else 65535
-            a8 = np.clip(a, 0, top) * 255 // top
-        else:  # float: [0, 1] if it fits there, else its own range
-            a = np.nan_to_num(a.astype(np.float64))
-            lo, hi = (0.0, 1.0) if a.min(initial=0) >= 0 and a.max(initial=0) <= 1 else (a.min(), a.max())
-            a8 = np.round((a - lo) / ((hi - lo) or 1.0) * 255)
-        return Image.fromarray(a8.astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """The one image reader (predict, demo, datasets, inspect): checks the declared size against the pixel budget
-    and aspect bound before decoding, applies the EXIF orientation, returns 8-bit RGB (see :func:`to_rgb8`)."""
-    from PIL import ImageOps
-
-    p = Path(path)
-    if not p.is_file():
-        raise ImageError(f"image not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
-    if p.stat().st_size == 0:
-        raise ImageError(f"image file is empty: {p}")
-    try:
-        with Image.open(p) as img:
-            check_image_size(*img.size, what=f"image {p}")
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return to_rgb8(img)
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {p}: {e}; pass a PNG, JPEG or other image file") from None
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -222,104 +81,6 @@ class Dataset:
 
     def stream(self, split: Split, pre: Preprocessing) -> ImageStream:
         return ImageStream(split, pre, self.workers)
-
-
-class _Decoded:
-    """A map-style dataset for torch's DataLoader: item ``i`` of a split, decoded, resized and cropped (uint8 HWC)
-    with its label."""
-
-    def __init__(self, split: Split, pre: Preprocessing):
-        self.split, self.pre = split, pre
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray | _Failed, int]:
-        try:
-            return self.pre.resize_crop(self.split.image(i)), int(self.split.labels[i])
-        except EdgevitError as e:  # raised again, as it is, in the reading process (not as a worker traceback)
-            return _Failed(type(e), str(e)), -1
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: type
-    message: str
-
-
-def _collate(items: list[tuple[np.ndarray | _Failed, int]]) -> tuple[np.ndarray, np.ndarray] | _Failed:
-    failed = next((x for x, _ in items if isinstance(x, _Failed)), None)
-    if failed is not None:
-        return failed
-    return np.stack([x for x, _ in items]), np.asarray([y for _, y in items], np.int64)
-
-
-def default_workers(split: Split) -> int:
-    """Files are decoded by worker processes (all cores but one, at most 8, at least 1); in-memory arrays (Fashion-
-    MNIST, .npy) in the calling process, where a resize costs less than handing the image between processes."""
-    if split.arrays is not None:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-class ImageStream:
-    """The images of a split as the model sees them (resized and cropped, uint8 NHWC), decoded on demand in batches
-    by a torch ``DataLoader``: nothing beyond the batches in flight is held, so memory does not grow with the
-    dataset. Passes read the images again (a validation set of a few thousand images costs seconds)."""
-
-    def __init__(self, split: Split, pre: Preprocessing, workers: int | None = None):
-        if workers is not None and workers < 0:
-            raise ValueError("workers must be 0 or more")
-        self.split, self.pre = split, pre
-        self.workers = default_workers(split) if workers is None else workers
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.split.labels
-
-    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(uint8 NHWC images, int64 labels) batches in ``order`` (default: the split's order)."""
-        from torch.utils.data import DataLoader
-
-        n_batches = -(-len(self if order is None else order) // batch_size)
-        workers = min(self.workers, n_batches)
-        loader = DataLoader(_Decoded(self.split, self.pre), batch_size=batch_size, collate_fn=_collate,
-                            sampler=None if order is None else [int(i) for i in order], num_workers=workers,
-                            prefetch_factor=4 if workers else None)
-        before = signal.getsignal(signal.SIGCHLD)
-        try:
-            for batch in loader:
-                if isinstance(batch, _Failed):
-                    raise batch.error(batch.message)
-                yield batch
-        finally:
-            if workers:
-                _restore_sigchld(before)
-
-
-def _restore_sigchld(handler) -> None:
-    """Put back the SIGCHLD handler a multi-worker DataLoader replaced. torch installs its worker watchdog once per
-    process and never removes it; left in place, it ran on every later child exit (a subprocess, torchrun's
-    workers) and crashed this process with a segmentation fault after a build that had read image files. torch
-    reinstalls it for the next multi-worker loader once its flag says it is gone."""
-    from torch.utils.data._utils import signal_handling
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, handler)
-        signal_handling._SIGCHLD_handler_set = False
-
-
-def u8_batches(images: np.ndarray | ImageStream, batch_size: int) -> Iterator[np.ndarray]:
-    """uint8 NHWC batches of preprocessed images held in memory or streamed."""
-    if isinstance(images, ImageStream):
-        for x, _ in images.batches(batch_size):
-            yield x
-    else:
-        for s in range(0, len(images), batch_size):
-            yield images[s:s + batch_size]
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

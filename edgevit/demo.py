@@ -86,7 +86,7 @@ class DirectorySource(FrameSource):
     kind = "directory"
 
     def __init__(self, path: Path) -> None:
-        from edgevit.data import IMAGE_EXTENSIONS
+        from edgevit.images import IMAGE_EXTENSIONS
 
         self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
@@ -95,7 +95,7 @@ class DirectorySource(FrameSource):
         self.current = ""
 
     def read(self):
-        from edgevit.data import load_image
+        from edgevit.images import load_image
 
         if self._i >= len(self.files):
             return None

@@ -48,9 +48,9 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 
 def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8, pre, batch_size: int = 100,
                 desc: str = "validate") -> np.ndarray:
-    """Logits of ``fn`` over uint8 NHWC images (an array, or an :class:`~edgevit.data.ImageStream` that decodes
+    """Logits of ``fn`` over uint8 NHWC images (an array, or an :class:`~edgevit.stream.ImageStream` that decodes
     them batch by batch), normalised batch by batch."""
-    from edgevit.data import u8_batches
+    from edgevit.stream import u8_batches
 
     outs = [fn(pre.normalize(x)) for x in progress(u8_batches(images_u8, batch_size), desc=desc,
                                                      total=-(-len(images_u8) // batch_size), min_total=5)]

@@ -28,7 +28,7 @@ class Predictor:
     def __init__(self, bundle: str | os.PathLike, threads: int | None = None) -> None:
         from edgevit.backends import get_backend, require
         from edgevit.bundle import read_manifest
-        from edgevit.data import Preprocessing
+        from edgevit.images import Preprocessing
 
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path)
@@ -59,7 +59,7 @@ class Predictor:
         return [(self.labels[i], float(probs[i])) for i in best]
 
     def predict_files(self, paths: list[str | os.PathLike], k: int = 5) -> list[Prediction]:
-        from edgevit.data import load_image
+        from edgevit.images import load_image
 
         images = [load_image(p) for p in paths]  # all read (and checked) before any inference
         return [Prediction(str(p), self.top(row, k)) for p, row in zip(paths, self.probabilities(images))]

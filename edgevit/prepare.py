@@ -84,7 +84,7 @@ class Prepared:
     unlabelled: object | None  # --calib-data images (a Split without labels)
     calib_source: str | None
     classes: list[str]
-    pre: object  # edgevit.data.Preprocessing
+    pre: object  # edgevit.images.Preprocessing
     net: object  # the FP32 torch model
     qmodel: object | None  # the QAT checkpoint's quantized torch model, when --weights is one
     work: Path

@@ -55,7 +55,7 @@ def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int =
 
 def fit_epoch(model, images, pre, opt, sched, loss_fn, batch_size: int, pad: int, desc: str, teacher=None,
               order: np.ndarray | None = None, device=None) -> float:
-    """One epoch over a :class:`~edgevit.data.ImageStream` in ``order`` (default: a random permutation); returns the
+    """One epoch over a :class:`~edgevit.stream.ImageStream` in ``order`` (default: a random permutation); returns the
     smoothed loss. ``pad`` > 0 turns on random flips and shifts. ``loss_fn(logits, labels, teacher_logits)`` is
     called with the teacher's logits when ``teacher`` is given (distillation), else ``loss_fn(logits, labels)``."""
     import torch

@@ -231,7 +231,7 @@ def test_directory_as_image(bundle, tmp_path, capsys):
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from edgevit.data import load_image
+    from edgevit.images import load_image
 
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "grey16.png")
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "white16.png")
@@ -242,7 +242,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
 def test_alpha_palette_and_exif_orientation(tmp_path):
     from PIL import Image
 
-    from edgevit.data import load_image
+    from edgevit.images import load_image
 
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., :3] = 200  # colour under a fully transparent pixel contributes nothing

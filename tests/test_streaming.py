@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit.data import ImageStream, Preprocessing, load_dataset, load_image, preprocess_split
+from edgevit.data import load_dataset, preprocess_split
+from edgevit.images import Preprocessing, load_image
+from edgevit.stream import ImageStream
 
 from .conftest import TINY_VIT
 

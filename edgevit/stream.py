@@ -1,0 +1,117 @@
+"""Streaming a split: its images decoded, resized and cropped on demand in batches by torch's ``DataLoader`` (worker
+processes for image files), so memory does not grow with the dataset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgevit.errors import EdgevitError
+
+if TYPE_CHECKING:
+    from edgevit.data import Split
+    from edgevit.images import Preprocessing
+
+
+class _Decoded:
+    """A map-style dataset for torch's DataLoader: item ``i`` of a split, decoded, resized and cropped (uint8 HWC)
+    with its label."""
+
+    def __init__(self, split: Split, pre: Preprocessing):
+        self.split, self.pre = split, pre
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | _Failed, int]:
+        try:
+            return self.pre.resize_crop(self.split.image(i)), int(self.split.labels[i])
+        except EdgevitError as e:  # raised again, as it is, in the reading process (not as a worker traceback)
+            return _Failed(type(e), str(e)), -1
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: type
+    message: str
+
+
+def _collate(items: list[tuple[np.ndarray | _Failed, int]]) -> tuple[np.ndarray, np.ndarray] | _Failed:
+    failed = next((x for x, _ in items if isinstance(x, _Failed)), None)
+    if failed is not None:
+        return failed
+    return np.stack([x for x, _ in items]), np.asarray([y for _, y in items], np.int64)
+
+
+def default_workers(split: Split) -> int:
+    """Files are decoded by worker processes (all cores but one, at most 8, at least 1); in-memory arrays (Fashion-
+    MNIST, .npy) in the calling process, where a resize costs less than handing the image between processes."""
+    if split.arrays is not None:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class ImageStream:
+    """The images of a split as the model sees them (resized and cropped, uint8 NHWC), decoded on demand in batches
+    by a torch ``DataLoader``: nothing beyond the batches in flight is held, so memory does not grow with the
+    dataset. Passes read the images again (a validation set of a few thousand images costs seconds)."""
+
+    def __init__(self, split: Split, pre: Preprocessing, workers: int | None = None):
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be 0 or more")
+        self.split, self.pre = split, pre
+        self.workers = default_workers(split) if workers is None else workers
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 NHWC images, int64 labels) batches in ``order`` (default: the split's order)."""
+        from torch.utils.data import DataLoader
+
+        n_batches = -(-len(self if order is None else order) // batch_size)
+        workers = min(self.workers, n_batches)
+        loader = DataLoader(_Decoded(self.split, self.pre), batch_size=batch_size, collate_fn=_collate,
+                            sampler=None if order is None else [int(i) for i in order], num_workers=workers,
+                            prefetch_factor=4 if workers else None)
+        before = signal.getsignal(signal.SIGCHLD)
+        try:
+            for batch in loader:
+                if isinstance(batch, _Failed):
+                    raise batch.error(batch.message)
+                yield batch
+        finally:
+            if workers:
+                _restore_sigchld(before)
+
+
+def _restore_sigchld(handler) -> None:
+    """Put back the SIGCHLD handler a multi-worker DataLoader replaced. torch installs its worker watchdog once per
+    process and never removes it; left in place, it ran on every later child exit (a subprocess, torchrun's
+    workers) and crashed this process with a segmentation fault after a build that had read image files. torch
+    reinstalls it for the next multi-worker loader once its flag says it is gone."""
+    from torch.utils.data._utils import signal_handling
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, handler)
+        signal_handling._SIGCHLD_handler_set = False
+
+
+def u8_batches(images: np.ndarray | ImageStream, batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 NHWC batches of preprocessed images held in memory or streamed."""
+    if isinstance(images, ImageStream):
+        for x, _ in images.batches(batch_size):
+            yield x
+    else:
+        for s in range(0, len(images), batch_size):
+            yield images[s:s + batch_size]
