@@ -9,9 +9,7 @@ noisy machine's drift; where a cell has no such peer, its raw p50 is used.
 from __future__ import annotations
 
 import html
-import io
 import json
-import math
 import os
 import re
 import sqlite3
@@ -20,9 +18,7 @@ from statistics import median
 
 from edgevit.bundle import NNCF_DEFAULT
 from edgevit.errors import DatasetError, UsageError
-
-FAMILY_ORDER = ("vit", "hybrid", "maxvit", "other", "mobilenet", "resnet")
-DEFAULT_TOLERANCES = {"latency": 0.25, "accuracy": 0.5, "window": 5}
+from edgevit.report_charts import DEFAULT_TOLERANCES, FAMILY_ORDER, accuracy_latency_chart, cell_key, trend_chart
 
 
 def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -51,10 +47,6 @@ def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[l
         raise UsageError(f"{', '.join(map(str, paths))} has no runs" + (f" of suite {suite!r}" if suite else ""))
     runs.sort(key=lambda r: r["started"])
     return runs, cells
-
-
-def _key(c: dict) -> tuple:
-    return c["model"], c["target"], c["precision"]
 
 
 MIN_COMPARABLE = 3  # earlier runs on the same host a cell needs before it can be called a regression
@@ -111,10 +103,10 @@ def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = N
                 and host_key(r["env"]) == key][-max(int(tol["window"]), MIN_COMPARABLE):]
     found = []
     for c in (c for c in cells if c["run_id"] == latest["run_id"]):
-        hist = [h for h in cells if h["run_id"] in previous and _key(h) == _key(c)]
+        hist = [h for h in cells if h["run_id"] in previous and cell_key(h) == cell_key(c)]
         ok_hist = [h for h in hist if h["status"] == "passed"]
         c["comparable"] = len(ok_hist)
-        name = " ".join(_key(c))
+        name = " ".join(cell_key(c))
         if hist and c["status"] != "passed" and ok_hist:
             found.append({"cell": name, "kind": "status", "message": f"{c['status']} (was passed): {c.get('error')}"})
             continue
@@ -138,132 +130,6 @@ def regressions(runs: list[dict], cells: list[dict], tolerances: dict | None = N
             found.append({"cell": name, "kind": "accuracy", "message": f"top-1 {c['top1']:.2f}% vs median "
                           f"{median(accs):.2f}% of {len(accs)} earlier runs (tolerance {tol['accuracy']} points)"})
     return found
-
-
-# ------------------------------------------------------------------------------------------------------- charts
-def _svg(fig) -> str:
-    """The figure as SVG text (crisp at any zoom, its labels searchable), text kept as text."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline in the page: no XML prolog or doctype
-
-
-def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """The points no other point beats on both latency (lower) and accuracy (higher), by latency."""
-    front, best = [], float("-inf")
-    for p in sorted(points, key=lambda p: (p[0], -p[1])):
-        if p[1] > best:
-            front.append(p)
-            best = p[1]
-    return front
-
-
-def accuracy_latency_chart(latest: list[dict]) -> str | None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    targets = sorted({c["target"] for c in latest if c.get("p50") and c.get("top1") is not None})
-    if not targets:
-        return None
-    fig, axes = plt.subplots(1, len(targets), figsize=(7.5 * len(targets), 5.0), squeeze=False)
-    markers = {"fp32": "o", "bf16": "s", "fp16": "D", "int8": "^"}
-    # One colour per model and one marker per precision, explained in legends: labels beside every point overlap
-    # as soon as two cells land close together, which they do (fp32 and bf16 on a host without bf16, say).
-    models = sorted({c["model"] for c in latest}, key=lambda m: (
-        next((FAMILY_ORDER.index(c["family"]) for c in latest if c["model"] == m and c["family"] in FAMILY_ORDER),
-             3), m))
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    for ax, t in zip(axes[0], targets):
-        pts = [(c["p50"], c["top1"], f"{c['model']} {c['precision']}", c) for c in latest
-               if c["target"] == t and c.get("p50") and c.get("top1") is not None]
-        for x, y, _, c in pts:
-            base = c["family"] in ("mobilenet", "resnet")
-            ax.scatter(x, y, marker=markers.get(c["precision"], "o"), s=70, linewidths=1.5, zorder=3,
-                       facecolor="white" if base else colors[c["model"]],
-                       edgecolor=colors[c["model"]] if base else "black")
-        front = pareto([(x, y, label) for x, y, label, _ in pts])
-        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", zorder=2)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # 2 and 5 between decades: no collisions
-            lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v)), 6) in (2.0, 5.0) else ""))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{t}: accuracy vs latency (filled: transformers, hollow: CNN baselines)", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        from matplotlib.lines import Line2D
-
-        shown = {c["model"] for *_, c in pts}
-        handles = [Line2D([], [], ls="", marker="o", markersize=8, color=colors[m], label=m)
-                   for m in models if m in shown]
-        handles += [Line2D([], [], ls="", marker=markers.get(p, "o"), markersize=8, color="gray", label=p)
-                    for p in markers if any(c["precision"] == p for *_, c in pts)]
-        handles.append(Line2D([], [], ls="--", color="tab:red", label="Pareto front: " + " → ".join(
-            p[2] for p in front)))
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _svg(fig)
-
-
-def trend_chart(runs: list[dict], cells: list[dict], flagged: dict[str, set[str]],
-                tolerances: dict | None = None) -> str | None:
-    """Small multiples, one per cell; ``flagged`` maps a cell to the metrics flagged in it (latency, accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tol = {**DEFAULT_TOLERANCES, **(tolerances or runs[-1]["env"].get("tolerances") or {})}
-    order = {r["run_id"]: i for i, r in enumerate(runs)}
-    keys = sorted({_key(c) for c in cells})
-    if len(runs) < 2 or not keys:
-        return None
-    keys = keys[:24]
-    cols = 4
-    rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
-        series = sorted((order[c["run_id"]], c.get("p50"), c.get("top1")) for c in cells
-                        if _key(c) == k and c["status"] == "passed")
-        xs = [s[0] for s in series]
-        ys = [s[1] for s in series if s[1]]
-        kinds = flagged.get(" ".join(k), set())
-        ax.plot(xs, [s[1] for s in series], "o-", color="tab:red" if "latency" in kinds else "tab:blue")
-        if len(ys) >= 2:  # where the latest run would be flagged: the median of the runs before it, plus the tolerance
-            limit = median(ys[:-1][-int(tol["window"]):]) * (1 + tol["latency"])
-            ax.axhline(limit, color="tab:red", lw=0.8, ls="--")
-            ys.append(limit)
-        # from zero, so that a 2 % wobble does not fill the panel like a 2x slowdown would
-        ax.set_ylim(0, max(ys, default=1) * 1.15)
-        ax.set_xlim(-0.3, len(runs) - 0.7)
-        ticks = sorted(set(xs))
-        ax.set_xticks(ticks, [f"#{i + 1}\n{runs[i]['git_commit']}" for i in ticks], fontsize=6)
-        ax.set_title(" ".join(k), fontsize=8)
-        ax.set_ylabel("p50 ms", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        acc = ax.twinx()
-        accs = [s[2] for s in series if s[2] is not None]
-        acc.plot(xs, [s[2] for s in series], "s:", markersize=3,
-                 color="tab:red" if "accuracy" in kinds else "tab:green")
-        if accs:
-            acc.set_ylim(min(accs) - 2, max(accs) + 2)
-        acc.tick_params(labelsize=6, colors="tab:green")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.suptitle("trend per cell across runs on this host (run number, commit): p50 latency (blue; red when its "
-                 "latency is flagged), the effect-size threshold (red dashes), top-1 % (green, right axis; red when "
-                 "its accuracy is flagged)", fontsize=9)
-    fig.tight_layout()
-    return _svg(fig)
 
 
 # ------------------------------------------------------------------------------------------------------- tables
@@ -377,7 +243,7 @@ runtime).</p>
 
 def cell_file(c: dict) -> str:
     """The file name of a cell's record in the report's cells/ folder."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(_key(c))) + ".json"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(cell_key(c))) + ".json"
 
 
 def _sort_value(v) -> str:
@@ -412,7 +278,7 @@ def _profiles_html(latest: list[dict], top: int = 10) -> str:
     """A per-layer table for every cell with a profile (bench profiles each INT8 cell): where its time goes."""
     esc = html.escape
     parts = []
-    for c in sorted(latest, key=_key):
+    for c in sorted(latest, key=cell_key):
         prof = _details(c).get("profile")
         if not prof:
             continue
@@ -421,7 +287,7 @@ def _profiles_html(latest: list[dict], top: int = 10) -> str:
         rows = "".join(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['type'])}</td><td>{esc(r['exec'])}</td>"
                        f"<td>{esc(r['precision'])}</td><td>{r['ms']:.4f}</td><td>{r['share'] * 100:.1f}%</td></tr>"
                        for r in prof["top_layers"][:top])
-        parts.append(f"<h4>{esc(' '.join(_key(c)))}: {prof['total_ms']:.3f} ms of layer time per inference "
+        parts.append(f"<h4>{esc(' '.join(cell_key(c)))}: {prof['total_ms']:.3f} ms of layer time per inference "
                      f"({esc(prof['measured_with'])})</h4><p>by executed precision: {esc(by)}; by layer type (ms): "
                      f"{esc(types)}</p><table><tr><th>layer</th><th>type</th><th>kernel</th><th>precision</th>"
                      f"<th>ms</th><th>share</th></tr>{rows}</table>")
@@ -432,10 +298,10 @@ def _checks_html(latest: list[dict]) -> str:
     """How each cell's Offline figure was measured and, with ``bench --crosscheck``, benchmark_app's figures."""
     esc = html.escape
     lines = []
-    for c in sorted(latest, key=_key):
+    for c in sorted(latest, key=cell_key):
         d = _details(c)
         off, chk = d.get("offline") or {}, d.get("benchmark_app")
-        text = f"{' '.join(_key(c))}: offline {c.get('throughput')} img/s ({off.get('method', '?')}"
+        text = f"{' '.join(cell_key(c))}: offline {c.get('throughput')} img/s ({off.get('method', '?')}"
         text += f", {off['requests']} requests, {off['streams']} streams)" if "requests" in off else ")"
         if chk:
             text += (f"; benchmark_app: median {chk['latency'].get('median_ms')} ms (ours / theirs "

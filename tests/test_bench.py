@@ -183,7 +183,7 @@ def test_random_init_is_the_same_model_every_build(tmp_path):
 
 
 def test_pareto_front():
-    from edgevit.report import pareto
+    from edgevit.report_charts import pareto
 
     pts = [(1.0, 80, "a"), (2.0, 85, "b"), (1.5, 70, "c"), (3.0, 84, "d"), (0.5, 60, "e")]
     assert [p[2] for p in pareto(pts)] == ["e", "a", "b"]
