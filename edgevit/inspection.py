@@ -15,6 +15,7 @@ import numpy as np
 
 from edgevit._progress import say
 from edgevit.errors import UsageError, WeightsError
+from edgevit.inspection_figures import draw_attention_distance, draw_filters, draw_position_similarity, draw_sqnr
 
 
 # ------------------------------------------------------------------------------------------------- computations
@@ -171,88 +172,6 @@ def layer_sqnr(model, ov_model, x: np.ndarray) -> list[LayerError]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ drawing
-def _grid_figure(images: list[np.ndarray], titles: list[str], path: Path, suptitle: str, cmap=None, vmin=None,
-                 vmax=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.6), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, t in zip(axes.ravel(), images, titles):
-        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(t, fontsize=7)
-    fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def draw_filters(comps: np.ndarray, ratio: np.ndarray, path: Path, layer: str) -> None:
-    imgs = []
-    for c in comps:
-        img = np.moveaxis(c, 0, -1)
-        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
-        imgs.append(img)
-    _grid_figure(imgs, [f"PC{i + 1} {r * 100:.1f}%" for i, r in enumerate(ratio)], path,
-                 f"Principal components of {layer} filters (RGB)")
-
-
-def draw_position_similarity(sim: np.ndarray, path: Path) -> None:
-    gh, gw = sim.shape[:2]
-    imgs = [sim[i, j] for i in range(gh) for j in range(gw)]
-    _grid_figure(imgs, [f"({i},{j})" for i in range(gh) for j in range(gw)], path,
-                 "Position embedding cosine similarity (each tile: one patch vs all)", cmap="viridis", vmin=-1, vmax=1)
-
-
-def draw_attention_distance(dist: np.ndarray, path: Path, input_px: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    layers, heads = dist.shape
-    for h in range(heads):
-        ax.scatter(np.arange(layers) + 1, dist[:, h], label=f"head {h + 1}", s=28)
-    ax.set_xlabel("layer (block)")
-    ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_ylim(0, max(float(dist.max()) * 1.15, 1.0))
-    ax.set_title(f"Mean attention distance per head ({input_px}px input)")
-    ax.set_xticks(np.arange(layers) + 1)
-    if heads <= 12:
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def draw_sqnr(errors: list[LayerError], path: Path, worst: int = 3) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    vals = [min(e.sqnr_db, 80.0) for e in errors]
-    order = np.argsort(vals)[:worst]
-    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(errors)), 4.2))
-    colors = ["tab:red" if i in order else "tab:blue" for i in range(len(errors))]
-    ax.bar(range(len(errors)), vals, color=colors)
-    ax.set_xticks(range(len(errors)))
-    ax.set_xticklabels([e.name for e in errors], rotation=90, fontsize=6)
-    ax.set_ylabel("SQNR (dB), higher is better")
-    ax.set_title(f"INT8 vs FP32 per layer output (red: the {worst} worst)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------------------ the page
 @dataclass
 class InspectReport:
@@ -314,8 +233,6 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundl
                   input_size: int | None = None, force: bool = False, **model_overrides) -> InspectReport:
     """Write the figures and ``index.html`` into ``out`` (replaced only if it is an earlier inspect page or empty,
     unless ``force``)."""
-    import torch
-
     from edgevit.data import load_dataset, preprocess_split, sample_indices
     from edgevit.models import data_config, resolve_spec, sha256_file
     from edgevit.outputs import check_output, output_dir
@@ -350,77 +267,92 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundl
     with output_dir(final, "inspect", force) as out:
         r = InspectReport(out)
 
-        # 1. filters of the layer that reads the image
-        name, conv = first_rgb_conv(net)
-        if conv is not None:
-            comps, ratio = principal_filters(conv.weight.detach().numpy(), k=16)
-            draw_filters(comps, ratio, out / "patch_filters.png", name)
-            r.figures["filters"] = "patch_filters.png"
-            r.notes["filters"] = (f"The first 16 principal components of the {conv.out_channels} filters of '{name}' "
-                                  f"({conv.kernel_size[0]}x{conv.kernel_size[1]}, the layer that reads the RGB image"
-                                  + (")." if name == "patch_embed.proj" else "; this model has a convolutional stem, "
-                                     "so these are the stem's filters, not a patch projection)."))
-        else:
-            r.notes["filters"] = "No convolution reads the RGB image in this model; nothing to draw."
-
+        _filters(r, net)
         geo = vit_geometry(net, size)
-        # 2. position embeddings
-        if geo:
-            grid, patch_px, prefix = geo
-            sim = position_similarity(net.pos_embed.detach().numpy(), grid, prefix)
-            draw_position_similarity(sim, out / "position_similarity.png")
-            r.figures["position"] = "position_similarity.png"
-            r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
-        else:
-            r.notes["position"] = (f"{spec.alias} has no absolute position embeddings"
-                                   + (" (MaxViT uses relative position biases inside its windows)"
-                                      if spec.family == "maxvit" else "") + "; nothing to draw.")
-
+        _positions(r, net, geo, spec)
         x = None
         if ds:
             idx = sample_indices(len(ds.val), images, seed=0)
             x = pre.normalize(preprocess_split(ds.val.subset(idx), pre, "inspection images"))
-        # 3. attention distance
-        if geo and x is not None:
-            grid, patch_px, prefix = geo
-            maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
-            if maps:
-                r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
-                draw_attention_distance(r.attention_distance, out / "attention_distance.png", size)
-                r.figures["attention"] = "attention_distance.png"
-                r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens "
-                                        f"only, {patch_px:g} px per token.")
-        if "attention" not in r.figures:
-            r.notes["attention"] = ("Needs --data (real images)." if x is None else
-                                    f"{spec.alias} has no global token attention to measure"
-                                    + (" (MaxViT attends within fixed windows and grids)" if spec.family == "maxvit"
-                                       else "") + ".")
-
-        # 4. per-layer quantization error
-        if x is not None:
-            import openvino as ov
-
-            if manifest:
-                ov_model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
-                how = f"INT8 bundle {Path(bundle).name}"
-            else:
-                ov_model, how = _quantize_on_the_fly(net, pre, ds, spec, calib_samples)
-            ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
-            errors = layer_sqnr(net, ov_model, x)
-            if errors:
-                draw_sqnr(errors, out / "layer_sqnr.png")
-                r.figures["sqnr"] = "layer_sqnr.png"
-                r.worst_layers = sorted(errors, key=lambda e: e.sqnr_db)[:3]
-                r.notes["sqnr"] = (f"SQNR of each Linear/Conv output, {how} vs FP32 PyTorch, on {len(x)} images of "
-                                   f"{ds.spec}. Worst: " + ", ".join(f"{e.name} {e.sqnr_db:.1f} dB"
-                                                                     for e in r.worst_layers) + ".")
-            else:
-                r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."
-        else:
+        _attention(r, net, geo, x, spec, ds, size)
+        if x is None:
             r.notes["sqnr"] = "Needs --data (real images) to compare FP32 and INT8 layer outputs."
+        else:
+            _sqnr(r, net, x, ds, bundle if manifest else None,
+                  lambda: _quantize_on_the_fly(net, pre, ds, spec, calib_samples))
         _write_page(r, f"edgevit inspect: {spec.alias}" + (f" ({Path(weights).name})" if weights else " (random init)"))
     r.out = final
     return r
+
+
+def _filters(r: InspectReport, net) -> None:
+    """1. The filters of the layer that reads the image."""
+    name, conv = first_rgb_conv(net)
+    if conv is None:
+        r.notes["filters"] = "No convolution reads the RGB image in this model; nothing to draw."
+        return
+    comps, ratio = principal_filters(conv.weight.detach().numpy(), k=16)
+    draw_filters(comps, ratio, r.out / "patch_filters.png", name)
+    r.figures["filters"] = "patch_filters.png"
+    r.notes["filters"] = (f"The first 16 principal components of the {conv.out_channels} filters of '{name}' "
+                          f"({conv.kernel_size[0]}x{conv.kernel_size[1]}, the layer that reads the RGB image"
+                          + (")." if name == "patch_embed.proj" else "; this model has a convolutional stem, "
+                             "so these are the stem's filters, not a patch projection)."))
+
+
+def _positions(r: InspectReport, net, geo, spec) -> None:
+    """2. Position embeddings."""
+    if not geo:
+        r.notes["position"] = (f"{spec.alias} has no absolute position embeddings"
+                               + (" (MaxViT uses relative position biases inside its windows)"
+                                  if spec.family == "maxvit" else "") + "; nothing to draw.")
+        return
+    grid, _, prefix = geo
+    sim = position_similarity(net.pos_embed.detach().numpy(), grid, prefix)
+    draw_position_similarity(sim, r.out / "position_similarity.png")
+    r.figures["position"] = "position_similarity.png"
+    r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
+
+
+def _attention(r: InspectReport, net, geo, x, spec, ds, size: int) -> None:
+    """3. Mean attention distance per head and layer, on real images."""
+    import torch
+
+    if geo and x is not None:
+        grid, patch_px, prefix = geo
+        maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
+        if maps:
+            r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
+            draw_attention_distance(r.attention_distance, r.out / "attention_distance.png", size)
+            r.figures["attention"] = "attention_distance.png"
+            r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens "
+                                    f"only, {patch_px:g} px per token.")
+            return
+    r.notes["attention"] = ("Needs --data (real images)." if x is None else
+                            f"{spec.alias} has no global token attention to measure"
+                            + (" (MaxViT attends within fixed windows and grids)" if spec.family == "maxvit"
+                               else "") + ".")
+
+
+def _sqnr(r: InspectReport, net, x, ds, bundle: str | None, quantize) -> None:
+    """4. Per-layer quantization error: the bundle's INT8 IR (or one quantized now) against FP32 PyTorch."""
+    import openvino as ov
+
+    if bundle:
+        ov_model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
+        how = f"INT8 bundle {Path(bundle).name}"
+    else:
+        ov_model, how = quantize()
+    ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
+    errors = layer_sqnr(net, ov_model, x)
+    if not errors:
+        r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."
+        return
+    draw_sqnr(errors, r.out / "layer_sqnr.png")
+    r.figures["sqnr"] = "layer_sqnr.png"
+    r.worst_layers = sorted(errors, key=lambda e: e.sqnr_db)[:3]
+    r.notes["sqnr"] = (f"SQNR of each Linear/Conv output, {how} vs FP32 PyTorch, on {len(x)} images of "
+                       f"{ds.spec}. Worst: " + ", ".join(f"{e.name} {e.sqnr_db:.1f} dB" for e in r.worst_layers) + ".")
 
 
 def _quantize_on_the_fly(net, pre, ds, spec, calib_samples: int):
