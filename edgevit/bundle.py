@@ -182,9 +182,7 @@ def _choice(d: dict, key: str, where: str, choices, optional: bool = False):
 
 def validate_manifest(m) -> Manifest:
     """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
-    from edgevit.backends import BACKENDS
     from edgevit.images import INTERPOLATIONS
-    from edgevit.targets import Target
 
     if not isinstance(m, dict):
         raise BundleError(f"damaged bundle: {MANIFEST} holds {type(m).__name__}, not an object; rebuild the bundle")
@@ -221,27 +219,7 @@ def validate_manifest(m) -> Manifest:
     if len(labels) != classes:
         raise _fail("labels", f"has {len(labels)} labels for model.num_classes {classes}")
 
-    target = _get(m, "target", "", dict)
-    for name, f in Target.__dataclass_fields__.items():
-        if name in target and name != "path":
-            kinds = {"int": int, "str": str, "bool": bool, "tuple": list}.get(str(f.type), object)
-            _get(target, name, "target", kinds)
-    _get(target, "name", "target", str)
-    try:
-        Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in target.items()
-                  if k in Target.__dataclass_fields__})
-    except (TypeError, ValueError, Exception) as e:  # TargetError names the field
-        raise _fail("target", f"is not a valid target profile ({e})") from None
-
-    precision = _choice(m, "precision", "", PRECISIONS)
-    if precision not in target.get("precisions", PRECISIONS):
-        raise _fail("precision", f"is {precision!r}, which target {target['name']!r} does not allow")
-    backend = _get(m, "backend", "", dict)
-    _choice(backend, "name", "backend", tuple(BACKENDS))
-    _get(backend, "version", "backend", str)
-    if backend["name"] != target.get("backend", backend["name"]):
-        raise _fail("backend.name", f"is {backend['name']!r} but the target's backend is {target['backend']!r}")
-    _get(backend, "runtime", "backend", dict, optional=True)
+    _validate_target_and_backend(m)
 
     files = _get(m, "files", "", dict)
     if not files:
@@ -266,6 +244,33 @@ def validate_manifest(m) -> Manifest:
     _choice(m, "status", "", STATUSES, optional=True)
     _choice(m, "requested_precision", "", ("best",), optional=True)
     return m
+
+def _validate_target_and_backend(m: dict) -> None:
+    """The target profile is a valid Target, allows the precision, and names the manifest's backend."""
+    from edgevit.backends import BACKENDS
+    from edgevit.targets import Target
+
+    target = _get(m, "target", "", dict)
+    for name, f in Target.__dataclass_fields__.items():
+        if name in target and name != "path":
+            kinds = {"int": int, "str": str, "bool": bool, "tuple": list}.get(str(f.type), object)
+            _get(target, name, "target", kinds)
+    _get(target, "name", "target", str)
+    try:
+        Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in target.items()
+                  if k in Target.__dataclass_fields__})
+    except (TypeError, ValueError, Exception) as e:  # TargetError names the field
+        raise _fail("target", f"is not a valid target profile ({e})") from None
+
+    precision = _choice(m, "precision", "", PRECISIONS)
+    if precision not in target.get("precisions", PRECISIONS):
+        raise _fail("precision", f"is {precision!r}, which target {target['name']!r} does not allow")
+    backend = _get(m, "backend", "", dict)
+    _choice(backend, "name", "backend", tuple(BACKENDS))
+    _get(backend, "version", "backend", str)
+    if backend["name"] != target.get("backend", backend["name"]):
+        raise _fail("backend.name", f"is {backend['name']!r} but the target's backend is {target['backend']!r}")
+    _get(backend, "runtime", "backend", dict, optional=True)
 
 
 # ------------------------------------------------------------------------------------------------------- paths

@@ -245,7 +245,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
 
     from edgevit import __version__
     from edgevit.data import load_dataset
-    from edgevit.models import create_model, data_config, load_weights, resolve_spec
+    from edgevit.models import data_config, resolve_spec
 
     spec = resolve_spec(model_name)
     d = spec.train
@@ -265,15 +265,7 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
 
     ds = load_dataset(data, workers)
     pre = data_config(spec)
-    model = create_model(spec, num_classes=ds.num_classes, **model_overrides)
-    weights_source = weights
-    if weights:
-        from edgevit.hub import is_hub, resolve
-
-        if is_hub(weights):  # pretrained from the Hugging Face Hub (or its local cache): a fine-tune
-            hub = resolve(weights)
-            weights, weights_source = str(hub.path), hub.source
-        load_weights(model, weights, replace_head=True)
+    model, weights_source = _initial_model(spec, ds.num_classes, weights, model_overrides)
 
     tr_idx, ho_idx = holdout_split(len(ds.train), seed)
     if limit:
@@ -291,42 +283,20 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
     start_epoch, best, history = 0, -1.0, []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta = {  # what every checkpoint says it is
         "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
         "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
-        "preprocessing": pre.to_dict(), "model_overrides": model_overrides,
-        "train_images": len(tr_idx), "holdout_images": len(ho_idx),
-        "initial_weights": weights_source,
-        "distributed": {"world_size": world, "global_batch": batch_size, "batch_per_process": local_batch},
-    }
+        "preprocessing": pre.to_dict(), "model_overrides": model_overrides, "train_images": len(tr_idx),
+        "holdout_images": len(ho_idx), "initial_weights": weights_source,
+        "distributed": {"world_size": world, "global_batch": batch_size, "batch_per_process": local_batch}}
     if ck:
-        if ck.get("total_steps") != epochs * steps_per_epoch:
-            raise UsageError(
-                f"{resume} was trained for a schedule of {ck.get('total_steps')} steps, this run asks for "
-                f"{epochs * steps_per_epoch}; resume with the same --epochs and --batch-size"
-            )
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{resume} does not fit this model and run ({str(e).splitlines()[0][:160]}); resume "
-                               "with the same --model and options it was trained with") from None
-        start_epoch, best, history = ck["epoch"], ck["best_top1"], list(ck.get("history", []))
-        say(f"resumed from {resume} after epoch {start_epoch} (best held-out top-1 {best:.2f}%)")
+        start_epoch, best, history = _resume(ck, resume, model, opt, sched, epochs * steps_per_epoch)
 
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
     pad = max(1, spec.input_size // 16) if d.augment else 0
     net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
     model = data_parallel(net, device, world)
-    where = f"{device.type.upper()}{'' if device.index is None else f' {device.index}'}"
-    if world > 1:
-        say(f"data-parallel training on {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}): global "
-            f"batch {batch_size}, {local_batch} per process, {len(x_tr) // world} images per process per epoch")
-    n_params = sum(p.numel() for p in net.parameters())
-    say(f"training {spec.alias} ({n_params / 1e6:.2f}M parameters, {spec.input_size} px) on {ds.description}: "
-        f"{len(x_tr)} images, {epochs - start_epoch} epoch(s) of {steps_per_epoch} steps at batch {batch_size}, on "
-        f"{where}; {x_tr.workers or 'no'} decode worker(s); best checkpoint chosen on {len(x_ho)} held-out images")
+    _announce(spec, net, ds, plan, batch_size, x_tr, len(x_ho), epochs - start_epoch, steps_per_epoch)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter() - t0
@@ -340,24 +310,80 @@ def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None
                         "elapsed_s": round(time.perf_counter() - t0, 1)})
         is_best = top1 > best
         best = max(best, top1)
-        weights = cpu_state(net)
-        state = {"model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "best_top1": best, "history": history, "edgevit": meta,
-                 "total_steps": epochs * steps_per_epoch}
-        _save(state, out / "last.pt")
-        if is_best:
-            _save({"model": weights, "epoch": epoch + 1, "best_top1": best, "edgevit": meta},
-                  out / "best.pt")
+        _checkpoint(out, net, opt, sched, epoch + 1, best, is_best, history, meta, epochs * steps_per_epoch)
         now = time.perf_counter() - t0
         left = now / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
         say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
             f"{' (best)' if is_best else ''}; {duration(now - epoch_start)} this epoch, {duration(now)} in all"
             + (f", about {duration(left)} to go" if left else ""))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
-        shared = [best, history]
-        dist.broadcast_object_list(shared, src=0)  # every rank returns rank 0's result
-        best, history = shared
+    best, history = _from_rank0(world, best, history)
     return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)
+
+
+def _initial_model(spec, num_classes: int, weights: str | None, overrides: dict):
+    """The model to train, from ``weights`` when given (a file or the Hub: a fine-tune; a classifier of another class
+    count is replaced); and what to record as its initial weights."""
+    from edgevit.models import create_model, load_weights
+
+    model = create_model(spec, num_classes=num_classes, **overrides)
+    source = weights
+    if weights:
+        from edgevit.hub import is_hub, resolve
+
+        if is_hub(weights):  # pretrained from the Hugging Face Hub (or its local cache)
+            hub = resolve(weights)
+            weights, source = str(hub.path), hub.source
+        load_weights(model, weights, replace_head=True)
+    return model, source
+
+
+def _resume(ck: dict, resume: str, model, opt, sched, total_steps: int) -> tuple[int, float, list]:
+    """Model, optimizer and schedule state of an interrupted run (the same schedule only): (epoch, best, history)."""
+    if ck.get("total_steps") != total_steps:
+        raise UsageError(f"{resume} was trained for a schedule of {ck.get('total_steps')} steps, this run asks for "
+                         f"{total_steps}; resume with the same --epochs and --batch-size")
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{resume} does not fit this model and run ({str(e).splitlines()[0][:160]}); resume "
+                           "with the same --model and options it was trained with") from None
+    say(f"resumed from {resume} after epoch {ck['epoch']} (best held-out top-1 {ck['best_top1']:.2f}%)")
+    return ck["epoch"], ck["best_top1"], list(ck.get("history", []))
+
+
+def _checkpoint(out: Path, net, opt, sched, epoch: int, best: float, is_best: bool, history: list, meta: dict,
+                total_steps: int) -> None:
+    """last.pt (all a resume needs) after every epoch; best.pt (the weights) when the hold-out improved. The weights
+    are copied to the CPU once for both."""
+    weights = cpu_state(net)
+    _save({"model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+           "best_top1": best, "history": history, "edgevit": meta, "total_steps": total_steps}, out / "last.pt")
+    if is_best:
+        _save({"model": weights, "epoch": epoch, "best_top1": best, "edgevit": meta}, out / "best.pt")
+
+
+def _announce(spec, net, ds, plan, batch_size: int, x_tr, holdout: int, epochs: int, steps: int) -> None:
+    """The run's header: model, data, schedule, where it trains."""
+    device, world = plan.device, plan.world
+    where = f"{device.type.upper()}{'' if device.index is None else f' {device.index}'}"
+    if world > 1:
+        say(f"data-parallel training on {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}): global "
+            f"batch {batch_size}, {plan.local_batch} per process, {len(x_tr) // world} images per process per epoch")
+    n_params = sum(p.numel() for p in net.parameters())
+    say(f"training {spec.alias} ({n_params / 1e6:.2f}M parameters, {spec.input_size} px) on {ds.description}: "
+        f"{len(x_tr)} images, {epochs} epoch(s) of {steps} steps at batch {batch_size}, on {where}; "
+        f"{x_tr.workers or 'no'} decode worker(s); best checkpoint chosen on {holdout} held-out images")
+
+
+def _from_rank0(world: int, *values):
+    """Rank 0's values on every rank, once rank 0 has written the last checkpoint (one process: as they are)."""
+    if world <= 1:
+        return values
+    import torch.distributed as dist
+
+    dist.barrier()
+    shared = list(values)
+    dist.broadcast_object_list(shared, src=0)
+    return shared
