@@ -23,7 +23,7 @@ from edgevit.report_charts import DEFAULT_TOLERANCES, FAMILY_ORDER, accuracy_lat
 
 def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:
     """Runs (oldest first) and their cells from one history database or several (one per host, say), merged."""
-    from edgevit.bench import open_db
+    from edgevit.history import open_db
 
     paths = db_path if isinstance(db_path, (list, tuple)) else [db_path]
     runs, cells, seen = [], [], set()
@@ -369,7 +369,7 @@ def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str =
         runs = [r for r in runs if r["suite"] == runs[-1]["suite"]]
         ids = {r["run_id"] for r in runs}
         cells = [c for c in cells if c["run_id"] in ids]
-    from edgevit.bench import device_label
+    from edgevit.history import device_label
 
     devices: dict[str, list[dict]] = {}
     for r in runs:  # a section per device, the most recently measured first; each compared only with itself
