@@ -290,7 +290,7 @@ def _profile_remote(rem, cell: dict, suite: Suite) -> None:
     cell["details"]["remote"] = r
 
 
-def bench(suite_path: str, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,
+def bench(suite_path: str, *, db_path: str = "benchmarks/results/history.sqlite", work: str | None = None,
           train: bool = False, only: str | None = None, remote: str | None = None,
           crosscheck: bool = False) -> tuple[dict, list[dict]]:
     """Run every cell of a suite; append the run to the history database. Returns (run, cells). With ``remote``

@@ -161,7 +161,7 @@ def _cmd_bench(a) -> int:
 def _cmd_report(a) -> int:
     from edgevit.report import report
 
-    out, found = report(a.db or ["benchmarks/results/history.sqlite"], a.out, a.suite, force=a.force)
+    out, found = report(a.db or ["benchmarks/results/history.sqlite"], a.out, suite=a.suite, force=a.force)
     print(f"report: {out / 'report.html'} and {out / 'summary.md'}")
     for f in found:
         print(f"REGRESSION {f['cell']} ({f['kind']}): {f['message']}")

@@ -294,7 +294,7 @@ class DemoSummary:
         return "\n".join(lines)
 
 
-def run_demo(bundle: str | os.PathLike, source: str, output: str | None = None, jsonl: str | None = None,
+def run_demo(bundle: str | os.PathLike, source: str, *, output: str | None = None, jsonl: str | None = None,
              headless: bool | None = None, max_fps: float | None = None, max_frames: int | None = None,
              top_k: int = 3, threads: int | None = None, opener: Callable[[], FrameSource] | None = None,
              reconnects: int = 10, backoff_s: float = 0.5, force: bool = False) -> DemoSummary:

@@ -228,7 +228,7 @@ def _write_page(r: InspectReport, title: str) -> None:
     os.replace(tmp, r.out / "index.html")
 
 
-def inspect_model(model: str, weights: str | None, out: str | os.PathLike, bundle: str | None = None,
+def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bundle: str | None = None,
                   data: str | None = None, images: int = 64, calib_samples: int = 128,
                   input_size: int | None = None, force: bool = False, **model_overrides) -> InspectReport:
     """Write the figures and ``index.html`` into ``out`` (replaced only if it is an earlier inspect page or empty,

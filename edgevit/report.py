@@ -357,7 +357,7 @@ def _write_results(stage: Path, sections: list[dict]) -> None:
 
 
 def report(db_path: str | list = "benchmarks/results/history.sqlite", out: str = "benchmarks/results/report",
-           suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
+           *, suite: str | None = None, force: bool = False) -> tuple[Path, list[dict]]:
     """Write ``report.html`` and ``summary.md`` into ``out`` (atomically; ``out`` is replaced only if it is an edgevit
     report or empty, unless ``force``). Returns (out, regressions)."""
     from edgevit.outputs import check_output, output_dir, write_json

@@ -236,7 +236,7 @@ def _read_resume(resume: str, spec) -> dict:
     return ck
 
 
-def train(model_name: str, data: str, out: str | os.PathLike, epochs: int | None = None,
+def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, weights: str | None = None,
           resume: str | None = None, seed: int = 0, limit: int | None = None, workers: int | None = None,
           **model_overrides) -> TrainResult:
