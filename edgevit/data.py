@@ -8,16 +8,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from edgevit.errors import DatasetError, UnknownNameError
-from edgevit.images import IMAGE_EXTENSIONS, Preprocessing, load_image
-from edgevit.stream import ImageStream
+from edgevit.images import IMAGE_EXTENSIONS, Preprocessing
+from edgevit.stream import ImageStream, Split, path_array
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -26,45 +24,6 @@ FASHION_MNIST_CLASSES = [
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
-@dataclass
-class Split:
-    """Labelled images: either an in-memory uint8 array (N,H,W) / (N,H,W,3) or file paths. Paths are one numpy array
-    of file-system bytes (about 100 bytes an image, no Python object per file: an index of a million images stays
-    small, and DataLoader workers share it instead of copying it on every reference-count change)."""
-
-    labels: np.ndarray
-    arrays: np.ndarray | None = None
-    paths: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.paths is not None and not (isinstance(self.paths, np.ndarray) and self.paths.dtype.kind == "S"):
-            self.paths = path_array(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def path(self, i: int) -> str:
-        return os.fsdecode(self.paths[i])
-
-    def image(self, i: int) -> Image.Image:
-        if self.arrays is not None:
-            return Image.fromarray(self.arrays[i])
-        return load_image(self.path(i))
-
-    def subset(self, indices: Sequence[int]) -> Split:
-        idx = np.asarray(indices, dtype=np.int64)
-        return Split(
-            labels=self.labels[idx],
-            arrays=None if self.arrays is None else self.arrays[idx],
-            paths=None if self.paths is None else self.paths[idx],
-        )
-
-
-def path_array(paths) -> np.ndarray:
-    """File paths as a numpy array of their file-system bytes."""
-    return np.asarray([os.fsencode(p) for p in paths], dtype=np.bytes_)
-
-
 @dataclass
 class Dataset:
     spec: str

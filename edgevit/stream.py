@@ -1,5 +1,5 @@
-"""Streaming a split: its images decoded, resized and cropped on demand in batches by torch's ``DataLoader`` (worker
-processes for image files), so memory does not grow with the dataset."""
+"""A split of labelled images, and streaming it: its images decoded, resized and cropped on demand in batches by torch's
+``DataLoader`` (worker processes for image files), so memory does not grow with the dataset."""
 
 from __future__ import annotations
 
@@ -11,12 +11,52 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from edgevit.errors import EdgevitError
+from edgevit.images import load_image
 
 if TYPE_CHECKING:
-    from edgevit.data import Split
     from edgevit.images import Preprocessing
+
+
+@dataclass
+class Split:
+    """Labelled images: either an in-memory uint8 array (N,H,W) / (N,H,W,3) or file paths. Paths are one numpy array
+    of file-system bytes (about 100 bytes an image, no Python object per file: an index of a million images stays
+    small, and DataLoader workers share it instead of copying it on every reference-count change)."""
+
+    labels: np.ndarray
+    arrays: np.ndarray | None = None
+    paths: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.paths is not None and not (isinstance(self.paths, np.ndarray) and self.paths.dtype.kind == "S"):
+            self.paths = path_array(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> str:
+        return os.fsdecode(self.paths[i])
+
+    def image(self, i: int) -> Image.Image:
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[i])
+        return load_image(self.path(i))
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(
+            labels=self.labels[idx],
+            arrays=None if self.arrays is None else self.arrays[idx],
+            paths=None if self.paths is None else self.paths[idx],
+        )
+
+
+def path_array(paths) -> np.ndarray:
+    """File paths as a numpy array of their file-system bytes."""
+    return np.asarray([os.fsencode(p) for p in paths], dtype=np.bytes_)
 
 
 class _Decoded:
