@@ -5,14 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgevit.data import (
-    FASHION_MNIST_CLASSES,
-    Preprocessing,
-    load_dataset,
-    load_image,
-    read_idx,
-    sample_indices,
-)
+from edgevit.data import FASHION_MNIST_CLASSES, load_dataset, read_idx, sample_indices
+from edgevit.images import Preprocessing, load_image
 from edgevit.errors import DatasetError, ImageError, UnknownNameError
 
 from .conftest import write_idx
