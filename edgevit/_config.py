@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def resolve_named(folder: Path, name_or_path: str, kind: str) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml" and p.is_file():
         return p
-    known = {f.stem: f for f in folder.glob("*.toml")}
+    known = {f.stem: f for f in folder.glob("*.toml") if not f.stem.startswith("_")}  # _*.toml: not a profile
     if name_or_path not in known:
         raise UnknownNameError(kind, name_or_path, known, hint="or a path to a .toml file")
     return known[name_or_path]
@@ -50,6 +51,8 @@ def load_toml_dataclass(cls, file: Path, error=TargetError, **extra):
             close = difflib.get_close_matches(key, fields, n=1)
             raise error(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
         want = typing.get_origin(hints[key]) or hints[key]
+        if want in (typing.Union, types.UnionType):  # ``float | None``: TOML has no null, so the value's type
+            want = next(a for a in typing.get_args(hints[key]) if a is not type(None))
         if want is float and isinstance(value, int):
             raw[key] = float(value)
         elif want in (list, tuple) and isinstance(value, list):

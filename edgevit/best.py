@@ -73,7 +73,7 @@ def build_best(req, inputs: dict):
         with output_dir(req.final, "bundle", req.force, claimed=True) as stage:
             shutil.rmtree(stage)
             shutil.copytree(cand_dir, stage)
-            latency = latency_stage(prep, req, chosen, art, stage, calib)
+            latency = latency_stage(prep, req, chosen, art, stage, calib, gate)
             manifest = write_bundle(prep, req, chosen, stage, art, gate, qat, calib, latency,
                                     requested_precision="best", selection=selection)
     return BuildResult(req.final, manifest, latency.samples)

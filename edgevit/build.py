@@ -65,7 +65,7 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
             return None
         with claim(req.final, "bundle", force), output_dir(req.final, "bundle", force, claimed=True) as stage:
             art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
-            lat = latency_stage(prep, req, req.precision, art, stage, calib)
+            lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
             manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat)
     return BuildResult(req.final, manifest, lat.samples)
 
@@ -78,7 +78,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     from edgevit.models import resolve_spec
     from edgevit.outputs import check_output
     from edgevit.qat import check_qat_output
-    from edgevit.quantize import load_recipe
+    from edgevit.quantize import default_recipe, load_recipe
     from edgevit.targets import load_target
 
     if target == "auto":
@@ -109,7 +109,12 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     if world > 1 and not qat.epochs:
         raise UsageError(f"build runs under torchrun with {world} processes, but only its quantization-aware "
                          "training runs data-parallel: add --qat-epochs N, or run build as one process")
-    recipe = load_recipe(calibration, calib_samples) if quantizes else None
+    recipe = None
+    if quantizes:
+        if calibration is None:  # the recipe measured fastest for this family on this kind of CPU
+            calibration, why = default_recipe(tgt.backend, spec.family)
+            say(f"calibration recipe {calibration}: {why}")
+        recipe = load_recipe(calibration, calib_samples)
     return Request(spec, tgt, backend, precision, final, recipe, qat, weights, **options)
 
 

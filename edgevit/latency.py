@@ -34,10 +34,14 @@ def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
 
 
 def measure_build(prep, backend, target, art, stage, precision: str, threads: int | None, calib=None,
-                  peers: bool = False, profile: bool = False) -> Latency:
+                  peers: bool = False, profile: bool = False, accept=None) -> Latency:
     """Time the artifact in ``stage`` against PyTorch eager, the backend's defaults on the FP32 export and (``peers``)
-    NNCF's one-line INT8, each at its fastest thread count, in one interleaved run."""
-    from edgevit.measure import compare_latency, host_info, thread_counts, torch_runner, without_samples
+    NNCF's one-line INT8, each at its fastest thread count, in one interleaved run.
+
+    Where the backend offers host precisions for what stays unquantized (OpenVINO INT8: f32, and bf16 where the CPU
+    has it natively), each is timed too; the fastest is kept (within 3% of it, the one validated first) once
+    ``accept(host_precision, runner)`` says its accuracy holds, else the next fastest."""
+    from edgevit.measure import THREADS_TIE, compare_latency, host_info, thread_counts, torch_runner, without_samples
 
     runner = art.runner
     lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": target.batch}
@@ -50,24 +54,48 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     sweep = not threads and not target.threads and not backend.capabilities.engine_on_device
     art_counts = counts if sweep else [runner.info.get("threads")]
     torch_counts = [threads] if threads else counts
-    loaded = {"precision": precision, "target": target.to_dict(), "backend": art.built.details}
-    cands = {f"artifact@{n}": (runner if runner.info.get("threads") == n or not sweep
-                               else backend.load(stage, loaded, n)) for n in art_counts}
+    hps = backend.host_precisions(precision, target)
+    name = {hp: "artifact" if i == 0 else f"artifact-{hp}" for i, hp in enumerate(hps)}
+    cands = {}
+    for i, hp in enumerate(hps):
+        details = {**art.built.details, **({"host_precision": hp} if hp else {})}
+        loaded = {"precision": precision, "target": target.to_dict(), "backend": details}
+        cands.update({f"{name[hp]}@{n}": (runner if i == 0 and (runner.info.get("threads") == n or not sweep)
+                                          else backend.load(stage, loaded, n)) for n in art_counts})
     cands.update({f"torch@{n}": torch_runner(prep.net, n) for n in torch_counts})
     plain = cands["default"] = backend.load_default(prep.onnx_path, threads)
     peer = backend.peer_int8(prep.onnx_path, calib, prep.work) if peers and calib is not None else None
     peer_counts = art_counts if peer else []
     cands.update({f"peer@{n}": backend.load_default(peer, n) for n in peer_counts})
     say(f"measuring latency at batch {target.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
-                                                        "artifact and PyTorch)" if len(cands) > 3 else ""))
+                                                        "artifact and PyTorch)" if len(cands) > 3 else "")
+        + (f"; host precisions {', '.join(hps)}" if len(hps) > 1 else ""))
     timed = compare_latency(cands, x)
-    a_n, a_sweep = fastest_of(timed, "artifact", art_counts)
+    by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
+    p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
+    tied = [hp for hp in hps if p50[hp] <= min(p50.values()) * (1 + THREADS_TIE)]
+    order = tied + sorted((hp for hp in hps if hp not in tied), key=p50.get)
+    rejected = []
+    for hp in order:
+        runner = cands[f"{name[hp]}@{by_hp[hp][0]}"]
+        if hp == hps[0] or accept is None or accept(hp, runner):
+            break
+        rejected.append(hp)
+    a_n, a_sweep = by_hp[hp]
     t_n, t_sweep = fastest_of(timed, "torch", torch_counts)
-    runner = cands[f"artifact@{a_n}"]
+    if hp:
+        art.built.details["host_precision"] = hp
+        art.built.details.setdefault("compile_config", {})["INFERENCE_PRECISION_HINT"] = hp
+    if len(hps) > 1:
+        lat["host_precision_sweep"] = {
+            "chosen": hp, "validated_first": hps[0], "p50_ms": p50, "rejected_for_accuracy": rejected,
+            "rule": f"fastest p50 of what stays unquantized; within {THREADS_TIE:.0%} of it, {hps[0]}; the accuracy "
+                    "gate checks any other"}
     if sweep:
         art.built.details["threads"] = lat["threads"] = runner.info.get("threads")
         lat["threads_sweep"] = a_sweep
-    res = {"artifact": timed[f"artifact@{a_n}"], TORCH_EAGER: timed[f"torch@{t_n}"], BACKEND_DEFAULT: timed["default"]}
+    res = {"artifact": timed[f"{name[hp]}@{a_n}"], TORCH_EAGER: timed[f"torch@{t_n}"],
+           BACKEND_DEFAULT: timed["default"]}
     torch_base = {**without_samples(res[TORCH_EAGER]), "executed_precision": "fp32", "threads": t_n}
     if len(torch_counts) > 1:
         torch_base["threads_sweep"] = t_sweep

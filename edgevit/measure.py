@@ -33,6 +33,24 @@ def host_info() -> dict:
             "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
+HOST_CLASSES = ("amx", "avx512_vnni", "avx2", "other")  # what INT8 speed ranks by on a CPU, fastest INT8 first
+_ONEDNN_CAP = {"AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX512_CORE": "avx2", "AVX512_CORE_VNNI": "avx512_vnni",
+               "AVX512_CORE_BF16": "avx512_vnni"}
+
+
+def host_class() -> str:
+    """The kind of CPU for choosing an INT8 recipe: 'amx', 'avx512_vnni' (or AVX-VNNI), 'avx2', or 'other'.
+    ``ONEDNN_MAX_CPU_ISA`` caps it, as it caps the kernels oneDNN (and so OpenVINO) runs: AVX2 on an AVX-512 host
+    is that host running as an AVX2-only CPU."""
+    isa = set(host_info()["isa"])
+    found = ("amx" if {"amx_int8"} & isa else "avx512_vnni" if {"avx512_vnni", "avx_vnni"} & isa
+             else "avx2" if "avx2" in isa else "other")
+    cap = _ONEDNN_CAP.get(os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper())
+    if cap and HOST_CLASSES.index(cap) > HOST_CLASSES.index(found):
+        return cap
+    return found
+
+
 def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     """Installed versions of these distributions (None where one is not installed)."""
     import importlib.metadata as md

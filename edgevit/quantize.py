@@ -63,6 +63,26 @@ class Recipe:
                 "model_type": self.model_type}
 
 
+DEFAULTS_FILE = "_defaults.toml"  # calibration/_defaults.toml: the measured default recipe per backend, CPU and family
+
+
+def default_recipe(backend: str, family: str) -> tuple[str, str]:
+    """The recipe a build without ``--calibration`` uses, and why: the entry of ``calibration/_defaults.toml`` for the
+    backend, this host's class of CPU (:func:`edgevit.measure.host_class`) and the model's family, written from
+    ``benchmarks/recipes.py`` runs; ``default`` where it has none."""
+    import tomllib
+
+    from edgevit.measure import host_class
+
+    cls = host_class()
+    with open(recipes_dir() / DEFAULTS_FILE, "rb") as f:
+        table = tomllib.load(f)
+    name = table.get(backend, {}).get(cls, {}).get(family)
+    if name is None:
+        return "default", f"no measured default for {family} on {backend}/{cls}"
+    return name, f"measured fastest within the accuracy budget for {family} on {backend}/{cls} ({DEFAULTS_FILE})"
+
+
 def load_recipe(name_or_path: str | None = None, samples: int | None = None) -> Recipe:
     p = resolve_named(recipes_dir(), name_or_path or "default", "calibration recipe")
     r = load_toml_dataclass(Recipe, p, error=UsageError, path=str(p))

@@ -171,7 +171,9 @@ def _qat_meta(prep, req: Request) -> dict:
             "preprocessing": prep.pre.to_dict()}
 
 
-def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib):
+def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib,
+                  gate: Gate | None = None):
+    """The latency stage; a host precision other than the one validated is kept only if its accuracy holds."""
     from edgevit.latency import Latency, measure_build
 
     if not req.measure_latency and not art.runner.info.get("proxy_for"):
@@ -179,8 +181,25 @@ def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path
 
         return Latency({"host": host_info(), "threads": art.runner.info.get("threads"), "batch": req.target.batch,
                         "skipped": "latency not measured (measure_latency=False)"}, runner=art.runner)
+
+    def accept(host_precision: str, runner) -> bool:
+        from edgevit.validate import validate
+
+        v = validate(prep, runner, f"{precision} ({req.backend.name}, unquantized ops in {host_precision})")
+        if gate is not None and not gate.skipped and gate.max_drop is not None and "top1_drop" in v:
+            if v["top1_drop"] > gate.max_drop:
+                say(f"{host_precision} for the unquantized ops is faster but loses {v['top1_drop']:.2f} points; "
+                    "keeping what was validated")
+                return False
+        if gate is not None and "top1_drop" in v:
+            gate.tried.append({"method": f"unquantized ops in {host_precision} (faster)", "top1": v["top1"],
+                               "top1_drop": v["top1_drop"]})
+            gate.passed = gate.max_drop is None or v["top1_drop"] <= gate.max_drop or bool(gate.skipped)
+        art.validation = {**v, **{k: art.validation[k] for k in ("qdq_onnx",) if k in art.validation}}
+        return True
+
     return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
-                         peers=req.peers, profile=req.profile)
+                         peers=req.peers, profile=req.profile, accept=accept)
 
 
 def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact, gate: Gate | None, qat: dict,

@@ -12,7 +12,7 @@ from edgevit.errors import TargetError, UnknownNameError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 Precision = Literal["fp32", "fp16", "bf16", "int8", "best"]  # best: the fastest the target allows that passes
-HOST_PRECISIONS = ("f32", "bf16", "f16")
+HOST_PRECISIONS = ("auto", "f32", "bf16", "f16")  # auto: measured, f32 or the CPU's native bf16/f16
 
 
 def targets_dir() -> Path:

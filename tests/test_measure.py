@@ -72,3 +72,81 @@ def test_torch_baseline_timed_beside_openvino_matches_torch_alone(tmp_path):
         if abs(ratios[-1] - 1) <= 0.15:
             break
     assert abs(ratios[-1] - 1) <= 0.15, ratios
+
+
+# ------------------------------------------------------------------------------------- host precision by speed
+def _host_precision_run(monkeypatch, p50: dict, accept_ok: bool):
+    """measure_build over a fake backend offering f32 and bf16 for the unquantized ops, with set timings."""
+    from types import SimpleNamespace
+
+    from edgevit import latency, measure
+    from edgevit.backends import Built, Capabilities
+    from edgevit.targets import load_target
+    from edgevit.validate import Artifact
+
+    class Runner:
+        def __init__(self, hp, n):
+            self.info = {"threads": n, "hp": hp, "executed_precision": "int8"}
+
+        def __call__(self, x):
+            return x
+
+    class Backend:
+        name, capabilities = "fake", Capabilities()
+
+        def host_precisions(self, precision, target):
+            return ["f32", "bf16"]
+
+        def load(self, stage, manifest, n):
+            return Runner(manifest["backend"].get("host_precision", "f32"), n)
+
+        def load_default(self, path, n):
+            return Runner(None, n)
+
+        def peer_int8(self, *a):
+            return None
+
+    monkeypatch.setattr(measure, "thread_counts", lambda: [1, 2])
+    monkeypatch.setattr(measure, "torch_runner", lambda net, n: Runner("torch", n))
+    monkeypatch.setattr(measure, "compare_latency", lambda cands, x: {
+        k: {"p50": p50.get(k, 9.0), "p90": p50.get(k, 9.0), "isolated": False, "samples": [p50.get(k, 9.0)]}
+        for k in cands})
+    prep = SimpleNamespace(check_x=np.zeros((1, 3, 4, 4), np.float32), net=None, onnx_path=None, work=None)
+    art = Artifact(Built(["model.xml"], {}), Runner("f32", 2), {"top1": 50.0})
+    asked = []
+    lat = latency.measure_build(prep, Backend(), load_target("cpu-x86"), art, None, "int8", None,
+                                accept=lambda hp, runner: asked.append(hp) or accept_ok)
+    return lat, art, asked
+
+
+def test_faster_host_precision_is_kept_once_its_accuracy_holds(monkeypatch):
+    p50 = {"artifact@1": 1.0, "artifact@2": 1.2, "artifact-bf16@1": 0.9, "artifact-bf16@2": 0.7}
+    lat, art, asked = _host_precision_run(monkeypatch, p50, accept_ok=True)
+    assert asked == ["bf16"] and lat.runner.info["hp"] == "bf16" and lat.runner.info["threads"] == 2
+    assert art.built.details["host_precision"] == "bf16" and lat.record["artifact"]["p50"] == 0.7
+    assert lat.record["host_precision_sweep"]["chosen"] == "bf16"
+
+    lat, art, asked = _host_precision_run(monkeypatch, p50, accept_ok=False)  # the gate says no: f32 stays
+    assert asked == ["bf16"] and lat.runner.info["hp"] == "f32" and lat.runner.info["threads"] == 1
+    assert lat.record["host_precision_sweep"]["rejected_for_accuracy"] == ["bf16"]
+    assert art.built.details["host_precision"] == "f32"
+
+
+def test_host_precision_within_the_noise_stays_as_validated(monkeypatch):
+    p50 = {"artifact@1": 1.0, "artifact@2": 1.5, "artifact-bf16@1": 0.99, "artifact-bf16@2": 1.4}
+    lat, art, asked = _host_precision_run(monkeypatch, p50, accept_ok=True)
+    assert asked == [] and lat.runner.info["hp"] == "f32" and lat.record["host_precision_sweep"]["chosen"] == "f32"
+
+
+def test_openvino_offers_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from edgevit.backends.openvino import OpenVINOBackend
+    from edgevit.measure import host_info
+    from edgevit.targets import load_target
+
+    ov, auto, bf16 = OpenVINOBackend(), load_target("cpu-x86"), load_target("cpu-x86-bf16host")
+    native = bool({"avx512_bf16", "amx_bf16"} & set(host_info()["isa"]))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert ov.host_precisions("int8", auto) == (["f32", "bf16"] if native else ["f32"])
+    assert ov.host_precisions("int8", bf16) == ["bf16"] and ov.host_precisions("fp32", auto) == [None]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU has no native bf16
+    assert ov.host_precisions("int8", auto) == ["f32"]

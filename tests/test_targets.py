@@ -8,7 +8,7 @@ from edgevit.targets import list_targets, load_target
 def test_shipped_profiles_load_and_this_host_runs_cpu_x86():
     assert {"cpu-x86", "cpu-onnxruntime"} <= set(list_targets())
     t = load_target("cpu-x86")
-    assert t.backend == "openvino" and "int8" in t.precisions and t.host_precision == "f32"
+    assert t.backend == "openvino" and "int8" in t.precisions and t.host_precision == "auto"
     from edgevit.backends import host_support
 
     ok, why = host_support(t)
@@ -96,3 +96,16 @@ def test_auto_refuses_a_jetson_without_a_profile_and_falls_back_to_the_cpu(tmp_p
         detect_target(tmp_path)
     name, why = detect_target(tmp_path / "empty")  # an ordinary host: its CPU, with the reason
     assert name in ("cpu-x86", "cpu-onnxruntime") and "no Jetson board" in why
+
+
+def test_recipe_optional_float_reads_from_toml(tmp_path):
+    """``smooth_quant_alpha = 0.5`` (a ``float | None`` field) loads; a string there is one error naming the key."""
+    p = tmp_path / "sq.toml"
+    p.write_text("smooth_quant_alpha = 0.5\nmodel_type = \"transformer\"\n")
+    assert load_recipe(str(p)).smooth_quant_alpha == 0.5
+    p.write_text("smooth_quant_alpha = 1\n")
+    assert load_recipe(str(p)).smooth_quant_alpha == 1.0
+    p.write_text("smooth_quant_alpha = \"high\"\n")
+    with pytest.raises(UsageError, match="smooth_quant_alpha must be float"):
+        load_recipe(str(p))
+    assert load_recipe("transformer-nosq").smooth_quant_alpha == -1.0

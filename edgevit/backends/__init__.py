@@ -72,6 +72,11 @@ class Backend(Protocol):
         """Every file :meth:`load` reads from a bundle (relative paths): the verifier requires each to be listed and
         checksummed in the manifest, so nothing unverified is ever loaded."""
         ...
+    def host_precisions(self, precision: str, target) -> list[str | None]:
+        """What an artifact at ``precision`` may run its unquantized ops in on this host, to be timed against each
+        other by the build (the first is what it was validated at); [None] where the backend has no such choice.
+        The manifest's ``backend.host_precision`` records the one chosen, and :meth:`load` honours it."""
+        ...
     def load_default(self, onnx_path: Path, threads: int | None = None) -> Runner:
         """The backend with its own defaults on the FP32 export: the plain recipe edgevit is measured against."""
         ...

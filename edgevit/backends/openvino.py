@@ -15,6 +15,10 @@ HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
 
 
+def _resolved(host_precision: str) -> str:
+    return "f32" if host_precision == "auto" else host_precision  # auto: f32 until the build has measured
+
+
 def _threads(threads: int | None) -> int:
     return threads if threads and threads > 0 else (os.cpu_count() or 1)
 
@@ -157,10 +161,23 @@ class OpenVINOBackend:
 
         return ov.get_version()
 
-    def _config(self, precision: str, target, threads: int | None = None) -> dict:
-        hint = target.host_precision if precision == "int8" else HINT[precision]
+    def _config(self, precision: str, target, threads: int | None = None, host: str | None = None) -> dict:
+        hint = (host or _resolved(target.host_precision)) if precision == "int8" else HINT[precision]
         return {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": _threads(threads or target.threads),
                 "PERFORMANCE_HINT": "LATENCY"}
+
+    def host_precisions(self, precision: str, target) -> list[str | None]:
+        """What an INT8 artifact may run its unquantized ops in, to be timed against each other: with the target's
+        ``host_precision = "auto"``, f32 and, where this CPU computes it natively (AVX-512 BF16, AMX), bf16."""
+        if precision != "int8":
+            return [None]
+        if target.host_precision != "auto":
+            return [target.host_precision]
+        from edgevit.measure import host_class, host_info
+
+        isa = set(host_info()["isa"])
+        native_bf16 = bool({"avx512_bf16", "amx_bf16"} & isa) and host_class() != "avx2"
+        return ["f32", "bf16"] if native_bf16 else ["f32"]
 
     def read(self, onnx_path: Path):
         import openvino as ov
@@ -177,6 +194,8 @@ class OpenVINOBackend:
             details["kept_in_higher_precision"] = kept_in_higher_precision(job.model)
         ov.save_model(job.model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
         details["compile_config"] = self._config(job.precision, job.target)
+        if job.precision == "int8":
+            details["host_precision"] = details["compile_config"]["INFERENCE_PRECISION_HINT"]
         return Built(files=["model.xml", "model.bin"], details=details)
 
     def device_support(self, target) -> tuple[bool, str]:
@@ -189,7 +208,8 @@ class OpenVINOBackend:
         from edgevit.targets import Target
 
         target = Target(**{k: v for k, v in manifest["target"].items() if k in Target.__dataclass_fields__})
-        cfg = self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"))
+        cfg = self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"),
+                           manifest["backend"].get("host_precision"))
         return OVRunner(Path(bundle_dir) / "model.xml", cfg)
 
     def load_default(self, onnx_path: Path, threads: int | None = None):

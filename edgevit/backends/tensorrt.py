@@ -142,6 +142,9 @@ class TensorRTBackend:
     def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
         return None  # no one-line INT8 recipe of its own to compare with
 
+    def host_precisions(self, precision: str, target) -> list[str | None]:
+        return [None]  # the runtime decides what unquantized ops run in
+
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return onnx_proxy(onnx_path, threads)
 
