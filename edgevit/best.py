@@ -43,7 +43,7 @@ def build_best(req, inputs: dict):
     time the rest against each other, and write the chosen one (with its full latency stage) as the bundle."""
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
-    from edgevit.stages import BuildResult, compile_gated, latency_stage, write_bundle
+    from edgevit.stages import BuildResult, compile_gated, latency_stage, speed_stage, write_bundle
 
     cands = [p for p in BEST_ORDER if p in req.target.precisions]
     with claim(req.final, "bundle", req.force), prepare(req.spec, **inputs) as prep:
@@ -73,6 +73,7 @@ def build_best(req, inputs: dict):
         with output_dir(req.final, "bundle", req.force, claimed=True) as stage:
             shutil.rmtree(stage)
             shutil.copytree(cand_dir, stage)
+            art = speed_stage(prep, req, chosen, art, stage, gate)
             latency = latency_stage(prep, req, chosen, art, stage, calib, gate)
             manifest = write_bundle(prep, req, chosen, stage, art, gate, qat, calib, latency,
                                     requested_precision="best", selection=selection)

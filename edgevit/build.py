@@ -15,7 +15,7 @@ from pathlib import Path
 from edgevit._progress import say
 from edgevit.errors import UsageError
 from edgevit.qat import QATOptions
-from edgevit.stages import BuildResult, Request, compile_gated, latency_stage, write_bundle
+from edgevit.stages import BuildResult, Request, compile_gated, latency_stage, speed_stage, write_bundle
 from edgevit.targets import Precision
 from edgevit.validate import DEFAULT_MAX_DROP
 
@@ -28,7 +28,8 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
           val_samples: int | None = None, input_size: int | None = None, workers: int | None = None,
           threads: int | None = None, max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False,
           qat: QATOptions | None = None, ignore_trt_rules: bool = False, measure_latency: bool = True,
-          profile: bool = False, peers: bool = False, **model_overrides) -> BuildResult | None:
+          profile: bool = False, peers: bool = False, speed_search: bool = True,
+          **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data`` (or ``calib_data``); ``qat`` adds
@@ -37,6 +38,9 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
     calibrating again. Every INT8 build is measured against FP32 and gated by ``max_drop`` (top-1 points).
     ``out/<name>`` is replaced only if it is an edgevit bundle (or empty), unless ``force``. ``precision="best"``
     builds every precision the target allows from one preparation and keeps the fastest that passes.
+
+    ``speed_search`` (INT8, OpenVINO): layers that run slower in INT8 than in the host precision on this CPU go
+    back to it when that makes the model faster (:mod:`edgevit.speedmix`); the accuracy gate checks the result.
 
     ``peers`` (INT8): the backend's one-line INT8 recipe (NNCF with every default) of the same export, on the same
     calibration images, is timed beside the artifact as a baseline (``nncf_default_int8``); it is never shipped.
@@ -49,7 +53,7 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
     req = request(model, target, precision, out, name, data, weights, calibration, calib_samples, calib_data,
                   val_samples, qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
                   keep_failed=keep_failed, ignore_trt_rules=ignore_trt_rules, measure_latency=measure_latency,
-                  profile=profile, peers=peers)
+                  profile=profile, peers=peers, speed_search=speed_search)
     follower = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
     inputs = dict(data=data, weights=weights, input_size=input_size, calib_data=calib_data, val_samples=val_samples,
                   workers=workers, reference=not follower, **model_overrides)
@@ -65,6 +69,7 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
             return None
         with claim(req.final, "bundle", force), output_dir(req.final, "bundle", force, claimed=True) as stage:
             art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
+            art = speed_stage(prep, req, req.precision, art, stage, gate)
             lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
             manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat)
     return BuildResult(req.final, manifest, lat.samples)

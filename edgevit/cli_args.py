@@ -189,6 +189,9 @@ def _add_build(sub) -> None:
                    help="TensorRT targets: write the bundle even if the Q/DQ ONNX breaks TensorRT's rules")
     s.add_argument("--force", action="store_true",
                    help="replace OUT even if it is not an edgevit bundle (never /, ~ or the working directory)")
+    s.add_argument("--no-speed-search", action="store_true",
+                   help="INT8 on OpenVINO: keep every quantized layer in INT8 even where the host precision runs it "
+                        "faster on this CPU (by default such layers go back to it when the model gets faster)")
     s.add_argument("--profile", action="store_true",
                    help="per-layer time and executed precision from the runtime's profiler, into the manifest")
     s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
@@ -46,6 +48,7 @@ class Request:
     measure_latency: bool = True
     profile: bool = False
     peers: bool = False
+    speed_search: bool = True
     t_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -169,6 +172,39 @@ def _qat_meta(prep, req: Request) -> dict:
             "model_overrides": prep.overrides, "qat_target": req.target.name,
             "qat_quantizer": "signed symmetric" if req.signed else f"{req.backend.name} default",
             "preprocessing": prep.pre.to_dict()}
+
+
+def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, gate: Gate | None) -> Artifact:
+    """Mixed precision by speed (:mod:`edgevit.speedmix`): INT8 layers that run slower than in the host precision go
+    back to it when that makes the model faster here; the accuracy gate checks the result like any artifact."""
+    from edgevit.validate import validate
+
+    if precision != "int8" or not req.speed_search or not req.measure_latency \
+            or not req.backend.capabilities.speed_search or art.runner.info.get("proxy_for"):
+        return art
+    kept_first = Path(tempfile.mkdtemp(dir=prep.work))
+    shutil.copytree(stage, kept_first, dirs_exist_ok=True)
+    x = np.ascontiguousarray(np.repeat(prep.check_x[:1], req.target.batch, axis=0))
+    loaded = {"precision": precision, "target": req.target.to_dict(), "backend": art.built.details}
+    rec = req.backend.mix_for_speed(stage, loaded, prep.onnx_path, x, prep.work, say)
+    art.built.details["speed_search"] = rec
+    if not rec or not rec.get("kept"):
+        return art
+    runner = req.backend.load(stage, loaded, req.threads)
+    v = validate(prep, runner, f"{precision} ({req.backend.name}, {len(rec['kept'])} layer group(s) reverted for "
+                               "speed)")
+    if gate is not None and "top1_drop" in v:
+        if not gate.skipped and gate.max_drop is not None and v["top1_drop"] > gate.max_drop:
+            say(f"the faster mix loses {v['top1_drop']:.2f} points, over the budget; keeping the INT8 layers")
+            shutil.rmtree(stage)
+            shutil.copytree(kept_first, stage)
+            rec["result"] += "; undone: over the accuracy budget"
+            return art
+        gate.tried.append({"method": "speed search (layers back to the host precision)", "top1": v["top1"],
+                           "top1_drop": v["top1_drop"]})
+        gate.passed = bool(gate.skipped) or gate.max_drop is None or v["top1_drop"] <= gate.max_drop
+    say(f"speed search: {rec['result']} ({rec['int8_p50_ms']:.3f} → {rec['mixed_p50_ms']:.3f} ms p50)")
+    return Artifact(art.built, runner, {**v, **{k: art.validation[k] for k in ("qdq_onnx",) if k in art.validation}})
 
 
 def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib,

@@ -112,3 +112,18 @@ def test_accuracy_control_only_where_declared(backend, exported, tmp_path):
     else:
         _, built, _, quantizer = _build(backend, exported, "int8", tmp_path / "ac", accuracy_control=control)
         assert "accuracy_control" in quantizer and built.files
+
+
+def test_speed_search_only_where_declared(backend, exported, tmp_path):
+    """mix_for_speed answers None without the capability, and a record (what it tried, what it kept) with it; a
+    backend that reverts layers leaves an artifact that still loads and computes the model."""
+    _, onnx_path, x, ref = exported
+    stage = tmp_path / "stage"
+    _, built, manifest, _ = _build(backend, exported, "int8", stage)
+    rec = backend.mix_for_speed(stage, manifest, onnx_path, x[:1], tmp_path, log=lambda s: None)
+    if not backend.capabilities.speed_search:
+        assert rec is None
+        return
+    assert "groups" in rec and "result" in rec and "xml" not in rec
+    got = backend.load(stage, manifest, 1)(x[:4])
+    assert got.shape == (4, ref.shape[1]) and np.isfinite(got).all()

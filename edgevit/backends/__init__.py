@@ -23,6 +23,7 @@ class Capabilities:
     int8_signed_symmetric: bool = False  # INT8 must be signed and symmetric (zero-point 0): TensorRT
     accuracy_control: bool = False  # NNCF's accuracy-aware PTQ works on this backend's model format
     engine_on_device: bool = False  # the artifact is finished on the device (`edgevit compile`), not on this host
+    speed_search: bool = False  # INT8 layers slower than the host precision can go back to it (mix_for_speed)
 
 
 @dataclass
@@ -76,6 +77,12 @@ class Backend(Protocol):
         """What an artifact at ``precision`` may run its unquantized ops in on this host, to be timed against each
         other by the build (the first is what it was validated at); [None] where the backend has no such choice.
         The manifest's ``backend.host_precision`` records the one chosen, and :meth:`load` honours it."""
+        ...
+    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
+                      log=print) -> dict | None:
+        """Mixed precision by speed (where ``capabilities.speed_search``): put the INT8 layers that run slower than
+        in the host precision back in it, in the artifact in ``bundle_dir``, when that makes the model faster on this
+        host; the search's record (``kept``: what was reverted). None where the backend has no such choice."""
         ...
     def load_default(self, onnx_path: Path, threads: int | None = None) -> Runner:
         """The backend with its own defaults on the FP32 export: the plain recipe edgevit is measured against."""

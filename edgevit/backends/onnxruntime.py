@@ -121,6 +121,9 @@ class ONNXRuntimeBackend:
     def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
         return None  # no one-line INT8 recipe of its own to compare with
 
+    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x, work_dir: Path, log=print) -> None:
+        return None  # no per-layer precision choice by speed here
+
     def host_precisions(self, precision: str, target) -> list[str | None]:
         return [None]  # the runtime decides what unquantized ops run in
 

@@ -120,9 +120,10 @@ class OVRunner:
                 "streams": int(compiled.get_property("NUM_STREAMS")), "seconds": round(elapsed, 2),
                 "method": "OpenVINO AsyncInferQueue, THROUGHPUT hint, optimal number of requests"}
 
-    def profile(self, x: np.ndarray, runs: int = 50) -> dict:
-        """Per-layer time from OpenVINO's performance counters (a separate compile with PERF_COUNT on)."""
-        from edgevit.profile import precision_of, summarize
+    def _counters(self, x: np.ndarray, runs: int) -> dict[str, dict]:
+        """Per executed layer: type, exec type, precision and ms summed over ``runs`` (performance counters, a
+        separate compile with PERF_COUNT on)."""
+        from edgevit.profile import precision_of
 
         model = static_model(self._core, self._path, x.shape[0])
         compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
@@ -138,12 +139,23 @@ class OVRunner:
                     e = acc.setdefault(p.node_name, {"type": p.node_type, "exec": p.exec_type,
                                                      "precision": precision_of(p.exec_type), "ms": 0.0})
                     e["ms"] += p.real_time.total_seconds() * 1000
-        return summarize(acc, runs, f"OpenVINO performance counters, {runs} runs at batch {x.shape[0]}")
+        return acc
+
+    def layer_times(self, x: np.ndarray, runs: int = 50) -> dict[str, float]:
+        """Every executed layer's ms per inference."""
+        return {name: e["ms"] / runs for name, e in self._counters(x, runs).items()}
+
+    def profile(self, x: np.ndarray, runs: int = 50) -> dict:
+        """Per-layer time from OpenVINO's performance counters, summarised for the manifest."""
+        from edgevit.profile import summarize
+
+        return summarize(self._counters(x, runs), runs, f"OpenVINO performance counters, {runs} runs at batch "
+                                                         f"{x.shape[0]}")
 
 
 class OpenVINOBackend:
     name = "openvino"
-    capabilities = Capabilities(accuracy_control=True)
+    capabilities = Capabilities(accuracy_control=True, speed_search=True)
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -204,13 +216,29 @@ class OpenVINOBackend:
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         return {"model.xml", "model.bin"}
 
-    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+    def _runtime_config(self, manifest: dict, threads: int | None = None) -> dict:
+        """The compile config a bundle runs with: its precision, host precision and threads."""
         from edgevit.targets import Target
 
         target = Target(**{k: v for k, v in manifest["target"].items() if k in Target.__dataclass_fields__})
-        cfg = self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"),
-                           manifest["backend"].get("host_precision"))
-        return OVRunner(Path(bundle_dir) / "model.xml", cfg)
+        return self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"),
+                            manifest["backend"].get("host_precision"))
+
+    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        return OVRunner(Path(bundle_dir) / "model.xml", self._runtime_config(manifest, threads))
+
+    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
+                      log=print) -> dict:
+        import shutil
+
+        from edgevit.speedmix import search
+
+        rec = search(Path(bundle_dir) / "model.xml", fp32_onnx, self._runtime_config(manifest), x, Path(work_dir), log)
+        mixed = rec.pop("xml", None)
+        if mixed:
+            for ext in (".xml", ".bin"):
+                shutil.copyfile(Path(mixed).with_suffix(ext), Path(bundle_dir) / f"model{ext}")
+        return rec
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
         cfg = {"INFERENCE_NUM_THREADS": _threads(threads)} if threads else {}
