@@ -109,3 +109,35 @@ def test_recipe_optional_float_reads_from_toml(tmp_path):
     with pytest.raises(UsageError, match="smooth_quant_alpha must be float"):
         load_recipe(str(p))
     assert load_recipe("transformer-nosq").smooth_quant_alpha == -1.0
+
+
+def test_default_recipe_is_the_measured_one_for_backend_cpu_and_family(tmp_path, monkeypatch):
+    """A build without --calibration gets calibration/_defaults.toml's entry for its backend, its host's class of
+    CPU and the model's family, and 'default' where there is none; _defaults is no recipe of its own."""
+    import edgevit.measure as measure
+    import edgevit.quantize as q
+    from edgevit.errors import UnknownNameError
+
+    for name in ("default", "plain", "fast"):
+        (tmp_path / f"{name}.toml").write_text((q.recipes_dir() / f"{name}.toml").read_text())
+    (tmp_path / "_defaults.toml").write_text('[openvino.avx2]\nvit = "fast"\n[openvino.avx512_vnni]\nvit = "plain"\n')
+    monkeypatch.setattr(q, "recipes_dir", lambda: tmp_path)
+    monkeypatch.setattr(measure, "host_class", lambda: "avx2")
+    assert q.default_recipe("openvino", "vit")[0] == "fast"
+    monkeypatch.setattr(measure, "host_class", lambda: "avx512_vnni")
+    name, why = q.default_recipe("openvino", "vit")
+    assert name == "plain" and "measured" in why
+    assert q.default_recipe("openvino", "maxvit")[0] == "default"
+    assert q.default_recipe("tensorrt", "vit")[0] == "default"
+    with pytest.raises(UnknownNameError):
+        q.load_recipe("_defaults")
+
+
+def test_host_class_follows_the_isa_cap(monkeypatch):
+    from edgevit.measure import HOST_CLASSES, host_class
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    found = host_class()
+    assert found in HOST_CLASSES
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert host_class() == ("avx2" if found in ("amx", "avx512_vnni", "avx2") else found)
