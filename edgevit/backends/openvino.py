@@ -241,7 +241,14 @@ class OpenVINOBackend:
         return rec
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
+        from edgevit.measure import host_class
+
         cfg = {"INFERENCE_NUM_THREADS": _threads(threads)} if threads else {}
+        if host_class() in ("avx2", "other") and os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            # OpenVINO picks its default precision from the CPU's own flags, which ONEDNN_MAX_CPU_ISA does not hide:
+            # on an AVX-512 BF16 host capped to AVX2 it would ask for bf16 kernels that the cap removed. A real AVX2
+            # CPU defaults to f32, so the emulated one is given what the real one would choose.
+            cfg["INFERENCE_PRECISION_HINT"] = "f32"
         return OVRunner(onnx_path, cfg)
 
     def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> Path:
