@@ -123,7 +123,8 @@ class ImageStream:
         workers = min(self.workers, n_batches)
         loader = DataLoader(_Decoded(self.split, self.pre), batch_size=batch_size, collate_fn=_collate,
                             sampler=None if order is None else [int(i) for i in order], num_workers=workers,
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None,
+                            multiprocessing_context=_worker_context() if workers else None)
         before = signal.getsignal(signal.SIGCHLD)
         try:
             for batch in loader:
@@ -133,6 +134,17 @@ class ImageStream:
         finally:
             if workers:
                 _restore_sigchld(before)
+
+
+def _worker_context():
+    """Decode workers come from a fork server, not from this process. A build holds OpenVINO's thread pools in this
+    process (it validates artifacts here), and forking it while they run crashed it now and then (segmentation
+    faults seen in the test suite). The server imports torch and the reader once, so workers still start fast."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "PIL.Image", "edgevit.stream"])
+    return ctx
 
 
 def _restore_sigchld(handler) -> None:
