@@ -13,7 +13,8 @@ import numpy as np
 from edgevit._registry import BACKENDS
 from edgevit.errors import BackendUnavailableError, UnknownNameError
 
-__all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "get_backend", "host_support"]
+__all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "RuntimeDecides", "get_backend",
+           "host_support"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,20 @@ class Backend(Protocol):
         OpenVINO: ``nncf.quantize(model, dataset)`` with every default), as a model :meth:`load_default` runs; None
         where the backend has no such recipe. A peer column in benchmarks, never shipped."""
         ...
+
+
+class RuntimeDecides:
+    """What a backend inherits when its runtime makes the choices edgevit measures elsewhere: no one-line INT8 recipe
+    of its own to set beside ours, no host precision to pick for unquantized ops, no per-layer speed search."""
+
+    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
+        return None
+
+    def host_precisions(self, precision: str, target) -> list[str | None]:
+        return [None]
+
+    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x, work_dir: Path, log=print) -> None:
+        return None
 
 
 def get_backend(name: str) -> Backend:

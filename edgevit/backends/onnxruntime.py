@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built, Capabilities
+from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
 
 
 def _graph_nodes(path: Path):
@@ -76,7 +76,7 @@ def _ort_runner(path: Path, threads: int, proxy_for: str | None) -> ORTRunner:
     return r
 
 
-class ONNXRuntimeBackend:
+class ONNXRuntimeBackend(RuntimeDecides):
     name = "onnxruntime"
     capabilities = Capabilities()
 
@@ -117,15 +117,6 @@ class ONNXRuntimeBackend:
     def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         return ORTRunner(Path(bundle_dir) / "model.onnx",
                          threads or manifest["backend"].get("threads") or manifest["target"].get("threads"))
-
-    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
-        return None  # no one-line INT8 recipe of its own to compare with
-
-    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x, work_dir: Path, log=print) -> None:
-        return None  # no per-layer precision choice by speed here
-
-    def host_precisions(self, precision: str, target) -> list[str | None]:
-        return [None]  # the runtime decides what unquantized ops run in
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return ORTRunner(onnx_path, threads)

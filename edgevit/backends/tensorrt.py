@@ -13,13 +13,13 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from edgevit.backends import BuildJob, Built, Capabilities
+from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
 from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support, import_tensorrt
 from edgevit.backends.tensorrt_plan import ASSUMED_TENSORRT, ENGINE_FILE, ONNX_FILE, PLAN_FILE, engine_plan, write_plan
 from edgevit.errors import BackendUnavailableError, ValidationFailedError
 
 
-class TensorRTBackend:
+class TensorRTBackend(RuntimeDecides):
     name = "tensorrt"
     capabilities = Capabilities(int8_signed_symmetric=True, engine_on_device=True)
 
@@ -138,15 +138,6 @@ class TensorRTBackend:
                                               f"GPU it was built on: {why}")
             return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
         return onnx_proxy(Path(bundle_dir) / ONNX_FILE, threads)
-
-    def peer_int8(self, onnx_path: Path, calibration, work_dir: Path) -> None:
-        return None  # no one-line INT8 recipe of its own to compare with
-
-    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x, work_dir: Path, log=print) -> None:
-        return None  # no per-layer precision choice by speed here
-
-    def host_precisions(self, precision: str, target) -> list[str | None]:
-        return [None]  # the runtime decides what unquantized ops run in
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return onnx_proxy(onnx_path, threads)
