@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from edgevit._progress import say
 from edgevit.bundle import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
 
@@ -49,7 +47,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         lat["skipped"] = (f"the {runner.info['proxy_for']} engine runs on the device ({target.device}); "
                           "`edgevit compile BUNDLE` there builds it and measures its latency")
         return Latency(lat, runner=runner)
-    x = np.ascontiguousarray(np.repeat(prep.check_x[:1], target.batch, axis=0))
+    x = prep.latency_input(target.batch)
     counts = thread_counts()
     sweep = not threads and not target.threads and not backend.capabilities.engine_on_device
     art_counts = counts if sweep else [runner.info.get("threads")]

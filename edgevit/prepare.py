@@ -114,6 +114,10 @@ class Prepared:
         return create_model(self.spec, num_classes=self.num_classes, input_size=self.pre.input_size[-1],
                             **self.overrides)
 
+    def latency_input(self, batch: int) -> np.ndarray:
+        """The image every latency figure of this model is timed on, repeated to ``batch``."""
+        return np.ascontiguousarray(np.repeat(self.check_x[:1], batch, axis=0))
+
     def calibration(self, recipe) -> np.ndarray:
         """The recipe's calibration images (float32 NCHW), read once per recipe."""
         from edgevit.quantize import calibration_images

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
@@ -130,8 +128,7 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
     """The gate's second try, QAT (asked for) or accuracy-aware PTQ (over budget), kept only if it beats the first
     on the training hold-out; raises when the kept one is still over budget (unless ``keep_failed``)."""
     gate.tried[0]["holdout_top1"] = gate.holdout_top1(prep, first.runner)
-    kept_first = Path(tempfile.mkdtemp(dir=prep.work))
-    shutil.copytree(stage, kept_first, dirs_exist_ok=True)
+    kept_first = _snapshot(stage, prep.work)
     art = first
     if req.qat.epochs:
         say(f"quantization-aware training for {req.qat.epochs} epoch(s) (--qat-epochs)"
@@ -150,8 +147,7 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
                                         "OpenVINO path)")
     if method and not gate.add(method, art.validation, gate.holdout_top1(prep, art.runner), **extra):
         say(f"{method} did worse than {gate.tried[0]['method']} on the hold-out; keeping the latter")
-        shutil.rmtree(stage)
-        shutil.copytree(kept_first, stage)
+        _restore(kept_first, stage)
         art = first
     gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
     if not gate.passed:
@@ -164,6 +160,18 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
                 "(--calib-samples), or build fp32/bf16")
         say(f"warning: keeping a FAILED bundle (--keep-failed): {gate.tried_text()}")
     return art
+
+
+def _snapshot(stage: Path, work: Path) -> Path:
+    """A copy of the artifact in ``stage`` to go back to if what replaces it is not kept."""
+    copy = Path(tempfile.mkdtemp(dir=work))
+    shutil.copytree(stage, copy, dirs_exist_ok=True)
+    return copy
+
+
+def _restore(snapshot: Path, stage: Path) -> None:
+    shutil.rmtree(stage)
+    shutil.copytree(snapshot, stage)
 
 
 def _qat_meta(prep, req: Request) -> dict:
@@ -182,9 +190,8 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
     if precision != "int8" or not req.speed_search or not req.measure_latency \
             or not req.backend.capabilities.speed_search or art.runner.info.get("proxy_for"):
         return art
-    kept_first = Path(tempfile.mkdtemp(dir=prep.work))
-    shutil.copytree(stage, kept_first, dirs_exist_ok=True)
-    x = np.ascontiguousarray(np.repeat(prep.check_x[:1], req.target.batch, axis=0))
+    kept_first = _snapshot(stage, prep.work)
+    x = prep.latency_input(req.target.batch)
     loaded = {"precision": precision, "target": req.target.to_dict(), "backend": art.built.details}
     rec = req.backend.mix_for_speed(stage, loaded, prep.onnx_path, x, prep.work, say)
     art.built.details["speed_search"] = rec
@@ -193,18 +200,13 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
     runner = req.backend.load(stage, loaded, req.threads)
     v = validate(prep, runner, f"{precision} ({req.backend.name}, {len(rec['kept'])} layer group(s) reverted for "
                                "speed)")
-    if gate is not None and "top1_drop" in v:
-        if not gate.skipped and gate.max_drop is not None and v["top1_drop"] > gate.max_drop:
-            say(f"the faster mix loses {v['top1_drop']:.2f} points, over the budget; keeping the INT8 layers")
-            shutil.rmtree(stage)
-            shutil.copytree(kept_first, stage)
-            rec["result"] += "; undone: over the accuracy budget"
-            return art
-        gate.tried.append({"method": "speed search (layers back to the host precision)", "top1": v["top1"],
-                           "top1_drop": v["top1_drop"]})
-        gate.passed = bool(gate.skipped) or gate.max_drop is None or v["top1_drop"] <= gate.max_drop
+    if gate is not None and not gate.admit("speed search (layers back to the host precision)", v):
+        say(f"the faster mix loses {v['top1_drop']:.2f} points, over the budget; keeping the INT8 layers")
+        _restore(kept_first, stage)
+        rec["result"] += "; undone: over the accuracy budget"
+        return art
     say(f"speed search: {rec['result']} ({rec['int8_p50_ms']:.3f} → {rec['mixed_p50_ms']:.3f} ms p50)")
-    return Artifact(art.built, runner, {**v, **{k: art.validation[k] for k in ("qdq_onnx",) if k in art.validation}})
+    return Artifact(art.built, runner, art.revalidated(v))
 
 
 def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib,
@@ -222,16 +224,11 @@ def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path
         from edgevit.validate import validate
 
         v = validate(prep, runner, f"{precision} ({req.backend.name}, unquantized ops in {host_precision})")
-        if gate is not None and not gate.skipped and gate.max_drop is not None and "top1_drop" in v:
-            if v["top1_drop"] > gate.max_drop:
-                say(f"{host_precision} for the unquantized ops is faster but loses {v['top1_drop']:.2f} points; "
-                    "keeping what was validated")
-                return False
-        if gate is not None and "top1_drop" in v:
-            gate.tried.append({"method": f"unquantized ops in {host_precision} (faster)", "top1": v["top1"],
-                               "top1_drop": v["top1_drop"]})
-            gate.passed = gate.max_drop is None or v["top1_drop"] <= gate.max_drop or bool(gate.skipped)
-        art.validation = {**v, **{k: art.validation[k] for k in ("qdq_onnx",) if k in art.validation}}
+        if gate is not None and not gate.admit(f"unquantized ops in {host_precision} (faster)", v):
+            say(f"{host_precision} for the unquantized ops is faster but loses {v['top1_drop']:.2f} points; "
+                "keeping what was validated")
+            return False
+        art.validation = art.revalidated(v)
         return True
 
     return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,

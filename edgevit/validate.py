@@ -24,6 +24,11 @@ class Artifact:
     runner: object  # edgevit.backends.Runner
     validation: dict
 
+    def revalidated(self, validation: dict) -> dict:
+        """``validation`` of a variant of this artifact, keeping what only the first validation measured (the Q/DQ
+        ONNX's own top-1)."""
+        return {**validation, **{k: self.validation[k] for k in ("qdq_onnx",) if k in self.validation}}
+
 
 def measured_with(runner) -> str:
     from edgevit.measure import host_info
@@ -109,6 +114,17 @@ class Gate:
         better = holdout_top1 >= self.tried[0]["holdout_top1"]
         self.kept = method if better else self.tried[0]["method"]
         return better
+
+    def admit(self, method: str, validation: dict) -> bool:
+        """A faster variant of the kept artifact (same quantizers, other kernels or host precision): False when its
+        drop is over the budget; else it is recorded as tried and the gate's verdict follows it."""
+        if "top1_drop" not in validation:  # no data: nothing to gate
+            return True
+        if not self.skipped and self.max_drop is not None and validation["top1_drop"] > self.max_drop:
+            return False
+        self.tried.append({"method": method, "top1": validation["top1"], "top1_drop": validation["top1_drop"]})
+        self.passed = bool(self.skipped) or self.max_drop is None or validation["top1_drop"] <= self.max_drop
+        return True
 
     def skip(self, method: str, why: str) -> None:
         self.tried.append({"method": method, "skipped": why})

@@ -111,7 +111,8 @@ def _host_precision_run(monkeypatch, p50: dict, accept_ok: bool):
     monkeypatch.setattr(measure, "compare_latency", lambda cands, x: {
         k: {"p50": p50.get(k, 9.0), "p90": p50.get(k, 9.0), "isolated": False, "samples": [p50.get(k, 9.0)]}
         for k in cands})
-    prep = SimpleNamespace(check_x=np.zeros((1, 3, 4, 4), np.float32), net=None, onnx_path=None, work=None)
+    prep = SimpleNamespace(latency_input=lambda batch: np.zeros((batch, 3, 4, 4), np.float32), net=None,
+                           onnx_path=None, work=None)
     art = Artifact(Built(["model.xml"], {}), Runner("f32", 2), {"top1": 50.0})
     asked = []
     lat = latency.measure_build(prep, Backend(), load_target("cpu-x86"), art, None, "int8", None,
