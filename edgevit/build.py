@@ -83,7 +83,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     from edgevit.models import resolve_spec
     from edgevit.outputs import check_output
     from edgevit.qat import check_qat_output
-    from edgevit.quantize import default_recipe, load_recipe
+    from edgevit.quantize import NEEDS_IMAGES, default_recipe, load_recipe
     from edgevit.targets import load_target
 
     if target == "auto":
@@ -104,8 +104,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
         check_qat_output(final.with_name(f"{final.name}.qat.pt"), weights, options.get("force", False))
     quantizes = precision in ("int8", "best")
     if precision == "int8" and not data:
-        raise UsageError("int8 calibration needs images: pass --data (fashion-mnist, imagefolder:DIR, or "
-                         "synthetic for latency-only work)")
+        raise UsageError(NEEDS_IMAGES)
     if val_samples is not None and val_samples < 1:
         raise UsageError("--val-samples must be at least 1")
     if calib_data and not quantizes:

@@ -51,17 +51,25 @@ def read_weights(weights: str, spec) -> Weights:
     return Weights(weights, file, state, meta, ev, hub)
 
 
-def load_model(spec, weights: Weights | None, classes: list[str] | None, size: int, overrides: dict):
-    """The FP32 PyTorch model with the checkpoint's overrides (the caller's win) and weights; random weights are
-    seeded, so every run makes the same model (a benchmark's history compares them)."""
-    from edgevit.models import apply_state_dict, create_model
+def new_model(spec, num_classes: int | None, size: int, overrides: dict, seeded: bool):
+    """The architecture, untrained; ``seeded``: the same random weights every run (a benchmark's history compares
+    builds of random weights)."""
+    from edgevit.models import create_model
 
-    overrides = {**(weights.edgevit.get("model_overrides", {}) if weights else {}), **overrides}
-    if not weights:
+    if seeded:
         import torch
 
         torch.manual_seed(0)
-    net = create_model(spec, num_classes=len(classes) if classes else None, input_size=size, **overrides)
+    return create_model(spec, num_classes=num_classes, input_size=size, **overrides)
+
+
+def load_model(spec, weights: Weights | None, classes: list[str] | None, size: int, overrides: dict):
+    """The FP32 PyTorch model with the checkpoint's overrides (the caller's win) and weights; random weights are
+    seeded, so every run makes the same model (a benchmark's history compares them)."""
+    from edgevit.models import apply_state_dict
+
+    overrides = {**(weights.edgevit.get("model_overrides", {}) if weights else {}), **overrides}
+    net = new_model(spec, len(classes) if classes else None, size, overrides, seeded=not weights)
     if weights:
         from edgevit.qat import is_qat_checkpoint
 
@@ -105,14 +113,9 @@ class Prepared:
         return len(self.classes)
 
     def fresh_model(self):
-        from edgevit.models import create_model
-
-        if not self.weights:
-            import torch
-
-            torch.manual_seed(0)
-        return create_model(self.spec, num_classes=self.num_classes, input_size=self.pre.input_size[-1],
-                            **self.overrides)
+        """Another instance of the prepared architecture (the QAT checkpoint is restored onto one)."""
+        return new_model(self.spec, self.num_classes, self.pre.input_size[-1], self.overrides,
+                         seeded=self.weights is None)
 
     def latency_input(self, batch: int) -> np.ndarray:
         """The image every latency figure of this model is timed on, repeated to ``batch``."""
@@ -120,13 +123,12 @@ class Prepared:
 
     def calibration(self, recipe) -> np.ndarray:
         """The recipe's calibration images (float32 NCHW), read once per recipe."""
-        from edgevit.quantize import calibration_images
+        from edgevit.quantize import NEEDS_IMAGES, calibration_images
 
         key = repr(recipe)
         if key not in self._calib:
             if self.ds is None:
-                raise UsageError("int8 calibration needs images: pass --data (fashion-mnist, imagefolder:DIR, or "
-                                 "synthetic for latency-only work)")
+                raise UsageError(NEEDS_IMAGES)
             say(f"calibrating INT8 with {min(recipe.samples, len(self.unlabelled or self.ds.train))} images from "
                 f"{self.calib_source} ({Path(recipe.path).name}, NNCF "
                 f"{'transformer' if recipe.nncf_transformer(self.spec.is_transformer) else 'default'} model type)")

@@ -19,6 +19,8 @@ BIAS_CORRECTIONS = ("fast", "full", "none")
 MODEL_TYPES = ("auto", "transformer", "default")  # auto: NNCF's transformer model type for transformer families
 # Accuracy-aware PTQ validates the whole hold-out after every revert; without a cap a hopeless budget reverts layer by
 # layer for many minutes (measured: still running after 8 min on 1,000 images for a 6-block ViT).
+NEEDS_IMAGES = ("int8 calibration needs images: pass --data (fashion-mnist, imagefolder:DIR, or synthetic for "
+                "latency-only work)")
 AC_MAX_ITERATIONS = 10
 AC_RANKING_SUBSET = 300
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
-from edgevit.quantize import AC_MAX_ITERATIONS
+from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES
 from edgevit.validate import DEFAULT_MAX_DROP, Artifact, Gate
 
 
@@ -58,7 +58,7 @@ def check_candidate(prep, req: Request, precision: str) -> None:
     """What the prepared model allows at ``precision``: a QAT checkpoint builds only INT8, for the quantizers it was
     trained with; INT8 needs calibration images."""
     if precision == "int8" and prep.ds is None:
-        raise UsageError("int8 calibration needs images: pass --data")
+        raise UsageError(NEEDS_IMAGES)
     if req.qat.epochs and precision != "int8":
         raise UsageError(f"quantization-aware training makes INT8 models; --qat-epochs/--distill need --precision "
                          f"int8, not {precision}")
