@@ -4,8 +4,6 @@ recorded in the manifest's ``selection``."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 
 from edgevit._progress import say
@@ -43,7 +41,7 @@ def build_best(req, inputs: dict):
     time the rest against each other, and write the chosen one (with its full latency stage) as the bundle."""
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
-    from edgevit.stages import BuildResult, compile_gated, latency_stage, speed_stage, write_bundle
+    from edgevit.stages import BuildResult, compile_gated, latency_stage, restore_stage, speed_stage, write_bundle
 
     cands = [p for p in BEST_ORDER if p in req.target.precisions]
     with claim(req.final, "bundle", req.force), prepare(req.spec, **inputs) as prep:
@@ -71,8 +69,7 @@ def build_best(req, inputs: dict):
             selection["tied_with_fastest"] = tied
         cand_dir, art, gate, qat, calib = built[chosen]
         with output_dir(req.final, "bundle", req.force, claimed=True) as stage:
-            shutil.rmtree(stage)
-            shutil.copytree(cand_dir, stage)
+            restore_stage(cand_dir, stage)
             art = speed_stage(prep, req, chosen, art, stage, gate)
             latency = latency_stage(prep, req, chosen, art, stage, calib, gate)
             manifest = write_bundle(prep, req, chosen, stage, art, gate, qat, calib, latency,

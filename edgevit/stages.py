@@ -128,7 +128,7 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
     """The gate's second try, QAT (asked for) or accuracy-aware PTQ (over budget), kept only if it beats the first
     on the training hold-out; raises when the kept one is still over budget (unless ``keep_failed``)."""
     gate.tried[0]["holdout_top1"] = gate.holdout_top1(prep, first.runner)
-    kept_first = _snapshot(stage, prep.work)
+    kept_first = snapshot_stage(stage, prep.work)
     art = first
     if req.qat.epochs:
         say(f"quantization-aware training for {req.qat.epochs} epoch(s) (--qat-epochs)"
@@ -147,7 +147,7 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
                                         "OpenVINO path)")
     if method and not gate.add(method, art.validation, gate.holdout_top1(prep, art.runner), **extra):
         say(f"{method} did worse than {gate.tried[0]['method']} on the hold-out; keeping the latter")
-        _restore(kept_first, stage)
+        restore_stage(kept_first, stage)
         art = first
     gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
     if not gate.passed:
@@ -162,14 +162,14 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
     return art
 
 
-def _snapshot(stage: Path, work: Path) -> Path:
+def snapshot_stage(stage: Path, work: Path) -> Path:
     """A copy of the artifact in ``stage`` to go back to if what replaces it is not kept."""
     copy = Path(tempfile.mkdtemp(dir=work))
     shutil.copytree(stage, copy, dirs_exist_ok=True)
     return copy
 
 
-def _restore(snapshot: Path, stage: Path) -> None:
+def restore_stage(snapshot: Path, stage: Path) -> None:
     shutil.rmtree(stage)
     shutil.copytree(snapshot, stage)
 
@@ -190,7 +190,7 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
     if precision != "int8" or not req.speed_search or not req.measure_latency \
             or not req.backend.capabilities.speed_search or art.runner.info.get("proxy_for"):
         return art
-    kept_first = _snapshot(stage, prep.work)
+    kept_first = snapshot_stage(stage, prep.work)
     x = prep.latency_input(req.target.batch)
     loaded = {"precision": precision, "target": req.target.to_dict(), "backend": art.built.details}
     rec = req.backend.mix_for_speed(stage, loaded, prep.onnx_path, x, prep.work, say)
@@ -202,7 +202,7 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
                                "speed)")
     if gate is not None and not gate.admit("speed search (layers back to the host precision)", v):
         say(f"the faster mix loses {v['top1_drop']:.2f} points, over the budget; keeping the INT8 layers")
-        _restore(kept_first, stage)
+        restore_stage(kept_first, stage)
         rec["result"] += "; undone: over the accuracy budget"
         return art
     say(f"speed search: {rec['result']} ({rec['int8_p50_ms']:.3f} → {rec['mixed_p50_ms']:.3f} ms p50)")
