@@ -156,7 +156,15 @@ def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_ch
         assert "no native bf16" in cands["bf16"]["rejected"] and "latency_ms_p50" not in cands["bf16"]
     timed = {p: c for p, c in cands.items() if "rejected" not in c}
     assert {"int8", "fp32"} <= set(timed)
-    assert timed[sel["chosen"]]["latency_ms_p50"] == min(c["latency_ms_p50"] for c in timed.values())
+    # the fastest or, within the noise of the fastest, the first of int8 > bf16 > fp16 > fp32 (the documented tie
+    # rule: 0.0344 vs 0.0339 ms is one rerun's noise, and int8 wins it); everything outside the tie is slower
+    from edgevit.best import BEST_ORDER, BEST_TIE
+
+    fastest = min(timed, key=lambda p: timed[p]["latency_ms_p50"])
+    tied = sel.get("tied_with_fastest", [fastest])
+    assert fastest in tied and sel["chosen"] == min(tied, key=BEST_ORDER.index)
+    fast = timed[fastest]["latency_ms_p50"]
+    assert all(timed[p]["latency_ms_p50"] > fast * (1 + BEST_TIE) * 0.999 for p in timed if p not in tied)
     assert all(c["top1"] is not None for c in timed.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == [r.bundle.name]
     # without data the int8 candidate cannot be calibrated: it is rejected with the reason, fp32 is kept
