@@ -92,7 +92,7 @@ def _cmd_train(a) -> int:
     from edgevit.train import train
 
     r = train(a.model, a.data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weights=_weights_arg(a),
-              resume=a.resume, seed=a.seed, limit=a.limit, workers=a.workers)
+              resume=a.resume, seed=a.seed, limit=a.limit, workers=a.workers, amp=not a.no_amp)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     print(f"trained {a.model} for {r.epochs} epochs in {r.seconds / 60:.1f} min; best held-out top-1 "

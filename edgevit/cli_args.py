@@ -148,6 +148,9 @@ def _add_train(sub) -> None:
     s.add_argument("--limit", type=COUNT,
                    help="train on the first N images of the train split (held-out set: N/5); for slow models")
     s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)
+    s.add_argument("--no-amp", action="store_true",
+                   help="train in FP32 on a GPU (default there: bf16 mixed precision where the GPU has it; the CPU "
+                        "always trains in FP32)")
 
 
 def _add_build(sub) -> None:

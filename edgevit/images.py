@@ -77,6 +77,16 @@ class Preprocessing:
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
+    def normalize_tensor(self, batch):
+        """:meth:`normalize` for a torch uint8 NHWC batch, on the batch's device: training moves the uint8 batch to
+        the GPU (a quarter of the float32 bytes) and normalizes it there instead of on the CPU."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device)
+        x = (batch.to(torch.float32) / 255.0 - mean) / std
+        return x.permute(0, 3, 1, 2).contiguous()
+
     def __call__(self, img: Image.Image) -> np.ndarray:
         """One PIL image → float32 CHW."""
         return self.normalize(self.resize_crop(img))

@@ -90,11 +90,17 @@ def _collate(items: list[tuple[np.ndarray | _Failed, int]]) -> tuple[np.ndarray,
 
 
 def default_workers(split: Split) -> int:
-    """Files are decoded by worker processes (all cores but one, at most 8, at least 1); in-memory arrays (Fashion-
-    MNIST, .npy) in the calling process, where a resize costs less than handing the image between processes."""
+    """Files are decoded by worker processes (:func:`decode_workers`); in-memory arrays (Fashion-MNIST, .npy) in the
+    calling process, where a resize costs less than handing the image between processes."""
     if split.arrays is not None:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return decode_workers()
+
+
+def decode_workers(processes: int = 1) -> int:
+    """Decode workers for each of ``processes`` training processes on this machine: its cores but one per process,
+    shared out, at most 8 and at least 1 each."""
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, processes) - 1))
 
 
 class ImageStream:

@@ -35,7 +35,8 @@ def test_two_processes_see_disjoint_data_and_match_one_process(fmnist_dir, tmp_p
 
     (tmp_path / "train_script.py").write_text(SCRIPT)
     data = f"fashion-mnist:{fmnist_dir}"
-    env = {**os.environ, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    # the CPU (gloo) path, also on a machine with GPUs: two processes need not fit its GPU count
+    env = {**os.environ, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu"}
     logs = {}
     for n in (1, 2):
         out, rec = tmp_path / f"run{n}", tmp_path / f"rec{n}"
@@ -56,3 +57,25 @@ def test_two_processes_see_disjoint_data_and_match_one_process(fmnist_dir, tmp_p
     assert two[1]["best"] == two_best  # every rank returns rank 0's result
     assert abs(one_best - two_best) <= 10.0, (one_best, two_best)  # the same training, within noise
     assert sorted(p.name for p in (tmp_path / "run2").iterdir()) == ["best.pt", "last.pt"]  # one writer
+
+
+def test_process_group_follows_the_training_device(monkeypatch):
+    import torch
+
+    from edgevit.errors import UsageError
+    from edgevit.train import process_group_backend, train_device
+
+    assert process_group_backend(torch.device("cpu")) == "gloo"
+    assert process_group_backend(torch.device("cuda", 0)) == "nccl"
+    # a GPU machine (simulated here: two GPUs) with EDGEVIT_DEVICE=cpu trains on the CPU, so its group is gloo
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("EDGEVIT_DEVICE", "cpu")
+    assert process_group_backend(train_device()) == "gloo"
+    # torchrun with more processes on this machine than it has GPUs: one line naming the fix, before any GPU is used
+    monkeypatch.delenv("EDGEVIT_DEVICE")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(UsageError, match=r"started 4 processes on this machine but it has 2 GPU\(s\): pass "
+                                         r"--nproc_per_node=2"):
+        train_device()

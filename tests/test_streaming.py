@@ -139,3 +139,12 @@ def test_build_under_torchrun_without_qat_is_refused(monkeypatch, fmnist_dir, tm
     with pytest.raises(UsageError, match="--qat-epochs"):
         build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path), **TINY_VIT)
     assert not list(tmp_path.iterdir())
+
+
+def test_decode_workers_share_the_cores_among_training_processes(monkeypatch):
+    from edgevit import stream
+
+    monkeypatch.setattr(stream.os, "cpu_count", lambda: 16)
+    assert [stream.decode_workers(p) for p in (1, 2, 4, 8, 32)] == [8, 7, 3, 1, 1]
+    monkeypatch.setattr(stream.os, "cpu_count", lambda: 2)
+    assert stream.decode_workers() == 1
