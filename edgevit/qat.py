@@ -114,15 +114,16 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
     this process's GPU when there is one; the model comes back on the CPU for export."""
     import torch
 
+    from edgevit import parallel
     from edgevit.data import holdout_split, sample_indices
-    from edgevit.train import data_parallel, evaluate_torch, fit_epoch, parallel_plan, shard_indices
+    from edgevit.train import evaluate_torch, fit_epoch
 
     if epochs < 1:
         raise UsageError("--qat-epochs must be at least 1")
     d = spec.train
     lr = lr or d.lr * QAT_LR_FACTOR
     batch_size = batch_size or d.batch_size
-    plan = parallel_plan(batch_size, seed, "the QAT batch")
+    plan = parallel.parallel_plan(batch_size, seed, "the QAT batch")
     rank, world, local_batch, device = plan.rank, plan.world, plan.local_batch, plan.device
     pool, hold = holdout_split(len(ds.train))
     if samples and samples < len(pool):
@@ -152,13 +153,13 @@ def finetune(qmodel, ds, pre, spec, epochs: int, teacher=None, lr: float | None 
         + f", on {device.type.upper()}"
         + (f", distilling from FP32 (T={DISTILL_TEMPERATURE:g}, weight {DISTILL_WEIGHT:g})" if teacher else ""))
     pad = max(1, spec.input_size // 16) if d.augment else 0
-    model = data_parallel(qmodel, device, world)
+    model = parallel.data_parallel(qmodel, device, world)
     t0 = time.perf_counter()
     res = QATResult(qmodel)
     for e in range(epochs):
         running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
                             desc=f"QAT epoch {done + e + 1}", teacher=teacher,
-                            order=shard_indices(len(x_tr), done + e, rank, world, seed), device=device)
+                            order=parallel.shard_indices(len(x_tr), done + e, rank, world, seed), device=device)
         if rank:  # rank 0 scores and writes; the others go on (DDP keeps them in step)
             continue
         top1, _ = evaluate_torch(qmodel, x_ho, y_ho, pre, desc="QAT hold-out")

@@ -3,7 +3,6 @@ checkpoints (tensor-only, so they load with ``weights_only=True``), ``--resume``
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit import parallel
 from edgevit._progress import duration, progress, say
 from edgevit.data import holdout_split
 from edgevit.errors import UsageError, WeightsError
@@ -40,17 +40,6 @@ def _augment(x, pad: int):
         dx, dy = np.random.randint(0, 2 * pad + 1, n), np.random.randint(0, 2 * pad + 1, n)
         x = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
     return x
-
-
-def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = 0) -> np.ndarray:
-    """This rank's training images for ``epoch``, from torch's ``DistributedSampler``: one permutation of the ``n``
-    images, the same on every rank (seeded by ``seed`` and the epoch), cut into ``world`` disjoint equal parts (the
-    few left over are skipped this epoch: ``drop_last``), so every rank takes the same number of steps."""
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    return np.fromiter(iter(sampler), np.int64, count=len(sampler))
 
 
 def fit_epoch(model, images, pre, opt, sched, loss_fn, batch_size: int, pad: int, desc: str, teacher=None,
@@ -121,100 +110,6 @@ def _save(obj: dict, path: Path) -> None:
 CHECKPOINTS = ("best.pt", "last.pt")
 
 
-def _distributed(device) -> tuple[int, int]:
-    """(rank, world size) under PyTorch's own launcher (``torchrun``: WORLD_SIZE, RANK, MASTER_ADDR... set by it);
-    (0, 1) otherwise. The process group follows where this process trains: NCCL on a GPU, gloo on the CPU (also on
-    a GPU machine with ``EDGEVIT_DEVICE=cpu``, where NCCL would refuse the CPU tensors)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # A build's rank 0 exports, calibrates and validates PTQ before QAT starts while the other ranks wait in
-        # DDP's first collective: allow it longer than torch's default 30 minutes.
-        minutes = float(os.environ.get("EDGEVIT_DIST_TIMEOUT_MIN", "180"))
-        dist.init_process_group(process_group_backend(device), device_id=device if device.type == "cuda" else None,
-                                timeout=datetime.timedelta(minutes=minutes))
-    rank = dist.get_rank()
-    if rank:
-        os.environ["EDGEVIT_QUIET"] = "1"  # one rank speaks, one rank writes
-    return rank, world
-
-
-def process_group_backend(device) -> str:
-    """torch.distributed's backend for processes that train on ``device``."""
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
-def train_device():
-    """Where training runs: this process's GPU under torchrun (LOCAL_RANK), the first GPU alone, else the CPU.
-    ``EDGEVIT_DEVICE=cpu`` keeps it on the CPU. More processes on this machine than it has GPUs is one clear error
-    (NCCL would otherwise fail on a duplicate GPU or torch on an invalid device ordinal)."""
-    import torch
-
-    if os.environ.get("EDGEVIT_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    index, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-    if index >= gpus:
-        procs = os.environ.get("LOCAL_WORLD_SIZE", str(index + 1))
-        raise UsageError(f"torchrun started {procs} processes on this machine but it has {gpus} GPU(s): pass "
-                         f"--nproc_per_node={gpus} (one process per GPU), or set EDGEVIT_DEVICE=cpu to train on the "
-                         "CPU")
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
-def autocast_dtype(device, amp: bool):
-    """bf16 mixed precision where training runs on a GPU that has it (Ampere and later, Jetson Orin): the forward pass
-    in bf16, the weights, gradients and optimizer in FP32, no loss scaling needed. None (FP32) on the CPU, on older
-    GPUs and with ``amp=False``."""
-    import torch
-
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
-    return None
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """How this process takes part in training: its rank among ``world`` processes, its share of the global batch,
-    and its device."""
-
-    rank: int
-    world: int
-    local_batch: int
-    device: object
-
-    def steps_per_epoch(self, n: int) -> int:
-        """Steps of one epoch over ``n`` images: each rank's equal shard (:func:`shard_indices`) in local batches."""
-        return math.ceil((n // self.world) / self.local_batch)
-
-
-def parallel_plan(batch_size: int, seed: int, what: str) -> Parallel:
-    """Join the process group under torchrun (or train alone), check that the global ``batch_size`` divides among
-    the processes, and seed: the same initial model on every rank (DDP also broadcasts rank 0's), augmentation that
-    differs per rank."""
-    import torch
-
-    device = train_device()
-    rank, world = _distributed(device)
-    if batch_size % world:
-        raise UsageError(f"{what} {batch_size} is the global batch: it must divide among the {world} processes")
-    torch.manual_seed(seed)
-    np.random.seed(seed + rank)
-    return Parallel(rank, world, batch_size // world, device)
-
-
-def data_parallel(model, device, world: int):
-    """``model`` wrapped for data-parallel training (DDP) when several processes train, else as it is."""
-    if world <= 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def cpu_state(model) -> dict:
     """A state dict on the CPU: checkpoints load on any machine, with or without a GPU."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -278,7 +173,6 @@ def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | N
     forward passes run in bf16 mixed precision unless ``amp=False``."""
     import torch
 
-    from edgevit import __version__
     from edgevit.data import load_dataset
     from edgevit.models import data_config, resolve_spec
 
@@ -292,20 +186,14 @@ def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | N
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit}); omit it to train on the whole train split")
     out = Path(out)
-    plan = parallel_plan(batch_size, seed, "--batch-size")
+    plan = parallel.parallel_plan(batch_size, seed, "--batch-size")
     rank, world, local_batch, device = plan.rank, plan.world, plan.local_batch, plan.device
-    mixed = autocast_dtype(device, amp)
+    mixed = parallel.autocast_dtype(device, amp)
     if rank == 0:
         _check_run_dir(out)
     ck = _read_resume(resume, spec) if resume else None
 
-    if workers is None and device.type == "cuda":
-        # a GPU trains faster than one process decodes and resizes, even in-memory arrays (vit-tiny at 224 px from
-        # 28 px Fashion-MNIST on an H200: 455 images/s without workers, 803 with 8)
-        from edgevit.stream import decode_workers
-
-        workers = decode_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    ds = load_dataset(data, workers)
+    ds = load_dataset(data, parallel.decode_workers_for(device, workers))
     pre = data_config(spec)
     model, weights_source = _initial_model(spec, ds.num_classes, weights, model_overrides)
 
@@ -325,27 +213,21 @@ def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | N
     start_epoch, best, history = 0, -1.0, []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    meta = {  # what every checkpoint says it is
-        "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
-        "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
-        "preprocessing": pre.to_dict(), "model_overrides": model_overrides, "train_images": len(tr_idx),
-        "holdout_images": len(ho_idx), "initial_weights": weights_source,
-        "distributed": {"world_size": world, "global_batch": batch_size, "batch_per_process": local_batch},
-        "trained_on": {"device": _device_name(device), "precision": "bf16 mixed" if mixed else "fp32"}}
+    meta = _meta(spec, ds, pre, model_overrides, len(tr_idx), len(ho_idx), weights_source, plan, batch_size, mixed)
     if ck:
         start_epoch, best, history = _resume(ck, resume, model, opt, sched, epochs * steps_per_epoch)
 
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
     pad = max(1, spec.input_size // 16) if d.augment else 0
     net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
-    model = data_parallel(net, device, world)
+    model = parallel.data_parallel(net, device, world)
     _announce(spec, net, ds, plan, batch_size, x_tr, len(x_ho), epochs - start_epoch, steps_per_epoch, mixed)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter() - t0
         running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
                             desc=f"epoch {epoch + 1}/{epochs}",
-                            order=shard_indices(len(x_tr), epoch, rank, world, seed), device=device,
+                            order=parallel.shard_indices(len(x_tr), epoch, rank, world, seed), device=device,
                             autocast=mixed)
         if rank:  # rank 0 evaluates and writes; the others go on to the next epoch (DDP syncs them)
             continue
@@ -360,8 +242,22 @@ def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | N
         say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
             f"{' (best)' if is_best else ''}; {duration(now - epoch_start)} this epoch, {duration(now)} in all"
             + (f", about {duration(left)} to go" if left else ""))
-    best, history = _from_rank0(world, best, history)
+    best, history = parallel.from_rank0(world, best, history)
     return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)
+
+
+def _meta(spec, ds, pre, overrides: dict, n_train: int, n_holdout: int, weights_source, plan, batch_size: int,
+          mixed) -> dict:
+    """What every checkpoint says it is: model, data, preprocessing, initial weights, and how it was trained."""
+    from edgevit import __version__
+
+    return {
+        "edgevit_version": __version__, "model": spec.alias, "timm_name": spec.timm_name,
+        "num_classes": ds.num_classes, "classes": ds.classes, "input_size": spec.input_size, "data": ds.spec,
+        "preprocessing": pre.to_dict(), "model_overrides": overrides, "train_images": n_train,
+        "holdout_images": n_holdout, "initial_weights": weights_source,
+        "distributed": {"world_size": plan.world, "global_batch": batch_size, "batch_per_process": plan.local_batch},
+        "trained_on": {"device": parallel.device_name(plan.device), "precision": "bf16 mixed" if mixed else "fp32"}}
 
 
 def _initial_model(spec, num_classes: int, weights: str | None, overrides: dict):
@@ -408,35 +304,14 @@ def _checkpoint(out: Path, net, opt, sched, epoch: int, best: float, is_best: bo
         _save({"model": weights, "epoch": epoch, "best_top1": best, "edgevit": meta}, out / "best.pt")
 
 
-def _device_name(device) -> str:
-    """``cpu`` or ``cuda:0 (NVIDIA H200)``: where training ran, as the checkpoint records it."""
-    import torch
-
-    if device.type != "cuda":
-        return "cpu"
-    return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
-
-
 def _announce(spec, net, ds, plan, batch_size: int, x_tr, holdout: int, epochs: int, steps: int, mixed) -> None:
     """The run's header: model, data, schedule, where it trains."""
     device, world = plan.device, plan.world
-    where = _device_name(device) + (" in bf16 mixed precision" if mixed else "")
+    where = parallel.device_name(device) + (" in bf16 mixed precision" if mixed else "")
     if world > 1:
-        say(f"data-parallel training on {world} processes ({process_group_backend(device)}): global "
+        say(f"data-parallel training on {world} processes ({parallel.process_group_backend(device)}): global "
             f"batch {batch_size}, {plan.local_batch} per process, {len(x_tr) // world} images per process per epoch")
     n_params = sum(p.numel() for p in net.parameters())
     say(f"training {spec.alias} ({n_params / 1e6:.2f}M parameters, {spec.input_size} px) on {ds.description}: "
         f"{len(x_tr)} images, {epochs} epoch(s) of {steps} steps at batch {batch_size}, on {where}; "
         f"{x_tr.workers or 'no'} decode worker(s); best checkpoint chosen on {holdout} held-out images")
-
-
-def _from_rank0(world: int, *values):
-    """Rank 0's values on every rank, once rank 0 has written the last checkpoint (one process: as they are)."""
-    if world <= 1:
-        return values
-    import torch.distributed as dist
-
-    dist.barrier()
-    shared = list(values)
-    dist.broadcast_object_list(shared, src=0)
-    return shared

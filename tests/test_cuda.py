@@ -38,7 +38,8 @@ def _env(**extra) -> dict:
 
 def test_training_on_the_gpu_learns_like_the_cpu_and_its_checkpoint_loads_anywhere(fmnist_dir, tmp_path,
                                                                                   monkeypatch):
-    from edgevit.train import train, train_device
+    from edgevit.parallel import train_device
+    from edgevit.train import train
 
     data = f"fashion-mnist:{fmnist_dir}"
     monkeypatch.delenv("EDGEVIT_DEVICE", raising=False)

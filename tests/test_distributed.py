@@ -12,15 +12,16 @@ import pytest
 
 SCRIPT = """
 import json, os, sys
+import edgevit.parallel as parallel
 import edgevit.train as t
 
 seen = []
-real = t.shard_indices
+real = parallel.shard_indices
 def recording(n, epoch, rank=0, world=1, seed=0):
     idx = real(n, epoch, rank, world, seed)
     seen.append({"epoch": epoch, "rank": rank, "world": world, "idx": idx.tolist()})
     return idx
-t.shard_indices = recording
+parallel.shard_indices = recording
 r = t.train("vit-tiny-fmnist", sys.argv[1], sys.argv[2], epochs=6, batch_size=32, lr=3e-3,
             embed_dim=32, depth=1, num_heads=2)
 rank = int(os.environ.get("RANK", "0"))
@@ -63,7 +64,7 @@ def test_process_group_follows_the_training_device(monkeypatch):
     import torch
 
     from edgevit.errors import UsageError
-    from edgevit.train import process_group_backend, train_device
+    from edgevit.parallel import process_group_backend, train_device
 
     assert process_group_backend(torch.device("cpu")) == "gloo"
     assert process_group_backend(torch.device("cuda", 0)) == "nccl"

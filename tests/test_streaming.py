@@ -92,16 +92,16 @@ def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
 
 QAT_SCRIPT = """
 import json, os, sys
-import edgevit.train as t
+import edgevit.parallel as parallel
 from edgevit.build import QATOptions, build
 
 seen = []
-real = t.shard_indices
+real = parallel.shard_indices
 def recording(n, epoch, rank=0, world=1, seed=0):
     idx = real(n, epoch, rank, world, seed)
     seen.append(idx.tolist())
     return idx
-t.shard_indices = recording
+parallel.shard_indices = recording
 r = build("vit-tiny-fmnist", precision="int8", data=sys.argv[1], weights=sys.argv[2], out=sys.argv[3],
           qat=QATOptions(epochs=1, samples=256), val_samples=64, calib_samples=32, measure_latency=False)
 rank = int(os.environ["RANK"])
