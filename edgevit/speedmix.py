@@ -119,19 +119,19 @@ def fq_feeding(model) -> dict[str, list[str]]:
             for op in model.get_ordered_ops() if op.get_type_name() in COMPUTE}
 
 
-def search(xml: Path, fp32_onnx: Path, config: dict, x: np.ndarray, work: Path, log=print) -> dict:
-    """The speed search for the INT8 IR ``xml`` (see the module docstring). Returns its record; ``record["xml"]`` is
-    the faster IR when one was found (else absent)."""
+def search(xml: Path, fp32_onnx: Path, runner, x: np.ndarray, work: Path, log=print) -> dict:
+    """The speed search for the INT8 IR ``xml`` (see the module docstring); ``runner(path)`` loads an IR or ONNX
+    model with the backend's runtime configuration (threads, host precision) and profiles it (``layer_times``).
+    Returns its record; ``record["xml"]`` is the faster IR when one was found (else absent)."""
     import openvino as ov
 
-    from edgevit.backends.openvino import OVRunner
     from edgevit.measure import compare_latency
 
     core = ov.Core()
     model = core.read_model(str(xml))
     groups = quantized_groups(model)
-    base = OVRunner(xml, config)
-    host = OVRunner(fp32_onnx, config)
+    base = runner(xml)
+    host = runner(fp32_onnx)
     costs = group_costs(groups, base.layer_times(x), host.layer_times(x), fq_feeding(model))
     cands = [r for r, c in costs.items() if c["candidate"]]
     record = {"groups": costs, "rule": f"a group is tried when its INT8 time is not {SLACK:.0%} below its "
@@ -148,7 +148,7 @@ def search(xml: Path, fp32_onnx: Path, config: dict, x: np.ndarray, work: Path, 
             path = work / f"speed_{i}.xml"
             ov.save_model(m, str(path), compress_to_fp16=False)
             variants[role] = path
-    timed = compare_latency({"int8": base, **{r: OVRunner(p, config) for r, p in variants.items()}}, x)
+    timed = compare_latency({"int8": base, **{r: runner(p) for r, p in variants.items()}}, x)
     p0 = timed["int8"]["p50"]
     record["variants_p50_ms"] = {"int8": p0, **{r: timed[r]["p50"] for r in variants}}
     keep = [r for r in variants if timed[r]["p50"] < p0 * (1 - GAIN)]
@@ -159,7 +159,7 @@ def search(xml: Path, fp32_onnx: Path, config: dict, x: np.ndarray, work: Path, 
     without_activation_quantizers(m, {n for r in keep for n in groups[r]})
     path = work / "speed_kept.xml"
     ov.save_model(m, str(path), compress_to_fp16=False)
-    final = compare_latency({"int8": base, "mixed": OVRunner(path, config)}, x)
+    final = compare_latency({"int8": base, "mixed": runner(path)}, x)
     record.update(tried_together=keep, int8_p50_ms=final["int8"]["p50"], mixed_p50_ms=final["mixed"]["p50"])
     if final["mixed"]["p50"] < final["int8"]["p50"] * (1 - GAIN):
         record.update(result=f"{len(keep)} group(s) kept in the host precision", kept=keep, xml=str(path))

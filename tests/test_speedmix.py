@@ -75,11 +75,12 @@ def test_candidates_are_groups_int8_does_not_make_clearly_faster():
 
 
 def test_search_records_what_it_tried(int8_ir, tmp_path):
+    from edgevit.backends.openvino import OVRunner
     from edgevit.speedmix import search
 
     xml, onnx, x, _ = int8_ir
     cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    rec = search(xml, onnx, cfg, x[:1], tmp_path, log=lambda s: None)
+    rec = search(xml, onnx, lambda p: OVRunner(p, cfg), x[:1], tmp_path, log=lambda s: None)
     assert set(rec["groups"]) and "result" in rec
     tried = [r for r, c in rec["groups"].items() if c["candidate"]]
     if tried:  # every candidate was timed against the INT8 IR in one run

@@ -233,7 +233,8 @@ class OpenVINOBackend:
 
         from edgevit.speedmix import search
 
-        rec = search(Path(bundle_dir) / "model.xml", fp32_onnx, self._runtime_config(manifest), x, Path(work_dir), log)
+        cfg = self._runtime_config(manifest)
+        rec = search(Path(bundle_dir) / "model.xml", fp32_onnx, lambda p: OVRunner(p, cfg), x, Path(work_dir), log)
         mixed = rec.pop("xml", None)
         if mixed:
             for ext in (".xml", ".bin"):
