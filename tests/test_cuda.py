@@ -52,9 +52,17 @@ def test_training_on_the_gpu_learns_like_the_cpu_and_its_checkpoint_loads_anywhe
     assert abs(gpu.best_top1 - cpu.best_top1) <= 10.0, (gpu.history, cpu.history)  # the same training, within noise
     ck = torch.load(gpu.best_path, weights_only=True)  # no map_location: every tensor was saved on the CPU
     assert all(v.device.type == "cpu" for v in ck["model"].values())
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert ck["edgevit"]["trained_on"]["device"].startswith("cuda:0 (")
+    assert ck["edgevit"]["trained_on"]["precision"] == ("bf16 mixed" if bf16 else "fp32")
+    monkeypatch.delenv("EDGEVIT_DEVICE")  # --no-amp: on the GPU, in FP32
+    no_amp = train("vit-tiny-fmnist", data, tmp_path / "fp32", amp=False, **{**TINY, "epochs": 1})
+    ck = torch.load(no_amp.best_path, weights_only=True)
+    assert ck["edgevit"]["trained_on"]["device"].startswith("cuda:0 (")
+    assert ck["edgevit"]["trained_on"]["precision"] == "fp32"
 
 
-def test_torchrun_one_process_per_gpu_trains_over_nccl(fmnist_dir, tmp_path):
+def test_torchrun_trains_one_process_per_gpu_nccl_with_several(fmnist_dir, tmp_path):
     n = torch.cuda.device_count()
     (tmp_path / "script.py").write_text(RECORD)
     rec = tmp_path / "rec"

@@ -80,3 +80,13 @@ def test_process_group_follows_the_training_device(monkeypatch):
     with pytest.raises(UsageError, match=r"started 4 processes on this machine but it has 2 GPU\(s\): pass "
                                          r"--nproc_per_node=2"):
         train_device()
+
+
+def test_checkpoint_records_where_and_in_what_precision_it_trained(tiny_checkpoint):
+    import torch
+
+    from edgevit.parallel import autocast_dtype
+
+    assert autocast_dtype(torch.device("cpu"), amp=True) is None  # the CPU always trains in FP32
+    ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert ck["edgevit"]["trained_on"] == {"device": "cpu", "precision": "fp32"}
