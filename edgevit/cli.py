@@ -225,12 +225,13 @@ def environment_report() -> dict:
 
     from edgevit.backends.tensorrt_engine import board_model, engine_support
     from edgevit.measure import host_info, library_versions
+    from edgevit.parallel import cuda_devices
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",
                                  "opencv-python-headless", "tensorrt", "cuda-python"))
     ok, why = engine_support()
     return {"host": host_info(), "python": platform.python_version(), "versions": versions,
-            "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}
+            "gpus": cuda_devices(), "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}
 
 
 def _cmd_env(a) -> int:
@@ -244,6 +245,11 @@ def _cmd_env(a) -> int:
     print(f"host      {h['cpu']} ({h['arch']}, {h['cores']} cores; ISA {','.join(h['isa']) or 'none of note'})"
           + (f"; board {r['board']}" if r["board"] else ""))
     print("versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
+    for g in r["gpus"]:
+        print(f"gpu       cuda:{g['index']} {g['name']} (compute {g['capability']}, {g['memory_gib']} GiB"
+              f"{', bf16' if g['bf16'] else ''}): train and QAT run here")
+    if not r["gpus"]:
+        print("gpu       none that torch sees: train and QAT run on the CPU")
     print(f"tensorrt  {'engines build and run here: ' if r['tensorrt_engine']['available'] else 'no engine here: '}"
           f"{r['tensorrt_engine']['detail']}")
     return 0

@@ -69,6 +69,21 @@ def train_device():
     return torch.device("cuda", index)
 
 
+def cuda_devices() -> list[dict]:
+    """The GPUs torch sees (where ``train`` and QAT run): name, compute capability, memory, bf16; empty without CUDA
+    (a CPU build of torch, no driver, or no GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        out.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
+                    "memory_gib": round(p.total_memory / 2**30, 1), "bf16": p.major >= 8})
+    return out
+
+
 def autocast_dtype(device, amp: bool):
     """bf16 mixed precision where training runs on a GPU that has it (Ampere and later, Jetson Orin): the forward pass
     in bf16, the weights, gradients and optimizer in FP32, no loss scaling needed. None (FP32) on the CPU, on older

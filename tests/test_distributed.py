@@ -90,3 +90,25 @@ def test_checkpoint_records_where_and_in_what_precision_it_trained(tiny_checkpoi
     assert autocast_dtype(torch.device("cpu"), amp=True) is None  # the CPU always trains in FP32
     ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     assert ck["edgevit"]["trained_on"] == {"device": "cpu", "precision": "fp32"}
+
+
+def test_env_names_the_gpus_training_would_use(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgevit.cli import main
+
+    assert main(["env"]) == 0
+    if not torch.cuda.is_available():
+        assert "gpu       none that torch sees: train and QAT run on the CPU" in capsys.readouterr().out
+    # a machine with two GPUs, as torch reports them
+    props = [SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30),
+             SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=15 * 2**30)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu       cuda:0 NVIDIA H200 (compute 9.0, 141.0 GiB, bf16): train and QAT run here" in out
+    assert "gpu       cuda:1 Tesla T4 (compute 7.5, 15.0 GiB): train" in out  # no bf16 before Ampere
