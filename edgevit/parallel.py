@@ -80,8 +80,14 @@ def cuda_devices() -> list[dict]:
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         out.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
-                    "memory_gib": round(p.total_memory / 2**30, 1), "bf16": p.major >= 8})
+                    "memory_gib": round(p.total_memory / 2**30, 1), "bf16": _native_bf16(p)})
     return out
+
+
+def _native_bf16(props) -> bool:
+    """bf16 tensor cores: compute capability 8.0 and later (Ampere, Ada, Hopper, Jetson Orin), not Volta/Turing/
+    Xavier, where torch would emulate it slower than FP32."""
+    return props.major >= 8
 
 
 def autocast_dtype(device, amp: bool):
@@ -90,7 +96,7 @@ def autocast_dtype(device, amp: bool):
     GPUs and with ``amp=False``."""
     import torch
 
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+    if amp and device.type == "cuda" and _native_bf16(torch.cuda.get_device_properties(device)):
         return torch.bfloat16
     return None
 

@@ -107,8 +107,13 @@ def test_env_names_the_gpus_training_would_use(monkeypatch, capsys):
              SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=15 * 2**30)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props[d if isinstance(d, int) else d.index])
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "gpu       cuda:0 NVIDIA H200 (compute 9.0, 141.0 GiB, bf16): train and QAT run here" in out
     assert "gpu       cuda:1 Tesla T4 (compute 7.5, 15.0 GiB): train" in out  # no bf16 before Ampere
+    from edgevit.parallel import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda", 0), amp=True) == torch.bfloat16  # the H200 trains in bf16 mixed
+    assert autocast_dtype(torch.device("cuda", 0), amp=False) is None
+    assert autocast_dtype(torch.device("cuda", 1), amp=True) is None  # the T4: FP32
