@@ -47,7 +47,8 @@ def fit_epoch(model, images, pre, opt, sched, loss_fn, batch_size: int, pad: int
     """One epoch over a :class:`~edgevit.stream.ImageStream` in ``order`` (default: a random permutation); returns the
     smoothed loss. ``pad`` > 0 turns on random flips and shifts. ``loss_fn(logits, labels, teacher_logits)`` is
     called with the teacher's logits when ``teacher`` is given (distillation), else ``loss_fn(logits, labels)``.
-    ``autocast``: the dtype of mixed-precision forward passes (see :func:`autocast_dtype`), None for FP32."""
+    ``autocast``: the dtype of mixed-precision forward passes (:func:`edgevit.parallel.autocast_dtype`), None
+    for FP32."""
     import contextlib
 
     import torch

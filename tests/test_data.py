@@ -118,3 +118,13 @@ def test_progress_in_a_log_writes_plain_lines(monkeypatch, capsys):
     monkeypatch.setenv("EDGEVIT_QUIET", "1")
     assert list(_progress.progress(range(4), desc="x")) == [0, 1, 2, 3]
     assert capsys.readouterr().err == ""
+
+
+def test_training_normalizes_tensors_exactly_as_the_deployed_preprocessing():
+    import torch
+
+    from edgevit.models import data_config, resolve_spec
+
+    pre = data_config(resolve_spec("vit-tiny"))
+    x = np.random.default_rng(0).integers(0, 256, (4, 24, 24, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pre.normalize_tensor(torch.from_numpy(x)).numpy(), pre.normalize(x))
