@@ -5,13 +5,32 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
+import sys
 from pathlib import Path
 
-import tomllib
-
 from edgevit.errors import TargetError
+
+if sys.version_info >= (3, 11):
+    import tomllib  # novermin
+else:  # Python 3.8-3.10 (JetPack 5 and 6): the same parser, from PyPI
+    import tomli as tomllib
+
+__all__ = ["tomllib", "shipped_dir", "resolve_named", "load_toml_dataclass"]
+
+# A field's annotation, as written (``from __future__ import annotations`` keeps it a string), names the type its
+# TOML value must have. Read as text rather than evaluated: ``float | None`` and ``list[int]`` cannot be evaluated
+# before Python 3.10 / 3.9, and the device runtime runs on 3.8.
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": tuple, "dict": dict}
+
+
+def annotation_type(annotation) -> type | None:
+    """The type a field's annotation asks for (``float | None`` → float, ``tuple[int, ...]`` → tuple), or None
+    where it names none that TOML can hold (the dataclass's own checks then decide)."""
+    if isinstance(annotation, type):
+        return annotation
+    parts = [a.strip() for a in str(annotation).split("|")]
+    named = [a.split("[", 1)[0].strip() for a in parts if a not in ("None", "NoneType")]
+    return _TYPES.get(named[0]) if len(named) == 1 else None
 
 
 def shipped_dir(folder: str, error=TargetError) -> Path:
@@ -41,18 +60,17 @@ def load_toml_dataclass(cls, file: Path, error=TargetError, **extra):
     path = file
     try:
         raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise error(f"cannot read {path}: {e}") from None
     raw.update(extra)
-    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in raw.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             raise error(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        want = typing.get_origin(hints[key]) or hints[key]
-        if want in (typing.Union, types.UnionType):  # ``float | None``: TOML has no null, so the value's type
-            want = next(a for a in typing.get_args(hints[key]) if a is not type(None))
+        want = annotation_type(fields[key].type)  # ``float | None``: TOML has no null, so the value's type
+        if want is bool and not isinstance(value, bool) or want is int and isinstance(value, bool):
+            raise error(f"{path}: {key} must be {want.__name__}, got {value!r}")
         if want is float and isinstance(value, int):
             raw[key] = float(value)
         elif want in (list, tuple) and isinstance(value, list):

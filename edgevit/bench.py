@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
+from edgevit._config import tomllib
 from edgevit._progress import say
 from edgevit.errors import UsageError
 from edgevit.history import check_db, open_db, record

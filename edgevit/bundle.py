@@ -24,8 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypedDict
 
 from edgevit.errors import BundleError
-from edgevit.models import sha256_file
-from edgevit.outputs import dumps, loads, write_text
+from edgevit.outputs import dumps, loads, sha256_file, write_text
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -118,6 +117,7 @@ class Manifest(TypedDict, total=False):
     export: dict
     calibration: dict | None
     validation: Validation
+    device_check: dict  # edgevit.device_check: the images and FP32 logits a device judges its engine by
     accuracy_gate: dict | None  # edgevit.validate.Gate.to_dict()
     qat: dict | None
     selection: dict  # --precision best: rule, chosen, candidates
@@ -241,6 +241,17 @@ def validate_manifest(m) -> Manifest:
         raise _fail("latency_ms.baselines", f"has {', '.join(map(repr, unknown))}, not one of {', '.join(BASELINES)}")
     for k in ("calibration", "accuracy_gate", "qat", "selection", "provenance", "profile"):
         _get(m, k, "", dict, optional=True)
+    check = _get(m, "device_check", "", dict, optional=True)
+    if check is not None:
+        for k in ("inputs", "reference"):
+            if _get(check, k, "device_check", str) not in files:
+                raise _fail(f"device_check.{k}", "names a file the manifest does not list")
+        _int(check, "samples", "device_check", 1, 1024)
+        b = _get(check, "bounds", "device_check", dict)
+        for k in ("min_top1_agreement", "max_abs_logit_diff"):
+            v = _get(b, k, "device_check.bounds", (int, float))
+            if not math.isfinite(v) or v < 0:
+                raise _fail(f"device_check.bounds.{k}", f"is {v!r}, not a finite number >= 0")
     _choice(m, "status", "", STATUSES, optional=True)
     _choice(m, "requested_precision", "", ("best",), optional=True)
     return m

@@ -131,9 +131,10 @@ def _cmd_compile(a) -> int:
     print(f"engine    {a.bundle}: TensorRT {e['tensorrt']} on {e['device_name']} (sm {e['compute_capability']}), "
           f"built in {e['build_seconds']} s; layers by precision {e['layers']['by_precision']}, by device "
           f"{e['layers']['by_device']}")
-    c = e["check_vs_onnxruntime"]
-    print(f"check     vs the same ONNX on ONNX Runtime: argmax agreement {c['argmax_agreement']}%, max |logit diff| "
-          f"{c['max_abs_logit_diff']}")
+    c = e["check"]
+    print(f"check     on the bundle's {c['samples']} validation images vs FP32 PyTorch: top-1 agreement "
+          f"{c['top1_agreement']}% (bound >= {c['bounds']['min_top1_agreement']}%), max |logit diff| "
+          f"{c['max_abs_logit_diff']} (bound <= {c['bounds']['max_abs_logit_diff']})")
     print(f"latency   p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms at batch 1 on {e['device_name']}")
     return 0
 
@@ -225,13 +226,30 @@ def environment_report() -> dict:
 
     from edgevit.backends.tensorrt_engine import board_model, engine_support
     from edgevit.measure import host_info, library_versions
-    from edgevit.parallel import cuda_devices
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",
                                  "opencv-python-headless", "tensorrt", "cuda-python"))
     ok, why = engine_support()
     return {"host": host_info(), "python": platform.python_version(), "versions": versions,
-            "gpus": cuda_devices(), "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}
+            "gpus": _gpus(), "trains_here": versions.get("torch") is not None,
+            "tensorrt_engine": {"available": ok, "detail": why}, "board": board_model()}
+
+
+def _gpus() -> list[dict]:
+    """The GPUs torch sees where the build side is installed; on a board's lean runtime (no torch), those CUDA's
+    runtime reports through cuda-python; none where neither can tell."""
+    try:
+        from edgevit.parallel import cuda_devices
+
+        return cuda_devices()
+    except ImportError:
+        pass
+    from edgevit.backends.tensorrt_engine import cuda_devices as runtime_devices
+
+    try:
+        return runtime_devices()
+    except Exception:  # no cuda-python or no usable driver: the tensorrt line says which
+        return []
 
 
 def _cmd_env(a) -> int:
@@ -247,9 +265,14 @@ def _cmd_env(a) -> int:
     print("versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v))
     for g in r["gpus"]:
         print(f"gpu       cuda:{g['index']} {g['name']} (compute {g['capability']}, {g['memory_gib']} GiB"
-              f"{', bf16' if g['bf16'] else ''}): train and QAT run here")
+              f"{', bf16' if g.get('bf16') else ''})"
+              + (": train and QAT run here" if r["trains_here"] else ": engines run here (device runtime)"))
     if not r["gpus"]:
-        print("gpu       none that torch sees: train and QAT run on the CPU")
+        print("gpu       none that torch sees: train and QAT run on the CPU" if r["trains_here"]
+              else "gpu       none that CUDA's runtime reports")
+    if not r["trains_here"]:
+        print("build     not installed here (device runtime): build, train and bench run on a workstation with "
+              "pip install 'edgevit[build]'")
     print(f"tensorrt  {'engines build and run here: ' if r['tensorrt_engine']['available'] else 'no engine here: '}"
           f"{r['tensorrt_engine']['detail']}")
     return 0

@@ -357,7 +357,7 @@ def with_config(argv: list[str]) -> list[str]:
             path = a.split("=", 1)[1]
     if path is None:
         return argv
-    import tomllib
+    from edgevit._config import tomllib
 
     try:
         with open(path, "rb") as f:

@@ -6,12 +6,12 @@ make a small variant. Any other timm model name works too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgevit.errors import UnknownNameError, UsageError, WeightsError
+from edgevit.outputs import sha256_file  # noqa: F401  (re-exported: models and weights are hashed with it)
 
 FMNIST_MEAN = (0.2860, 0.2860, 0.2860)
 FMNIST_STD = (0.3530, 0.3530, 0.3530)
@@ -145,14 +145,6 @@ def create_model(spec: ModelSpec, num_classes: int | None = None, input_size: in
 
 
 # ------------------------------------------------------------------------------------------------------ weights
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read a state dict without executing pickled code: safetensors, or ``torch.load(weights_only=True)`` for
     plain state dicts, timm checkpoints (``state_dict``/``model``/``state_dict_ema`` keys) and edgevit checkpoints.

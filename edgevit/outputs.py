@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -285,3 +286,13 @@ def _reject_constant(name: str):
 def loads(text: str):
     """Strict JSON reading: ``NaN``/``Infinity`` are refused."""
     return json.loads(text, parse_constant=_reject_constant)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return h.hexdigest()
+            h.update(block)

@@ -39,7 +39,8 @@ class Predictor:
 
             say(f"warning: {self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
         backend = get_backend(self.manifest["backend"]["name"])
-        require(backend)
+        if not backend.capabilities.engine_on_device:  # an engine's backend says itself what its runner needs
+            require(backend)
         self.runner = backend.load(self.path, self.manifest, threads)
         if len(self.labels) != self.manifest["model"]["num_classes"]:
             raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
@@ -80,4 +81,4 @@ def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) 
             "precision": m["precision"], "executed": runner.info.get("executed_precision"),
             "backend": runner.info.get("backend"), "device": runner.info.get("device"),
             "host": host_info(), "latency_ms": lat,
-            "throughput": throughput, "throughput_batch": throughput_batch, "offline": offline}
+            "throughput": throughput, "throughput_batch": offline.get("batch", throughput_batch), "offline": offline}

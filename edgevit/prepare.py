@@ -83,6 +83,9 @@ def load_model(spec, weights: Weights | None, classes: list[str] | None, size: i
     return net, overrides
 
 
+CHECK_IMAGES = 16  # held-out images kept decoded: the export check, the latency input, a device's engine check
+
+
 @dataclass
 class Prepared:
     spec: object  # edgevit.models.ModelSpec
@@ -206,10 +209,11 @@ def _validation_images(prep: Prepared, val_samples: int | None) -> None:
 
     ds, pre = prep.ds, prep.pre
     if ds is None:
-        prep.check_x = np.random.default_rng(0).standard_normal((2, 3, *pre.input_size)).astype(np.float32)
+        prep.check_x = np.random.default_rng(0).standard_normal((CHECK_IMAGES, 3, *pre.input_size)).astype(np.float32)
         return
     idx = (sample_indices(len(ds.val), val_samples, seed=0) if val_samples and val_samples < len(ds.val)
            else np.arange(len(ds.val)))
     prep.val_split = ds.val.subset(idx)
     prep.val_u8 = ds.stream(prep.val_split, pre)  # decoded on each pass: memory does not grow with the split
-    prep.check_x = pre.normalize(preprocess_split(prep.val_split.subset(range(min(8, len(idx)))), pre, workers=0))
+    prep.check_x = pre.normalize(preprocess_split(prep.val_split.subset(range(min(CHECK_IMAGES, len(idx)))), pre,
+                                                  workers=0))

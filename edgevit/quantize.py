@@ -72,8 +72,7 @@ def default_recipe(backend: str, family: str) -> tuple[str, str]:
     """The recipe a build without ``--calibration`` uses, and why: the entry of ``calibration/_defaults.toml`` for the
     backend, this host's class of CPU (:func:`edgevit.measure.host_class`) and the model's family, written from
     ``benchmarks/recipes.py`` runs; ``default`` where it has none."""
-    import tomllib
-
+    from edgevit._config import tomllib
     from edgevit.measure import host_class
 
     cls = host_class()

@@ -267,7 +267,28 @@ def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact,
         **extra,
         "_files": [*art.built.files, "labels.txt"],
     }
+    if req.backend.capabilities.engine_on_device:
+        _device_check(prep, stage, manifest, lat.runner)
     return write_manifest(stage, manifest)
+
+
+def _device_check(prep, stage: Path, manifest: dict, runner) -> None:
+    """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.device_check`); an engine
+    built here is judged now, by the same rule."""
+    from edgevit import device_check
+    from edgevit.backends.tensorrt import onnx_proxy
+    from edgevit.backends.tensorrt_plan import ONNX_FILE
+    from edgevit.measure import torch_runner
+
+    source = (f"{len(prep.check_x[:device_check.SAMPLES])} held-out images of {prep.ds.spec} ({prep.ds.val_name})"
+              if prep.ds is not None else "random normal images (no --data given)")
+    files, record = device_check.write(stage, prep.check_x, torch_runner(prep.net), onnx_proxy(stage / ONNX_FILE, None),
+                                       source)
+    manifest["device_check"] = record
+    manifest["_files"] += files
+    engine = manifest["backend"].get("engine")
+    if isinstance(engine, dict) and engine.get("status") != "pending":  # built on this host, which is the device
+        engine["check"] = device_check.check_engine(stage, manifest, runner)
 
 
 def provenance() -> dict:

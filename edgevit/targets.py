@@ -41,6 +41,18 @@ class Target:
     path: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        import re
+
+        from edgevit.backends.tensorrt_plan import TENSORRT_VERSION
+
+        for key in ("name", "description", "device"):  # printed, written into bundles and scripts: one plain line
+            if re.search(r"[\x00-\x1f\x7f\u2028\u2029\x85]", getattr(self, key)):
+                raise TargetError(f"{self.path}: {key} holds a line break or control character; write it on one line")
+        if self.tensorrt and not TENSORRT_VERSION.fullmatch(self.tensorrt):
+            raise TargetError(f"{self.path}: tensorrt must be a TensorRT version like \"10.3\", got {self.tensorrt!r}")
+        if self.compute_capability and not re.fullmatch(r"\d{1,2}\.\d{1,2}", self.compute_capability):
+            raise TargetError(f"{self.path}: compute_capability must look like \"8.7\", got "
+                              f"{self.compute_capability!r}")
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise TargetError(f"{self.path}: precisions must be a non-empty subset of {PRECISIONS}, got {bad}")

@@ -142,24 +142,14 @@ def require(backend: Backend) -> None:
 
 def onnx_external_files(bundle_dir: Path, manifest: dict, name: str) -> set[str]:
     """The external-data files the bundle's ONNX model ``name`` makes its runtime load (relative to the bundle);
-    read only once the verifier has proven ``name`` a listed regular file inside the bundle."""
-    import onnx
+    read only once the verifier has proven ``name`` a listed regular file inside the bundle. Read from the protobuf
+    itself: a board verifies bundles without the onnx package."""
+    from edgevit._onnx_wire import WireError, external_data_files
+    from edgevit.errors import BundleError
 
     if name not in manifest["files"]:
         return set()
-    path = Path(bundle_dir) / name
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # a damaged protobuf: onnx raises DecodeError and others
-        from edgevit.errors import BundleError
-
+        return external_data_files(Path(bundle_dir) / name)
+    except WireError as e:
         raise BundleError(f"damaged bundle: {name} is not a readable ONNX model ({e}); rebuild the bundle") from None
-    found = set()
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    for t in tensors:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            found |= {e.value for e in t.external_data if e.key == "location"}
-    return found

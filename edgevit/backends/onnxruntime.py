@@ -10,12 +10,6 @@ import numpy as np
 from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
 
 
-def _graph_nodes(path: Path):
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.node
-
-
 class ORTRunner:
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
@@ -25,7 +19,9 @@ class ORTRunner:
         self._path = str(path)
         self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._sess.get_inputs()[0].name
-        quantized = any(n.op_type == "QuantizeLinear" for n in _graph_nodes(path))
+        from edgevit._onnx_wire import op_types
+
+        quantized = "QuantizeLinear" in op_types(path)
         self.info = {"backend": "onnxruntime", "version": ort.__version__, "device": "CPU",
                      "executed_precision": "int8" if quantized else "fp32",
                      "providers": self._sess.get_providers(), "threads": opts.intra_op_num_threads}

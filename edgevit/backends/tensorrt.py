@@ -123,6 +123,9 @@ class TensorRTBackend(RuntimeDecides):
         from edgevit.backends import onnx_external_files
 
         need = {ONNX_FILE, PLAN_FILE, *onnx_external_files(bundle_dir, manifest, ONNX_FILE)}
+        check = manifest.get("device_check")
+        if isinstance(check, dict):
+            need |= {check.get("inputs"), check.get("reference")}
         engine = manifest["backend"].get("engine")
         if (Path(bundle_dir) / ENGINE_FILE).exists() or (isinstance(engine, dict)
                                                          and engine.get("status", "built") != "pending"):
@@ -136,7 +139,14 @@ class TensorRTBackend(RuntimeDecides):
             if not ok:
                 raise BackendUnavailableError(f"{bundle_dir} holds a TensorRT engine, which needs TensorRT and the "
                                               f"GPU it was built on: {why}")
+            from edgevit.device_check import require_validated
+
+            require_validated(Path(bundle_dir), engine)
             return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailableError(f"{bundle_dir} holds no engine yet: run `edgevit compile {bundle_dir}` on "
+                                          f"the device (or, to run its ONNX on this CPU, {why})")
         return onnx_proxy(Path(bundle_dir) / ONNX_FILE, threads)
 
     def load_default(self, onnx_path: Path, threads: int | None = None):

@@ -6,6 +6,8 @@ CUDA is driven through cuda-python's runtime bindings (``cuda.bindings.runtime``
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from edgevit.backends.tensorrt_plan import ENGINE_FILE, LAYERS_FILE, TIMING_CACHE_FILE, engine_mismatch
 from edgevit.errors import BundleError, TargetError, ValidationFailedError
-from edgevit.outputs import dumps
+from edgevit.outputs import dumps, sha256_file
 
 
 def import_tensorrt():
@@ -26,38 +28,103 @@ def _cudart():
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
-        from cuda import cudart  # older cuda-python
+        from cuda import cudart  # older cuda-python (JetPack 5's CUDA 11.4: cuda-python 11.x)
     return cudart
 
 
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; ``code`` is the cudaError_t value."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+INSUFFICIENT_DRIVER, NO_DEVICE = 35, 100  # cudaErrorInsufficientDriver, cudaErrorNoDevice
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def cuda_error_line(code: int, name: str) -> str:
+    """What a failed CUDA call means for the user, in one line: for a driver older than cuda-python's runtime, the
+    driver's CUDA and the cuda-python to install (cuda-python 13 needs a CUDA 13 driver; JetPack 6 has 12.6)."""
+    if code == INSUFFICIENT_DRIVER:
+        cudart = _cudart()
+        try:
+            driver = _cuda_version(int(cudart.cudaDriverGetVersion()[1]))
+            runtime = _cuda_version(int(cudart.cudaRuntimeGetVersion()[1]))
+        except Exception:  # an older binding without these calls: say what is known
+            return f"{name}: the CUDA driver is older than cuda-python's runtime; install the cuda-python major " \
+                   "that matches the driver (nvidia-smi or JetPack's release names it)"
+        major = driver.split(".")[0]
+        return (f"{name}: the driver supports CUDA {driver} but cuda-python's runtime is CUDA {runtime}: "
+                f"pip install 'cuda-python>={major},<{int(major) + 1}' (or edgevit[jetson] / "
+                f"edgevit[tensorrt-cu{major}]), or update the driver")
+    if code == NO_DEVICE:
+        return f"{name}: no CUDA device is visible (in Docker, run with --runtime nvidia)"
+    return name
+
+
 def cuda_call(result):
-    """cuda-python returns ``(error, *values)``: raise on an error, return the value(s)."""
+    """cuda-python returns ``(error, *values)``: raise :class:`CudaError` on an error, return the value(s)."""
     cudart = _cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
         name = cudart.cudaGetErrorName(err)[1]
-        raise RuntimeError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        code = int(err)
+        raise CudaError(code, cuda_error_line(code, f"CUDA error {name}"))
     return values[0] if len(values) == 1 else values
 
 
+# Where a Jetson says which board it is. /proc/device-tree is masked inside Docker unless bind-mounted
+# (docker run -v /proc/device-tree:/proc/device-tree:ro); NVIDIA's container runtime mounts /etc/nv_tegra_release.
+BOARD_SOURCES = ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model")
+
+
 def board_model() -> str | None:
-    """The Jetson board (``NVIDIA Jetson AGX Orin Developer Kit``...): every Orin reports sm 8.7, the board differs."""
-    try:
-        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\x00").decode(errors="replace").strip() or None
-    except OSError:
-        return None
+    """The Jetson board (``NVIDIA Jetson AGX Orin Developer Kit``...): every Orin reports sm 8.7, the board differs.
+    ``EDGEVIT_BOARD`` names it where no device tree is readable."""
+    named = os.environ.get("EDGEVIT_BOARD", "").strip()
+    if named:
+        return named
+    for source in BOARD_SOURCES:
+        try:
+            text = Path(source).read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return None
+
+
+def cuda_devices() -> list[dict]:
+    """The CUDA devices that CUDA's runtime (cuda-python) reports, for a host without torch (a board's lean
+    runtime): name, compute capability, SMs, memory. Raises :class:`CudaError` / ImportError."""
+    cudart = _cudart()
+    out = []
+    for i in range(cuda_call(cudart.cudaGetDeviceCount())):
+        prop = cuda_call(cudart.cudaGetDeviceProperties(i))
+        name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+        out.append({"index": i, "name": name.split("\x00")[0], "capability": f"{prop.major}.{prop.minor}",
+                    "sm_count": int(prop.multiProcessorCount),
+                    "memory_gib": round(int(prop.totalGlobalMem) / 2**30, 1)})
+    return out
 
 
 def device_info() -> dict:
-    """TensorRT version and the CUDA device of this host (raises ImportError / RuntimeError where there is none)."""
+    """TensorRT version and the CUDA device of this host: what an engine is bound to (TensorRT, GPU, SM count and
+    memory, which tell an AGX Orin from an Orin NX or Nano even when no device tree is readable). Raises ImportError
+    / :class:`CudaError` / RuntimeError where there is none."""
     trt = import_tensorrt()
-    cudart = _cudart()
-    if cuda_call(cudart.cudaGetDeviceCount()) < 1:
+    devices = cuda_devices()
+    if not devices:
         raise RuntimeError("no CUDA device")
-    prop = cuda_call(cudart.cudaGetDeviceProperties(0))
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    info = {"tensorrt": trt.__version__, "device_name": name.split("\x00")[0],
-            "compute_capability": f"{prop.major}.{prop.minor}"}
+    d = devices[0]
+    info = {"tensorrt": trt.__version__, "device_name": d["name"], "compute_capability": d["capability"],
+            "sm_count": d["sm_count"], "memory_gib": d["memory_gib"]}
     board = board_model()
     if board:
         info["board"] = board
@@ -69,11 +136,43 @@ def engine_support() -> tuple[bool, str]:
     try:
         info = device_info()
     except ImportError as e:
-        return False, (f"TensorRT/cuda-python not importable ({e.name or e}): pip install 'edgevit[tensorrt]' on the "
-                       "device (JetPack provides TensorRT)")
-    except Exception as e:  # cuda-python reports a missing driver as a CUDA error
+        return False, (f"TensorRT/cuda-python not importable ({e.name or e}): on a Jetson, pip install "
+                       "'edgevit[jetson]' in a venv made with --system-site-packages (JetPack provides TensorRT); "
+                       "on an x86 GPU host, 'edgevit[tensorrt-cu12]' or 'edgevit[tensorrt-cu13]' by its driver")
+    except Exception as e:  # cuda-python reports a missing or old driver as a CUDA error
         return False, f"no usable CUDA device ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     return True, f"TensorRT {info['tensorrt']} on {info['device_name']} (sm {info['compute_capability']})"
+
+
+class _StderrLogger:
+    """TensorRT's messages on stderr: the binding's default logger prints to stdout, where ``time --json`` and
+    ``bench --remote`` read JSON. One per process, made on first use (TensorRT wants one logger for all its objects)."""
+
+    instance = None
+
+    @classmethod
+    def get(cls, trt):
+        if cls.instance is None:
+            shown = {trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING}
+
+            class Logger(trt.ILogger):
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity, msg) -> None:  # noexcept in TensorRT: never raise from here
+                    try:
+                        if severity in shown:
+                            sys.stderr.write(f"[TensorRT] {msg}\n")
+                    except Exception:
+                        pass
+
+            cls.instance = Logger()
+        return cls.instance
+
+
+def logger():
+    """The process's one TensorRT logger (warnings and errors to stderr)."""
+    return _StderrLogger.get(import_tensorrt())
 
 
 def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
@@ -81,15 +180,15 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
     engine inspector's layer report into ``out_dir``. Returns the engine record (what makes it valid)."""
     trt = import_tensorrt()
     info = device_info()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    log_to = logger()
+    builder = trt.Builder(log_to)
     flags = 0
     if plan["strongly_typed"] and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(info["tensorrt"].split(".")[0]) < 10:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, log_to)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ValidationFailedError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
@@ -131,12 +230,13 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
     seconds = time.perf_counter() - t0
     (out_dir / ENGINE_FILE).write_bytes(bytes(serialized))
     cache = config.get_timing_cache()
-    if cache is not None:
-        cache_path.write_bytes(bytes(cache.serialize()))
-    else:
-        cache_path.unlink(missing_ok=True)
+    blob = bytes(cache.serialize()) if cache is not None else b""
+    if blob:
+        cache_path.write_bytes(blob)
+    elif cache_path.exists():
+        cache_path.unlink()
 
-    runtime = trt.Runtime(logger)
+    runtime = trt.Runtime(log_to)
     engine = runtime.deserialize_cuda_engine(bytes(serialized))
     inspector = engine.create_engine_inspector()
     context = engine.create_execution_context()  # without one, a dynamic-shape engine's formats read "N/A"
@@ -145,7 +245,6 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
     inspector.execution_context = context
     layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     (out_dir / LAYERS_FILE).write_text(dumps(layers, indent=1))
-    from edgevit.models import sha256_file
 
     return {**info, "onnx_sha256": sha256_file(onnx_path), "precision": plan["precision"], "plan": plan,
             "build_seconds": round(seconds, 1), "layers": layer_summary(layers),
@@ -155,14 +254,17 @@ def build_engine(onnx_path: Path, plan: dict, out_dir: Path, log=print) -> dict:
 def apply_timing_cache(config, cache_path: Path, log=print) -> bool:
     """Use the timing cache at ``cache_path`` if TensorRT accepts it; a cache from another device or TensorRT is
     refused (``set_timing_cache`` returns False) and replaced by a fresh one, never trusted blindly. Returns whether
-    the old cache was used."""
+    the old cache was used. ``create_timing_cache`` may return None (TensorRT's Python binding says so): then the
+    build runs without a cache."""
     old = cache_path.read_bytes() if cache_path.is_file() else b""
-    if old and config.set_timing_cache(config.create_timing_cache(old), ignore_mismatch=False):
-        return True
     if old:
+        cache = config.create_timing_cache(old)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
         log(f"the timing cache {cache_path.name} is from another device or TensorRT version; starting a fresh one")
-    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
-        log("TensorRT refused an empty timing cache; building without one")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        log("TensorRT gave no usable timing cache; building without one")
     return False
 
 
@@ -211,7 +313,7 @@ class TRTRunner:
                               f"`edgevit compile {engine_path.parent}`")
         self._cudart = cudart
         self._engine_path = engine_path
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        runtime = trt.Runtime(logger())
         plan = plan or record.get("plan") or {}
         if plan.get("dla_core") is not None:
             runtime.DLA_core = int(plan["dla_core"])  # as trtexec --useDLACore does, before deserializing

@@ -3,6 +3,8 @@ script that apply them on the device, and what makes a built engine valid. Pure 
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 from edgevit.errors import TargetError
@@ -16,6 +18,7 @@ LAYERS_FILE = "engine_layers.json"
 PROFILE_FILE = "engine_profile.json"
 SCRIPT_FILE = "build_engine.sh"
 ASSUMED_TENSORRT = "10.3"  # JetPack 6's TensorRT, for plans written where TensorRT is not installed
+TENSORRT_VERSION = re.compile(r"\d+(\.\d+){0,3}")  # what a TensorRT version looks like: 10, 10.3, 8.5.2.2
 
 
 # ---------------------------------------------------------------------------------------------------- pure logic
@@ -30,6 +33,12 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
     for the rest, the faster choice, and the one DLA needs before TensorRT 11."""
     if precision not in ("fp32", "fp16", "int8"):
         raise TargetError(f"TensorRT builds fp32, fp16 or int8, not {precision}")
+    if not TENSORRT_VERSION.fullmatch(str(tensorrt_version)):
+        raise TargetError(f"{tensorrt_version!r} is not a TensorRT version (like 10.3 or 8.5.2)")
+    bad = [n for n in fp32_layers if not isinstance(n, str) or not _LAYER_NAME.fullmatch(n)]
+    if bad:
+        raise TargetError(f"layer name {bad[0]!r} cannot be passed to trtexec (a comma, quote or control character "
+                          "in it); rename the layer in the ONNX")
     major = int(str(tensorrt_version).split(".")[0])
     dla = target.dla_core >= 0
     if dla and precision == "fp32":
@@ -71,6 +80,11 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
     }
 
 
+# trtexec splits --layerPrecisions/--layerOutputTypes at commas and treats quotes as name delimiters (sampleOptions.cpp)
+_LAYER_NAME = re.compile(r"[^,'\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
 def _dims(shape: list[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
@@ -92,8 +106,10 @@ def trtexec_args(plan: dict, out: str = ".") -> list[str]:
         args.append(f"--{flag}=" + ",".join(f"{name}:{_dims(s[key])}"
                                              for name, s in plan["optimization_profile"].items()))
     if plan.get("fp32_layers"):
-        args += ["--precisionConstraints=obey",
-                 "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan["fp32_layers"])]
+        # --layerPrecisions sets where a layer computes, --layerOutputTypes what it stores: trtexec (8.5 too) applies
+        # them separately, so both, or FP16 storage of a pinned LayerNorm's statistics stays possible
+        pinned = ",".join(f"{name}:fp32" for name in plan["fp32_layers"])
+        args += ["--precisionConstraints=obey", f"--layerPrecisions={pinned}", f"--layerOutputTypes={pinned}"]
     if plan.get("workspace_bytes"):
         args.append(f"--memPoolSize=workspace:{plan['workspace_bytes'] >> 20}")  # MiB, the unit every version reads
     args += [f"--timingCacheFile={out}/{plan['timing_cache']}", "--profilingVerbosity=detailed",
@@ -104,14 +120,17 @@ def trtexec_args(plan: dict, out: str = ".") -> list[str]:
 
 def build_script(plan: dict) -> str:
     """``build_engine.sh``: the plan as the ``trtexec`` command it means, for users who build with NVIDIA's tools."""
-    lines = " \\\n    ".join(a.replace("=$OUT/", '="$OUT"/') for a in trtexec_args(plan, out="$OUT"))
+    lines = " \\\n    ".join(_shell_word(a) for a in trtexec_args(plan, out="$OUT"))
+    about = (f"TensorRT {plan['tensorrt']}, {plan['precision']} on the {plan['device']}"
+             + ("" if plan["dla_core"] is None else f" core {plan['dla_core']}"))
+    if _CONTROL.search(about):  # a comment line ends at a line break: nothing may end it early
+        raise TargetError(f"the engine plan holds a control character ({about!r}); rebuild the bundle")
     return f"""#!/usr/bin/env bash
 # Builds this bundle's TensorRT engine with NVIDIA's trtexec, exactly as engine_plan.json says (written by edgevit
-# for TensorRT {plan['tensorrt']}, {plan['precision']} on the {plan['device']}{'' if plan['dla_core'] is None
-                                                                          else f" core {plan['dla_core']}"}).
+# for {about}).
 # It writes the engine, timing cache, layer info and profile into OUT (default: a sibling folder BUNDLE.trtexec), never
 # into the bundle, which stays verifiable. `edgevit compile BUNDLE` builds the same engine into the bundle and also
-# checks it against ONNX Runtime and records it in the manifest.
+# checks it on the bundle's validation images and records it in the manifest.
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT="${{OUT:-$PWD.trtexec}}"
@@ -124,6 +143,11 @@ fi
 exec "$TRTEXEC" \\
     {lines} "$@"
 """
+
+
+def _shell_word(arg: str) -> str:
+    """One trtexec argument as one shell word: every part quoted, ``$OUT`` left to the shell."""
+    return '"$OUT"'.join(shlex.quote(part) if part else "" for part in arg.split("$OUT"))
 
 
 def write_plan(out_dir: Path, plan: dict) -> list[str]:
@@ -153,4 +177,9 @@ def engine_mismatch(record: dict, current: dict) -> str | None:
                         f"is {current.get('device_name')} (sm {current.get('compute_capability')})")
     elif record.get("board") and current.get("board") and record["board"] != current["board"]:
         problems.append(f"it was built on a {record['board']}, this is a {current['board']}")
+    elif any(record.get(k) is not None and current.get(k) is not None and record[k] != current[k]
+             for k in ("sm_count", "memory_gib")):  # an AGX Orin's engine on an Orin NX/Nano, with no device tree
+        problems.append(f"it was built on a GPU with {record.get('sm_count')} SMs and {record.get('memory_gib')} GiB, "
+                        f"this one has {current.get('sm_count')} SMs and {current.get('memory_gib')} GiB (another "
+                        "board of the same family)")
     return "; ".join(problems) or None
