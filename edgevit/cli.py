@@ -6,7 +6,7 @@ import os
 import sys
 
 from edgevit.cli_args import parser, parser_default, with_config
-from edgevit.errors import EdgevitError
+from edgevit.errors import BackendUnavailableError, EdgevitError
 from edgevit.errors import UsageError as EdgevitUsage
 
 
@@ -333,8 +333,33 @@ def main(argv: list[str] | None = None) -> int:
 
         set_verbosity(args.verbosity)
     os.environ["EDGEVIT_COMMAND"] = shlex.join(["edgevit", *argv])
+    from edgevit._boundary import (
+        BUILD_COMMANDS,
+        BUILD_PYTHON,
+        BUILD_SIDE,
+        CPU_RUNTIMES,
+        RUNTIME_COMMANDS,
+        missing_build_side,
+        needs_build_side,
+    )
+
+    if args.command in BUILD_COMMANDS:  # before any work: a board's runtime install says what it lacks
+        missing = missing_build_side()
+        if missing or sys.version_info[:2] < BUILD_PYTHON:
+            print(f"edgevit: error: {needs_build_side(args.command, missing)}", file=sys.stderr)
+            return BackendUnavailableError.exit_code
     try:
         return RUN[args.command](args)
+    except ModuleNotFoundError as e:  # the install lacks a package this command needs: say which extra brings it
+        root = (e.name or "").split(".")[0]
+        if root in BUILD_SIDE or (root in CPU_RUNTIMES and args.command not in RUNTIME_COMMANDS):
+            print(f"edgevit: error: {needs_build_side(args.command, root)}", file=sys.stderr)
+        elif root in CPU_RUNTIMES:
+            print(f"edgevit: error: this bundle runs on {root}, which is not installed: pip install 'edgevit[cpu]'",
+                  file=sys.stderr)
+        else:
+            raise
+        return BackendUnavailableError.exit_code
     except EdgevitError as e:
         print(f"edgevit: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code

@@ -80,7 +80,7 @@ class ONNXRuntimeBackend(RuntimeDecides):
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
-            return False, f"onnxruntime is not importable ({e}); pip install onnxruntime"
+            return False, f"onnxruntime is not importable ({e}); pip install 'edgevit[cpu]' (OpenVINO and ONNX Runtime)"
         return True, "ok"
 
     def version(self) -> str:

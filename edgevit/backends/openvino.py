@@ -163,7 +163,7 @@ class OpenVINOBackend:
 
             devices = ov.Core().available_devices
         except Exception as e:  # import errors, broken installs
-            return False, f"openvino is not importable ({e}); pip install openvino"
+            return False, f"openvino is not importable ({e}); pip install 'edgevit[cpu]' (OpenVINO and ONNX Runtime)"
         if "CPU" not in devices:
             return False, f"OpenVINO sees no CPU device (devices: {devices})"
         return True, "ok"

@@ -30,8 +30,18 @@ class BuildSideBlocker(importlib.abc.MetaPathFinder):
         return None
 
 
+def _record_modules() -> None:
+    log = os.environ.get("EDGEVIT_TEST_MODULES_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write("".join(f"{m}\n" for m in sorted(sys.modules) if m == "edgevit" or m.startswith("edgevit.")))
+
+
 if __name__ == "__main__":
+    import atexit
+
     sys.meta_path.insert(0, BuildSideBlocker(set(sys.argv[1].split(","))))
+    atexit.register(_record_modules)
     from edgevit.cli import main
 
     sys.exit(main(sys.argv[2:]))

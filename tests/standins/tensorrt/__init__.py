@@ -124,15 +124,21 @@ class OnnxParser:
         self.network, self.errors = network, []
 
     def parse(self, model: bytes) -> bool:
-        import onnx
+        import onnxruntime as ort
 
         try:
-            m = onnx.load_from_string(bytes(model))
+            session = ort.InferenceSession(bytes(model), providers=["CPUExecutionProvider"])
         except Exception as e:
-            self.errors.append(f"ModelImporter: failed to parse the ONNX model ({e})")
+            self.errors.append(f"ModelImporter: failed to parse the ONNX model ({str(e).splitlines()[0]})")
             return False
         self.network.onnx = bytes(model)
-        self.network.layers = [_Layer(n.name) for n in m.graph.node]
+        try:
+            import onnx
+
+            names = [n.name for n in onnx.load_from_string(bytes(model)).graph.node]
+        except ImportError:  # an old Python's venv with ONNX Runtime alone
+            names = [f"node{i}" for i in range(len(session.get_inputs()) + 8)]
+        self.network.layers = [_Layer(n) for n in names]
         return True
 
     @property
