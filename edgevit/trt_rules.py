@@ -129,43 +129,85 @@ def _insert_qdq(graph, tensor: str, scale: float, user, index: int, tag: str) ->
     user.input[index] = f"{base}_dq"
 
 
-def quantize_attention(model, images: np.ndarray, input_name: str) -> list[str]:
-    """Quantize both inputs of both batched MatMuls of every attention block (``Q @ K^T`` and ``softmax @ V``), so
-    TensorRT can fuse the block into its INT8 multi-head attention kernel: its fusion wants Q/DQ on both inputs of
-    both. NNCF's ONNX PTQ leaves ``softmax @ V`` in float, and a QAT export (timm's fused attention) leaves both. The
-    softmax output gets the fixed scale 1/127, as NVIDIA's Model Optimizer does; Q, K and V get symmetric per-tensor
-    scales from their largest magnitude on ``images`` (run through ONNX Runtime). Returns the names of the
-    MatMuls changed."""
+MHA_SINCE_SM = (7, 5)  # TensorRT's fused INT8 multi-head attention kernels: Turing and later (not Xavier's 7.2)
+MHA_HEAD_SIZES = (16, 32, 64)
+MHA_MAX_SEQUENCE = 512
+
+
+def mha_blocker(compute_capability: str, q_shape: tuple | None) -> str | None:
+    """Why TensorRT would not fuse an attention block into its INT8 MHA kernel on this GPU, or None: SM 7.5+,
+    head size 16/32/64, at most 512 tokens. Where it would not, INT8 around the softmax buys nothing and costs
+    accuracy."""
+    if compute_capability:
+        sm = tuple(int(v) for v in compute_capability.split("."))
+        if sm < MHA_SINCE_SM:
+            return f"sm {compute_capability} has no fused INT8 attention (SM 7.5 and later)"
+    if q_shape is None or len(q_shape) < 2:
+        return "the Q @ K^T MatMul was not found"
+    seq, head = int(q_shape[-2]), int(q_shape[-1])
+    if head not in MHA_HEAD_SIZES:
+        return f"head size {head} (the fused kernel takes {'/'.join(map(str, MHA_HEAD_SIZES))})"
+    if seq > MHA_MAX_SEQUENCE:
+        return f"{seq} tokens (the fused kernel takes at most {MHA_MAX_SEQUENCE})"
+    return None
+
+
+def quantize_attention(model, images: np.ndarray, input_name: str, compute_capability: str = "") -> dict:
+    """Quantize every attention block TensorRT fuses into its INT8 multi-head attention kernel: both inputs of both
+    batched MatMuls (``Q @ K^T`` and ``softmax @ V``) and the output of the second, the pattern the fusion matches.
+    NNCF's ONNX PTQ leaves ``softmax @ V`` in float, and a QAT export (timm's fused attention) leaves both. The
+    softmax output gets the fixed scale 1/127 (it lies in [0, 1]); Q, K, V and the output get symmetric per-tensor
+    scales from their largest magnitude on ``images`` (run through ONNX Runtime). A block TensorRT would not fuse
+    on this GPU (:func:`mha_blocker`) is left as PTQ made it. Returns ``{"quantized": [MatMul names],
+    "not_fused": {block: why}}``."""
     import onnx
     import onnxruntime as ort
 
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
-    todo: list[tuple] = []  # (matmul, input index, fixed scale or None)
-    for qk, sv in _attention_blocks(g, producer):
-        for mm in (qk, sv) if qk is not None else (sv,):
-            for i in (0, 1):
-                if not _fed_by_dq(producer, mm.input[i]):
-                    todo.append((mm, i, SOFTMAX_SCALE if mm is sv and i == 0 else None))
-    if not todo:
-        return []
-    calibrate = sorted({mm.input[i] for mm, i, fixed in todo if fixed is None})
-    amax = dict.fromkeys(calibrate, 0.0)
-    if calibrate:
+    blocks = _attention_blocks(g, producer)
+    probe_names = sorted({t for qk, sv in blocks for t in ([*qk.input, *sv.input, sv.output[0]] if qk is not None
+                                                           else [*sv.input, sv.output[0]])})
+    amax = dict.fromkeys(probe_names, 0.0)
+    shapes: dict = {}
+    if probe_names:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         del probe.graph.output[:]
         probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                                   for t in calibrate])
+                                   for t in probe_names])
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         for s in range(0, len(images), 16):
             outs = sess.run(None, {input_name: np.ascontiguousarray(images[s:s + 16], np.float32)})
-            for t, o in zip(calibrate, outs):
+            for t, o in zip(probe_names, outs):
                 amax[t] = max(amax[t], float(np.abs(o).max()))
+                shapes[t] = o.shape
+    todo: list[tuple] = []  # (matmul, input index, fixed scale or None)
+    outputs: list = []  # the second MatMuls whose output gets Q/DQ
+    not_fused: dict[str, str] = {}
+    for qk, sv in blocks:
+        q_shape = shapes.get(qk.input[0]) if qk is not None else None
+        why = mha_blocker(compute_capability, q_shape)
+        if why:
+            not_fused[sv.name or sv.output[0]] = why
+            continue
+        for mm in (qk, sv):
+            for i in (0, 1):
+                if not _fed_by_dq(producer, mm.input[i]):
+                    todo.append((mm, i, SOFTMAX_SCALE if mm is sv and i == 0 else None))
+        if not any(n.op_type == "QuantizeLinear" for n in g.node if sv.output[0] in n.input):
+            outputs.append(sv)
     for mm, i, fixed in todo:
         scale = fixed if fixed is not None else max(amax[mm.input[i]], 1e-8) / 127.0
         _insert_qdq(g, mm.input[i], scale, mm, i, "attn_softmax" if fixed is not None else "attn_in")
-    return sorted({mm.name or mm.output[0] for mm, _, _ in todo})
+    for sv in outputs:
+        scale = max(amax[sv.output[0]], 1e-8) / 127.0
+        for user in [n for n in g.node if sv.output[0] in n.input]:
+            for i, name in enumerate(user.input):
+                if name == sv.output[0]:
+                    _insert_qdq(g, name, scale, user, i, "attn_out")
+    changed = {mm.name or mm.output[0] for mm, _, _ in todo} | {sv.name or sv.output[0] for sv in outputs}
+    return {"quantized": sorted(changed), "not_fused": not_fused}
 
 
 def fold_weight_transposes(model) -> int:
@@ -289,9 +331,11 @@ def decompose_layernorm(model) -> list[str]:
     return new_names
 
 
-def check(model_or_path, tensorrt: str | None = None) -> list[Violation]:
+def check(model_or_path, tensorrt: str | None = None, compute_capability: str = "",
+          not_fused: frozenset | set = frozenset()) -> list[Violation]:
     """Every way ``model`` breaks TensorRT's explicit-quantization rules (empty: the graph is legal); with
-    ``tensorrt`` also the ops that TensorRT version cannot import."""
+    ``tensorrt`` also the ops that TensorRT version cannot import. Attention blocks TensorRT would not fuse on a GPU
+    of ``compute_capability`` (or named in ``not_fused``, see :func:`quantize_attention`) need no INT8 attention."""
     import onnx
 
     model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
@@ -355,7 +399,10 @@ def check(model_or_path, tensorrt: str | None = None) -> list[Violation]:
                     if user.op_type in ("Conv", "ConvTranspose", "Gemm") or n.input[0] in consts:
                         _check_per_channel(n, user, consts, out, name)
     quantized = any(n.op_type == "QuantizeLinear" for n in g.node)  # an FP32/FP16 graph has nothing to fuse
-    for qk, mm in _attention_blocks(g, producer) if quantized else []:
+    no_mha = mha_blocker(compute_capability, (1, MHA_HEAD_SIZES[0])) is not None
+    for qk, mm in _attention_blocks(g, producer) if quantized and not no_mha else []:
+        if (mm.name or mm.output[0]) in not_fused:
+            continue
         unquantized = [i for m in (mm, qk) if m is not None for i in m.input[:2] if not _fed_by_dq(producer, i)]
         if unquantized:
             out.append(Violation("unfused-attention", mm.name or mm.output[0],

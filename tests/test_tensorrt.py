@@ -182,7 +182,11 @@ def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle)
 
     m = orin_bundle.manifest
     b = orin_bundle.bundle
-    assert set(m["files"]) == {"model.onnx", "engine_plan.json", "build_engine.sh", "labels.txt"}
+    assert set(m["files"]) == {"model.onnx", "engine_plan.json", "build_engine.sh", "labels.txt", "check_inputs.npy",
+                               "check_reference.npy"}
+    check = m["device_check"]  # what the device judges its engine by: real held-out images, FP32 logits, bounds
+    assert check["samples"] == 16 and "held-out" in check["source"] and check["proxy"]["finite"]
+    assert 0 <= check["bounds"]["min_top1_agreement"] <= check["proxy"]["top1_agreement"]
     assert m["backend"]["plan"]["tensorrt"] == "10.3"  # the target's TensorRT (JetPack 6), not this host's
     assert os.access(b / "build_engine.sh", os.X_OK)
     assert subprocess.run(["bash", "-n", str(b / "build_engine.sh")]).returncode == 0
@@ -221,7 +225,7 @@ def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, 
     from edgevit.errors import ValidationFailedError
 
     fake = [rules.Violation("zero-point", "some_q", "non-zero zero-point")]
-    monkeypatch.setattr(rules, "check", lambda model: fake)
+    monkeypatch.setattr(rules, "check", lambda model, **kw: fake)
     kw = dict(target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
               out=str(tmp_path), **TINY_VIT)
     with pytest.raises(ValidationFailedError, match=r"(?s)\[zero-point\] some_q.*--ignore-trt-rules"):
@@ -475,7 +479,7 @@ def test_layernorm_is_decomposed_exactly_for_tensorrt_before_8_6(tmp_path):
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {INPUT_NAME: x})[0]
     assert np.abs(got - want).max() < 1e-4
-    assert trt_rules.check(model, tensorrt="8.5") == []
+    assert trt_rules.check(model, tensorrt="8.5", compute_capability="7.2") == []  # no fused MHA on Xavier
 
 
 def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(fmnist_dir, tmp_path):
@@ -489,7 +493,7 @@ def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(
     model = onnx.load(str(r.bundle / "model.onnx"))
     plan = r.manifest["backend"]["plan"]
     assert plan["tensorrt"] == "8.5" and not any(n.op_type == "LayerNormalization" for n in model.graph.node)
-    assert trt_rules.check(model, tensorrt="8.5") == []
+    assert trt_rules.check(model, tensorrt="8.5", compute_capability="7.2") == []  # no fused MHA on Xavier
     names = {n.name for n in model.graph.node}
     assert plan["fp32_layers"] and set(plan["fp32_layers"]) <= names
     flags = _trtexec_flags(build_script(plan))
@@ -543,18 +547,162 @@ def test_folding_a_quantized_weight_transpose_keeps_the_outputs():
     assert trt_rules.gemm_coverage(model) == (1, 2)
 
 
-def test_tensorrt_extra_installs_on_jetson_without_pypi_tensorrt_or_pycuda():
-    import tomllib
+def test_jetson_extra_brings_no_pypi_tensorrt_or_pycuda_and_x86_extras_name_the_cuda_major():
     from packaging.requirements import Requirement
 
-    extra = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
-        "project"]["optional-dependencies"]["tensorrt"]
-    reqs = [Requirement(r) for r in extra]
+    from edgevit._config import tomllib
 
-    def wanted(machine: str) -> set[str]:
-        env = {"platform_machine": machine, "sys_platform": "linux", "extra": "tensorrt"}
-        return {r.name for r in reqs if r.marker is None or r.marker.evaluate(env)}
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
 
-    assert wanted("aarch64") == {"cuda-python"}  # JetPack provides TensorRT's bindings
-    assert wanted("x86_64") == {"cuda-python", "tensorrt"}
-    assert not any(r.name == "pycuda" for r in reqs)
+    def wanted(extra: str, machine: str, py: str = "3.10") -> set[str]:
+        env = {"platform_machine": machine, "sys_platform": "linux", "extra": extra, "python_version": py}
+        return {r.name for r in map(Requirement, extras[extra]) if r.marker is None or r.marker.evaluate(env)}
+
+    assert wanted("jetson", "aarch64") == {"cuda-python", "numpy"}  # JetPack provides TensorRT's bindings
+    assert wanted("tensorrt-cu12", "x86_64") == {"cuda-python", "tensorrt-cu12"}
+    assert wanted("tensorrt-cu13", "x86_64") == {"cuda-python", "tensorrt-cu13"}
+    assert "tensorrt" not in extras  # the bare metapackage now means CUDA 13: never unbounded
+    assert not any(Requirement(r).name == "pycuda" for reqs in extras.values() for r in reqs)
+
+
+# The flags each trtexec accepts, as its samples/common/sampleOptions.cpp parses them (TensorRT 8.5.2 = JetPack 5,
+# 10.3 = JetPack 6, 11.1). A flag a version does not know makes trtexec stop with "Unknown option".
+TRTEXEC_FLAGS = {
+    "8.5": set("""allowGPUFallback avgRuns avgTiming batch best buildOnly calib consistency deploy device directIO
+        dumpLayerInfo dumpOutput dumpProfile dumpRefit duration explicitBatch explicitPrecision exportLayerInfo
+        exportOutput exportProfile exportTimes exposeDMA fp16 help heuristic idleTime inputIOFormats int8 iterations
+        layerOutputTypes layerPrecisions loadEngine loadInputs maxBatch maxShapes maxShapesCalib memPoolSize
+        minShapes minShapesCalib minTiming model noBuilderCache noDataTransfers noTF32 nvtxMode onnx optShapes
+        optShapesCalib output outputIOFormats percentile persistentCacheRatio plugins precisionConstraints preview
+        profilingVerbosity refit restricted safe saveEngine separateProfileRun serialized shapes sleepTime sparsity
+        std streams tacticSources threads timeDeserialize timeRefit timingCacheFile uff uffInput uffNHWC
+        useCudaGraph useDLACore useManagedMemory useSpinWait verbose warmUp workspace""".split()),
+    "10.3": set("""allocationStrategy allowGPUFallback allowWeightStreaming avgRuns avgTiming best bf16
+        buildDLAStandalone builderOptimizationLevel calib calibProfile consistency device directIO dumpLayerInfo
+        dumpOptimizationProfile dumpOutput dumpProfile dumpRawBindingsToFile dumpRefit duration dynamicPlugins
+        errorOnTimingCacheMiss excludeLeanRuntime exportLayerInfo exportOutput exportProfile exportTimes exposeDMA
+        fp16 fp8 getPlanVersionOnly hardwareCompatibilityLevel help idleTime ignoreParsedPluginLibs infStreams
+        inputIOFormats int4 int8 iterations layerDeviceTypes layerOutputTypes layerPrecisions leanDLLPath loadEngine
+        loadInputs markDebug maxAuxStreams maxShapes maxShapesCalib memPoolSize minShapes minShapesCalib
+        noBuilderCache noCompilationCache noDataTransfers noTF32 onnx optShapes optShapesCalib outputIOFormats
+        percentile persistentCacheRatio pi pluginInstanceNorm plugins precisionConstraints preview profile
+        profilingVerbosity refit restricted runtimePlatform safe saveDebugTensors saveEngine separateProfileRun
+        serialized setPluginsToSerialize shapes skipInference sleepTime sparsity staticPlugins std streams
+        stripAllWeights stripWeights stronglyTyped tacticSources tempdir tempfileControls threads timeDeserialize
+        timeRefit timingCacheFile useCudaGraph useDLACore useManagedMemory useProfile useRuntime useSpinWait vc
+        verbose versionCompatible warmUp weightStreamingBudget weightless""".split()),
+    "11.1": set("""accuracyAlgorithm accuracyThreshold adjustForDLA allocationStrategy allowGPUFallback
+        allowWeightStreaming asyncFileReader atol avgRuns avgTiming buildDLAStandalone builderOptimizationLevel
+        consistency continue cpuOnly decomposableAttentions device directIO distributiveIndependence dryRun
+        dumpKernelText dumpLayerInfo dumpOptimizationProfile dumpOutput dumpProfile dumpRawBindingsToFile dumpRefit
+        duration dynamicPlugins enablePluginOverride errorOnTimingCacheMiss excludeLeanRuntime exportLayerInfo
+        exportOutput exportProfile exportTimes exposeDMA getPlanVersionOnly hardwareCompatibilityLevel help
+        helpBuildRoute idleTime ignoreParsedPluginLibs includeDataTransfers infStreams inputIOFormats int8
+        iterations l2LimitForTiling layerDeviceTypes leanDLLPath loadEngine loadInputs loadRefOutputs markDebug
+        markUnfusedTensorsAsDebugTensors maxAuxStreams maxShapes maxTactics memPoolSize minShapes monitorMemory
+        noBuilderCache noCompilationCache noCudaGraph noDataTransfers noSpinWait noTF32 onnx optShapes
+        outputIOFormats percentile persistentCacheRatio pi pluginInstanceNorm plugins preview profile
+        profilingVerbosity refPair refit refitFromOnnx remoteAutoTuningConfig reportCapabilityDLA rtol
+        runtimePlatform safe safetyPlugins saveAllDebugTensors saveAllEngines saveDebugTensors saveEngine
+        separateProfileRun serialized setBuildRoute setPluginsToSerialize shapes skipInference sleepTime sparsity
+        staticPlugins std streams stripAllWeights stripWeights stronglyTyped tacticSources tempdir tempfileControls
+        threads tilingOptimizationLevel timeDeserialize timeRefit timingCacheFile tuneBuildRouteFile tuneBuildRoutes
+        tuningCacheFile tuningResultFile tuningSearch tuningTimeOut uint8AsymmetricQuantizationDLA useCudaGraph
+        useDLACore useManagedMemory useProfile useRuntime useSpinWait vc verbose versionCompatible warmUp
+        weightStreamingBudget""".split()),
+}
+
+
+def _known_flags(version: str) -> set:
+    """The table of the newest listed TensorRT not newer than ``version``."""
+    v = trt_rules.version_tuple(version)
+    return TRTEXEC_FLAGS[max((k for k in TRTEXEC_FLAGS if trt_rules.version_tuple(k) <= v),
+                             key=trt_rules.version_tuple)]
+
+
+@pytest.mark.parametrize("version", ["8.5", "8.6", "10.3", "10.7", "11.1", "11.4"])
+def test_every_emitted_trtexec_flag_is_one_that_tensorrt_version_accepts(version):
+    from edgevit.backends.tensorrt_plan import build_script
+
+    checked = 0
+    for name in sorted(list_targets()):
+        t = load_target(name)
+        if t.backend != "tensorrt":
+            continue
+        for precision in t.precisions:
+            for pinned in ((), ("/blocks.0/norm1/Add", "/blocks.0/norm1/Div")):  # a decomposed LayerNorm (8.5)
+                try:
+                    plan = engine_plan(t, precision, version, (3, 224, 224), fp32_layers=pinned)
+                except TargetError:
+                    continue
+                flags = _trtexec_flags(build_script(plan))
+                unknown = set(flags) - _known_flags(version)
+                assert not unknown, f"{name} {precision} TensorRT {version}: trtexec does not know {unknown}"
+                if plan["fp32_layers"]:  # compute and storage pinned alike
+                    assert flags["layerPrecisions"] == flags["layerOutputTypes"] == \
+                        ",".join(f"{n}:fp32" for n in pinned)
+                checked += 1
+    assert checked >= 10  # every TensorRT profile, each precision it allows
+
+
+def test_the_table_catches_a_flag_a_version_lacks():
+    assert "stronglyTyped" not in _known_flags("8.5") and "layerPrecisions" not in _known_flags("11.1")
+    assert "fp16" in _known_flags("10.3") and "fp16" not in _known_flags("11.4")
+
+
+def test_no_layer_name_or_version_reaches_the_shell_unquoted(tmp_path):
+    """Any layer name and TensorRT version: refused with TargetError, or a script bash parses whose trtexec call
+    gets exactly those names (and the script runs nothing else: it is run here with a fake trtexec)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from edgevit.backends.tensorrt_plan import build_script
+
+    t = load_target("jetson-xavier-nx")
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    fake.chmod(0o755)
+    (tmp_path / "model.onnx").write_bytes(b"x")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3),
+           st.one_of(st.just("8.5"), st.text(max_size=8)))
+    def check(names, version):
+        try:
+            plan = engine_plan(t, "int8", version, (3, 32, 32), fp32_layers=names)
+        except TargetError:
+            return
+        script = tmp_path / "build_engine.sh"
+        script.write_text(build_script(plan))
+        out = tmp_path / "args.txt"
+        r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                           env={"PATH": os.environ["PATH"], "TRTEXEC": str(fake), "ARGS_OUT": str(out),
+                                "OUT": str(tmp_path / "out")})
+        assert r.returncode == 0, r.stderr
+        args = out.read_text().splitlines()
+        want = "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in names)
+        assert want in args
+
+    check()
+
+
+def test_fused_attention_only_where_tensorrt_fuses_it():
+    assert trt_rules.mha_blocker("8.7", (1, 2, 197, 64)) is None
+    assert "sm 7.2" in trt_rules.mha_blocker("7.2", (1, 2, 197, 64))  # Xavier: no fused INT8 MHA
+    assert "head size 48" in trt_rules.mha_blocker("8.7", (1, 4, 197, 48))
+    assert "1025 tokens" in trt_rules.mha_blocker("8.7", (1, 4, 1025, 64))
+
+
+def test_xavier_gets_no_int8_softmax_and_the_bundle_says_why(fmnist_dir, tmp_path):
+    import onnx
+
+    from edgevit.build import build
+
+    r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+              calibration="fast", out=str(tmp_path), val_samples=20, **TINY_VIT)
+    att = r.manifest["backend"]["attention_qdq"]
+    assert att["matmuls"] == 0 and list(att["not_fused"].values()) == ["sm 7.2 has no fused INT8 attention (SM 7.5 "
+                                                                       "and later)"] * TINY_VIT["depth"]
+    model = onnx.load(str(r.bundle / "model.onnx"))
+    assert not any(n.name.startswith("attn_softmax") for n in model.graph.node)

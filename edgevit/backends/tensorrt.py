@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from edgevit._progress import say
 from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
 from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support, import_tensorrt
 from edgevit.backends.tensorrt_plan import ASSUMED_TENSORRT, ENGINE_FILE, ONNX_FILE, PLAN_FILE, engine_plan, write_plan
@@ -58,11 +59,15 @@ class TensorRTBackend(RuntimeDecides):
             model = trt_rules.constants_to_initializers(clean_onnx(model))
             rewritten = trt_rules.unsigned_to_signed(model)
             trt_rules.fold_weight_transposes(model)
-            fused = (trt_rules.quantize_attention(model, job.calibration, INPUT_NAME)
-                     if job.calibration is not None else [])
-            details["attention_qdq"] = {"matmuls": len(fused), "softmax_scale": "1/127",
-                                        "v_scale": "max |V| / 127 on the calibration images"}
-            violations = trt_rules.check(model)
+            fused = (trt_rules.quantize_attention(model, job.calibration, INPUT_NAME, target.compute_capability)
+                     if job.calibration is not None else {"quantized": [], "not_fused": {}})
+            details["attention_qdq"] = {"matmuls": len(fused["quantized"]), "not_fused": fused["not_fused"],
+                                        "softmax_scale": "1/127 (softmax outputs lie in [0, 1])",
+                                        "q_k_v_out_scale": "max |x| / 127 on the calibration images"}
+            for block, why in fused["not_fused"].items():
+                say(f"attention {block}: left as PTQ made it, TensorRT would not fuse it here: {why}")
+            violations = trt_rules.check(model, compute_capability=target.compute_capability,
+                                         not_fused=set(fused["not_fused"]))
             covered, gemm_inputs = trt_rules.gemm_coverage(model)
             details["trt_rules"] = {"violations": [str(v) for v in violations], "passed": not violations,
                                     "gemm_inputs_quantized": [covered, gemm_inputs],

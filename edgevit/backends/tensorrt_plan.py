@@ -120,7 +120,7 @@ def trtexec_args(plan: dict, out: str = ".") -> list[str]:
 
 def build_script(plan: dict) -> str:
     """``build_engine.sh``: the plan as the ``trtexec`` command it means, for users who build with NVIDIA's tools."""
-    lines = " \\\n    ".join(_shell_word(a) for a in trtexec_args(plan, out="$OUT"))
+    lines = " \\\n    ".join(_shell_word(a) for a in trtexec_args(plan, out=_OUT))
     about = (f"TensorRT {plan['tensorrt']}, {plan['precision']} on the {plan['device']}"
              + ("" if plan["dla_core"] is None else f" core {plan['dla_core']}"))
     if _CONTROL.search(about):  # a comment line ends at a line break: nothing may end it early
@@ -145,9 +145,12 @@ exec "$TRTEXEC" \\
 """
 
 
+_OUT = "\x00OUT\x00"  # where the script's $OUT goes: no layer name or version holds a control character
+
+
 def _shell_word(arg: str) -> str:
-    """One trtexec argument as one shell word: every part quoted, ``$OUT`` left to the shell."""
-    return '"$OUT"'.join(shlex.quote(part) if part else "" for part in arg.split("$OUT"))
+    """One trtexec argument as one shell word: every part quoted, the output folder left to the shell's $OUT."""
+    return '"$OUT"'.join(shlex.quote(part) if part else "" for part in arg.split(_OUT))
 
 
 def write_plan(out_dir: Path, plan: dict) -> list[str]:
