@@ -298,10 +298,16 @@ def test_the_runtime_runs_under_a_python_older_than_3_11(python, orin_bundle, or
             pytest.fail("no Python older than 3.11 found: .ci/run must provide one (EDGEVIT_OLD_PYTHONS)")
         pytest.skip("no Python older than 3.11 on this machine (set EDGEVIT_OLD_PYTHONS)")
     venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
-    py = str(venv / "bin" / "python")
     pip_env = {**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pipcache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     pip_env.pop("PYTHONPATH", None)
+    # pip from a wheel (Debian's python3.9 has no ensurepip wheels; pyenv's do): the same bootstrap for every one
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    wheels = tmp_path / "pip-wheel"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), "pip<25"],
+                   check=True, timeout=300, env=pip_env)
+    (wheel,) = wheels.glob("pip-*.whl")
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, f"{wheel}/pip", "install", "-q", str(wheel)], check=True, timeout=300, env=pip_env)
     src = tmp_path / "src"  # a copy: pip's build writes into the source tree
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "benchmarks", "*.egg-info", "build",
                                                             "__pycache__", ".ci"))
