@@ -335,3 +335,20 @@ def test_the_runtime_runs_under_a_python_older_than_3_11(python, orin_bundle, or
         assert want in r.stdout, (args, r.stdout[-500:])
         if args[-1] == "--json":
             json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------------------------------ images and docs
+@pytest.mark.parametrize("dockerfile,release,python", [("Dockerfile.jetson", "r36", "3.10"),
+                                                       ("Dockerfile.jetson-jp5", "r35", "3.8")])
+def test_jetson_images_install_the_runtime_over_jetpacks_tensorrt_and_opencv(dockerfile, release, python):
+    """No Docker engine here: the image files are read. Each installs only the [jetson] runtime into a venv that
+    sees JetPack's TensorRT and GStreamer OpenCV, and never PyPI's OpenCV or torch, which would shadow them."""
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(rf"^FROM nvcr\.io/nvidia/l4t-jetpack:{release}\.", text, re.M)
+    assert "--system-site-packages" in text and '".[jetson]"' in text and "GStreamer" in text
+    installs = " ".join(re.findall(r"pip3? install[^\n]*", text))
+    assert not re.search(r"opencv|torch|nncf|openvino|\[build\]|\[demo\]", installs), installs
+    assert "--runtime nvidia" in text and "EDGEVIT_BOARD" in text
+    readme = (ROOT / "README.md").read_text()
+    assert dockerfile in readme and "--runtime nvidia -e EDGEVIT_BOARD" in readme
+    assert f"| {python} |" in readme
