@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from edgevit.errors import TargetError, UnknownNameError, UsageError
@@ -141,3 +144,28 @@ def test_host_class_follows_the_isa_cap(monkeypatch):
     assert found in HOST_CLASSES
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert host_class() == ("avx2" if found in ("amx", "avx512_vnni", "avx2") else found)
+
+
+def test_auto_in_docker_reads_the_board_from_edgevit_board_or_the_gpu(tmp_path, monkeypatch):
+    """Docker masks the device tree: EDGEVIT_BOARD names the board; without it the GPU's SM count and memory (read
+    through cuda-python: the stand-in, in a process of its own) tell the Orins apart."""
+    import subprocess
+    import sys
+
+    from edgevit.detect import board_from_gpu, detect_target
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.0, GCID: 1, BOARD: generic\n")
+    monkeypatch.setenv("EDGEVIT_BOARD", "NVIDIA Jetson Orin NX Engineering Reference Developer Kit")
+    assert detect_target(tmp_path) == ("jetson-orin-nx", "EDGEVIT_BOARD says 'NVIDIA Jetson Orin NX Engineering "
+                                                          "Reference Developer Kit'")
+    monkeypatch.delenv("EDGEVIT_BOARD")
+    standins = Path(__file__).resolve().parent / "standins"
+    code = ("import pathlib; from edgevit.detect import detect_target; "
+            f"print(detect_target(pathlib.Path({str(tmp_path)!r}))[0])")
+    for sms, gib, want in ((16, 61.4, "jetson-orin"), (8, 7.4, "jetson-orin-nano"), (8, 15.3, "jetson-orin-nx")):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(standins), "STANDIN_CUDA_SMS": str(sms),
+                                "STANDIN_CUDA_GIB": str(gib)})
+        assert r.stdout.strip() == want, r.stderr
+    assert board_from_gpu("7.2", 6, 7.4) == "jetson-xavier-nx" and board_from_gpu("9.0", 132, 80) is None
