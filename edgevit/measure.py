@@ -70,9 +70,19 @@ def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8, pre, batch_si
     them batch by batch), normalised batch by batch."""
     from edgevit.stream import u8_batches
 
-    outs = [fn(pre.normalize(x)) for x in progress(u8_batches(images_u8, batch_size), desc=desc,
-                                                     total=-(-len(images_u8) // batch_size), min_total=5)]
-    return require_finite(np.concatenate(outs).astype(np.float32), desc)
+    n = len(images_u8)
+    out = None
+    done = 0
+    for x in progress(u8_batches(images_u8, batch_size), desc=desc, total=-(-n // batch_size), min_total=5):
+        logits = np.asarray(fn(pre.normalize(x)))
+        if out is None:  # one array for every image's logits, made once: nothing small is left between batches
+            out = np.empty((n, *logits.shape[1:]), np.float32)
+        out[done:done + len(logits)] = logits
+        done += len(logits)
+        del logits  # the runtime's own output buffer goes now, not with the next batch
+    if out is None or done != n:
+        raise ValueError(f"{desc}: the stream gave {done} of {n} images")
+    return require_finite(out, desc)
 
 
 BROKEN_WEIGHTS = "the weights (or the artifact) are broken: check --weights; nothing was written"
