@@ -59,11 +59,7 @@ def mean_attention_distance(attn: np.ndarray, grid: tuple[int, int], patch_px: f
 def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σ ref² / Σ (ref − quantized)²)."""
     ref, q = reference.astype(np.float64), quantized.astype(np.float64)
-    noise = float(((ref - q) ** 2).sum())
-    signal = float((ref**2).sum())
-    if noise == 0:
-        return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+    return _db(float((ref**2).sum()), float(((ref - q) ** 2).sum()))
 
 
 # ------------------------------------------------------------------------------------------------ model probing
@@ -135,41 +131,54 @@ class LayerError:
     sqnr_db: float
 
 
-def layer_sqnr(model, ov_model, x: np.ndarray) -> list[LayerError]:
-    """SQNR of every Linear/Conv2d output of the INT8 OpenVINO model against the FP32 torch model, on images ``x``.
-    Layers are matched by the ONNX scope names the exporter gives (``/blocks/blocks.0/attn/qkv/…``)."""
+def layer_sqnr(model, ov_model, batches) -> list[LayerError]:
+    """SQNR of every Linear/Conv2d output of the INT8 OpenVINO model against the FP32 torch model, over image
+    ``batches`` (float32 NCHW arrays, or one array): signal and noise are summed batch by batch, so memory does not
+    grow with the number of images. Layers are matched by the ONNX scope names the exporter gives
+    (``/blocks/blocks.0/attn/qkv/…``)."""
     import openvino as ov
     import torch
 
     wanted = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)}
-    ref: dict[str, np.ndarray] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: ref.__setitem__(n, o.detach().numpy()))
-               for n, m in wanted.items()]
-    try:
-        with torch.no_grad():
-            model(torch.from_numpy(x))
-    finally:
-        for h in handles:
-            h.remove()
-
     ops = list(ov_model.get_ordered_ops())
-    chosen: dict[str, object] = {}
-    for name in wanted:
-        scope = onnx_scope(name)
-        cands = [op for op in ops if op.get_friendly_name().startswith(scope)
-                 and op.get_type_name() in ("Add", "MatMul", "Convolution")
-                 and tuple(op.get_output_partial_shape(0).get_min_shape()) == tuple(ref[name].shape)]
-        if cands:
-            chosen[name] = cands[-1]
-    if not chosen:
-        return []
-    probe = ov.Model([op.output(0) for op in chosen.values()] + list(ov_model.outputs), ov_model.get_parameters(),
-                     "edgevit-probe")
-    compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    res = compiled(x)
-    out = [LayerError(name, type(wanted[name]).__name__, round(sqnr_db(ref[name], res[compiled.output(i)]), 2))
-           for i, name in enumerate(chosen)]
-    return out
+    chosen: dict[str, object] | None = None
+    compiled = None
+    sums: dict[str, list[float]] = {}
+    for x in ([batches] if isinstance(batches, np.ndarray) else batches):
+        ref: dict[str, np.ndarray] = {}
+        handles = [m.register_forward_hook(lambda _m, _i, o, n=n, ref=ref: ref.__setitem__(n, o.detach().numpy()))
+                   for n, m in wanted.items()]
+        try:
+            with torch.no_grad():
+                model(torch.from_numpy(x))
+        finally:
+            for h in handles:
+                h.remove()
+        if chosen is None:  # matched once, on the first batch's shapes (batch dimension aside)
+            chosen = {}
+            for name in wanted:
+                scope = onnx_scope(name)
+                cands = [op for op in ops if op.get_friendly_name().startswith(scope)
+                         and op.get_type_name() in ("Add", "MatMul", "Convolution")
+                         and tuple(op.get_output_partial_shape(0).get_min_shape())[1:] == tuple(ref[name].shape)[1:]]
+                if cands:
+                    chosen[name] = cands[-1]
+            if not chosen:
+                return []
+            probe = ov.Model([op.output(0) for op in chosen.values()] + list(ov_model.outputs),
+                             ov_model.get_parameters(), "edgevit-probe")
+            compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        res = compiled(x)
+        for i, name in enumerate(chosen):
+            r, q = ref[name].astype(np.float64), res[compiled.output(i)].astype(np.float64)
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float((r ** 2).sum())
+            acc[1] += float(((r - q) ** 2).sum())
+    return [LayerError(name, type(wanted[name]).__name__, round(_db(*sums[name]), 2)) for name in (chosen or {})]
+
+
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(max(signal, 1e-30) / noise))
 
 
 # ------------------------------------------------------------------------------------------------------ the page
@@ -233,7 +242,7 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bu
                   input_size: int | None = None, force: bool = False, **model_overrides) -> InspectReport:
     """Write the figures and ``index.html`` into ``out`` (replaced only if it is an earlier inspect page or empty,
     unless ``force``)."""
-    from edgevit.data import load_dataset, preprocess_split, sample_indices
+    from edgevit.data import load_dataset, sample_indices
     from edgevit.models import data_config, resolve_spec, sha256_file
     from edgevit.outputs import check_output, output_dir
     from edgevit.prepare import load_model, read_weights
@@ -271,9 +280,9 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bu
         geo = vit_geometry(net, size)
         _positions(r, net, geo, spec)
         x = None
-        if ds:
+        if ds:  # streamed in batches: memory does not grow with --images
             idx = sample_indices(len(ds.val), images, seed=0)
-            x = pre.normalize(preprocess_split(ds.val.subset(idx), pre, "inspection images"))
+            x = _Batches(ds.stream(ds.val.subset(idx), pre), pre)
         _attention(r, net, geo, x, spec, ds, size)
         if x is None:
             r.notes["sqnr"] = "Needs --data (real images) to compare FP32 and INT8 layer outputs."
@@ -314,18 +323,38 @@ def _positions(r: InspectReport, net, geo, spec) -> None:
     r.notes["position"] = f"{grid[0]}x{grid[1]} patch positions; learned absolute position embeddings."
 
 
+class _Batches:
+    """The inspection images as normalised float32 batches, decoded on each pass (an :class:`ImageStream`)."""
+
+    def __init__(self, stream, pre, batch_size: int = 16) -> None:
+        self.stream, self.pre, self.batch_size = stream, pre, batch_size
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        for x, _ in self.stream.batches(self.batch_size):
+            yield self.pre.normalize(x)
+
+
 def _attention(r: InspectReport, net, geo, x, spec, ds, size: int) -> None:
-    """3. Mean attention distance per head and layer, on real images."""
+    """3. Mean attention distance per head and layer, on real images (summed batch by batch)."""
     import torch
 
     if geo and x is not None:
         grid, patch_px, prefix = geo
-        maps = attention_maps(net.eval(), torch.from_numpy(x), prefix)
-        if maps:
-            r.attention_distance = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps])
+        total, count = None, 0
+        for batch in x:
+            maps = attention_maps(net.eval(), torch.from_numpy(batch), prefix)
+            if not maps:
+                break
+            d = np.stack([mean_attention_distance(a, grid, patch_px) for a in maps]) * len(batch)
+            total, count = (d if total is None else total + d), count + len(batch)
+        if total is not None:
+            r.attention_distance = total / count
             draw_attention_distance(r.attention_distance, r.out / "attention_distance.png", size)
             r.figures["attention"] = "attention_distance.png"
-            r.notes["attention"] = (f"Averaged over {len(x)} images of {ds.spec} ({ds.val_name}); patch tokens "
+            r.notes["attention"] = (f"Averaged over {count} images of {ds.spec} ({ds.val_name}); patch tokens "
                                     f"only, {patch_px:g} px per token.")
             return
     r.notes["attention"] = ("Needs --data (real images)." if x is None else
@@ -343,7 +372,7 @@ def _sqnr(r: InspectReport, net, x, ds, bundle: str | None, quantize) -> None:
         how = f"INT8 bundle {Path(bundle).name}"
     else:
         ov_model, how = quantize()
-    ov_model.reshape({ov_model.input(0).get_any_name(): list(x.shape)})
+    ov_model.reshape({ov_model.input(0).get_any_name(): ov.PartialShape([-1, 3, *x.pre.input_size])})
     errors = layer_sqnr(net, ov_model, x)
     if not errors:
         r.notes["sqnr"] = "No layer of the INT8 model could be matched to the PyTorch model by name."

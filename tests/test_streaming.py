@@ -148,3 +148,47 @@ def test_decode_workers_share_the_cores_among_training_processes(monkeypatch):
     assert [stream.decode_workers(p) for p in (1, 2, 4, 8, 32)] == [8, 7, 3, 1, 1]
     monkeypatch.setattr(stream.os, "cpu_count", lambda: 2)
     assert stream.decode_workers() == 1
+
+
+def test_a_validation_pass_keeps_only_per_image_logits_not_batches_or_runtime_outputs():
+    """run_batches (the FP32 reference, every artifact's validation, bench's accuracy) over a stream of 50 batches:
+    when the stream makes each next batch, no earlier input batch and no runtime output is still alive, and the
+    result is one (N, classes) array. Checked by what is kept (weak references), not by timing or RSS."""
+    import gc
+    import weakref
+
+    from edgevit.measure import run_batches
+
+    classes, batch, batches = 7, 20, 50
+    alive_inputs: list[weakref.ref] = []
+    alive_outputs: list[weakref.ref] = []
+    seen_alive: list[int] = []
+
+    class Stream:
+        def __len__(self) -> int:
+            return batch * batches
+
+        def batches(self, size: int):
+            for i in range(batches):
+                gc.collect()
+                seen_alive.append(sum(r() is not None for r in alive_inputs + alive_outputs))
+                x = np.full((size, 4, 4, 3), i % 255, np.uint8)
+                alive_inputs.append(weakref.ref(x))
+                yield x, np.zeros(size, np.int64)
+
+    class Out(np.ndarray):  # a runtime's own output buffer (weak-referenceable)
+        pass
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        out = np.tile(x.reshape(len(x), -1)[:, :1], (1, classes)).astype(np.float32).view(Out)
+        alive_outputs.append(weakref.ref(out))
+        return out
+
+    from edgevit.stream import ImageStream
+
+    s = Stream()
+    s.__class__ = type("S", (Stream, ImageStream), {})  # u8_batches streams ImageStream-like objects
+    pre = Preprocessing((4, 4), 4)
+    logits = run_batches(fn, s, pre, batch_size=batch)
+    assert logits.shape == (batch * batches, classes) and logits.dtype == np.float32
+    assert max(seen_alive) <= 1, seen_alive  # at most the batch being handed over, never a growing list
