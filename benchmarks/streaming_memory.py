@@ -8,9 +8,10 @@ decoded batch by batch by DataLoader workers and only per-image results (logits,
 Without ``--val``: for each size an ImageFolder of small PNGs (10 classes, 48x48, a learnable pattern, no val/
 folder: the validation split is its 10% hold-out); one epoch of training and an INT8 build from it.
 With ``--val``: an ImageFolder with an explicit ``train/`` (300 images) and ``val/`` of each size (RGB PNGs of
-``--px`` pixels), and each chosen path on it at ``--input-size PX`` (bench: the suite's model at its own size):
-``train`` (one epoch; its held-out pass is the val/ split), ``fp32`` / ``int8`` (with the speed search) / ``best``
-builds with ``--val-samples N``, ``bench`` (a one-cell suite with ``val_samples = N``), ``inspect --images N``.
+``--px`` pixels), and each chosen path on it: ``fp32`` / ``int8`` (with the speed search) / ``best`` builds at
+``--input-size PX`` with ``--val-samples N``; ``train`` (one epoch at the model's own size; its held-out pass is the
+val/ split); ``inspect --images N``; ``bench`` (INT8 of the model and of the MobileNetV3 baseline a suite must have,
+at their own sizes, ``val_samples = N``; its cells run in a process of their own: the worker column).
 Each command runs in its own process; the table gives the peak resident set size of that process (VmHWM) and of the
 largest worker it started, and the growth per added image, with the host.
 """
@@ -110,7 +111,7 @@ def path_args(path: str, data: Path, n: int, px: int, out: Path, model: str) -> 
     spec = f"imagefolder:{data}"
     common = ["--model", model, "--data", spec]
     if path == "train":
-        return ["train", *common, "--input-size", str(px), "--epochs", "1", "--out", str(out / "run")]
+        return ["train", *common, "--epochs", "1", "--out", str(out / "run")]  # at the model's own input size
     if path in ("fp32", "int8", "best"):
         return ["build", *common, "--input-size", str(px), "--precision", path, "--val-samples", str(n),
                 "--calib-samples", "64", "--out", str(out), "--name", f"{path}{n}"]
@@ -125,7 +126,7 @@ def path_args(path: str, data: Path, n: int, px: int, out: Path, model: str) -> 
     raise ValueError(path)
 
 
-def run_paths(vals: list[int], px: int, paths: list[str], model: str) -> list[dict]:
+def run_paths(vals: list[int], px: int, paths: list[str], model: str, a_json: str | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgevit-mem-") as tmp:
         tmp = Path(tmp)
@@ -137,6 +138,8 @@ def run_paths(vals: list[int], px: int, paths: list[str], model: str) -> list[di
                 t0 = time.perf_counter()
                 r = measure(path_args(path, data, n, px, out, model), tmp)
                 rows.append({"path": path, "val": n, **r, "seconds": round(time.perf_counter() - t0)})
+                if a_json:
+                    Path(a_json).write_text(json.dumps(rows, indent=1))
                 print(f"  {path:8} {n:7d} images: peak {r['peak_mib']} MiB, worker peak {r['worker_peak_mib']} MiB "
                       f"({rows[-1]['seconds']} s)", flush=True)
             shutil.rmtree(data)
@@ -177,7 +180,7 @@ def main() -> None:
 
     host = f"host: {host_info()['cpu']}, {os.cpu_count()} cores"
     if a.val:
-        rows = run_paths(a.val, a.px, a.paths, a.model)
+        rows = run_paths(a.val, a.px, a.paths, a.model, a.json)
         print(host + f"; {a.model} at {a.px} px (bench: the model's own size), explicit val/ split")
         print("\n".join(growth_table(rows)))
         if a.json:
