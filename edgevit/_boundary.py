@@ -25,7 +25,7 @@ CPU_RUNTIMES = ("openvino", "onnxruntime")
 
 # The edgevit modules the runtime commands import (each also checked against RUNTIME_PYTHON).
 RUNTIME_MODULES = (
-    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._onnx_wire", "edgevit._opencv",
+    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._malloc", "edgevit._onnx_wire", "edgevit._opencv",
     "edgevit._progress", "edgevit._registry", "edgevit.backends", "edgevit.backends.onnxruntime",
     "edgevit.backends.openvino", "edgevit.backends.tensorrt", "edgevit.backends.tensorrt_engine",
     "edgevit.backends.tensorrt_plan", "edgevit.bundle", "edgevit.cli", "edgevit.cli_args", "edgevit.compile",
