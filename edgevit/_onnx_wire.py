@@ -9,8 +9,10 @@ NodeProto.attribute = 5; AttributeProto.t = 5, .g = 6, .tensors = 10, .graphs = 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+from collections.abc import Iterator
 
 EXTERNAL = 1
 _MAX_DEPTH = 64  # subgraphs inside subgraphs: deeper than any real model, shallow enough for the stack
@@ -121,32 +123,35 @@ def _attribute(buf, span, found: set, depth: int) -> None:
             _graph(buf, v, found, depth + 1)
 
 
+@contextlib.contextmanager
+def _graphs(path: str | os.PathLike) -> Iterator[tuple[object, list[tuple[int, int]]]]:
+    """The mapped file and the spans of its ModelProto.graph fields; :class:`WireError` where there is none."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise WireError("an empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            spans = [v for number, wire, v in _fields(buf, 0, len(buf)) if number == 7 and wire == 2]
+            if not spans:
+                raise WireError("no graph")
+            yield buf, spans
+
+
 def external_data_files(path: str | os.PathLike) -> set[str]:
     """The ``location`` of every tensor the model at ``path`` stores outside itself (initializers, constants and
     subgraphs'); raises :class:`WireError` where the file is not a well-formed ONNX protobuf."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise WireError("an empty file")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            found: set[str] = set()
-            graphs = 0
-            for number, wire, v in _fields(buf, 0, size):
-                if number == 7 and wire == 2:
-                    graphs += 1
-                    _graph(buf, v, found, 0)
-            if not graphs:
-                raise WireError("no graph")
-            return found
+    found: set[str] = set()
+    with _graphs(path) as (buf, spans):
+        for span in spans:
+            _graph(buf, span, found, 0)
+    return found
 
 
 def op_types(path: str | os.PathLike) -> set[str]:
     """The operator types of the main graph's nodes (NodeProto.op_type = 4), e.g. to tell a Q/DQ model."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        found: set[str] = set()
-        for number, wire, graph in _fields(buf, 0, len(buf)):
-            if number == 7 and wire == 2:
-                for n2, w2, node in _fields(buf, *graph):
-                    if n2 == 1 and w2 == 2:
-                        found |= {_text(buf, v) for n3, w3, v in _fields(buf, *node) if n3 == 4 and w3 == 2}
-        return found
+    found: set[str] = set()
+    with _graphs(path) as (buf, spans):
+        for span in spans:
+            for number, wire, node in _fields(buf, *span):
+                if number == 1 and wire == 2:
+                    found |= {_text(buf, v) for n, w, v in _fields(buf, *node) if n == 4 and w == 2}
+    return found

@@ -45,16 +45,12 @@ def board_from_gpu(capability: str, sm_count: int, memory_gib: float) -> str | N
 def detect_target(root: Path = Path("/")) -> tuple[str, str]:
     """(profile name, the reason in words) for this host; ``root`` lets tests stand in a board's file system.
     ``EDGEVIT_BOARD`` names the board where the device tree is hidden (Docker masks it)."""
-    import os
+    from edgevit.backends.tensorrt_engine import board_source
 
-    named = os.environ.get("EDGEVIT_BOARD", "").strip()
-    source = next((f for f in (root / "proc/device-tree/model", root / "sys/firmware/devicetree/base/model")
-                   if _read(f)), None)
-    model = named or (_read(source) if source else "")
+    model, source = board_source(root) or ("", "")
     tegra = _read(root / "etc/nv_tegra_release").splitlines()
     if "jetson" in model.lower() or tegra:
-        where = ("EDGEVIT_BOARD says " + repr(model) if named else f"{source} says {model!r}" if model
-                 else f"L4T: {tegra[0][:80]!r}")
+        where = f"{source} says {model!r}" if model else f"L4T: {tegra[0][:80]!r}"
         for key, name in JETSON_BOARDS:
             if key in model.lower():
                 return name, where

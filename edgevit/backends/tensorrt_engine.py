@@ -84,20 +84,28 @@ def cuda_call(result):
 BOARD_SOURCES = ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model")
 
 
-def board_model() -> str | None:
-    """The Jetson board (``NVIDIA Jetson AGX Orin Developer Kit``...): every Orin reports sm 8.7, the board differs.
-    ``EDGEVIT_BOARD`` names it where no device tree is readable."""
+def board_source(root: Path = Path("/")) -> tuple[str, str] | None:
+    """(board name, where it was read) for this host: ``EDGEVIT_BOARD``, else the device tree under ``root``; None
+    where neither says. ``root`` lets tests stand in a board's file system."""
     named = os.environ.get("EDGEVIT_BOARD", "").strip()
     if named:
-        return named
+        return named, "EDGEVIT_BOARD"
     for source in BOARD_SOURCES:
+        path = root / source.lstrip("/")
         try:
-            text = Path(source).read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
+            text = path.read_bytes().replace(b"\x00", b"").decode(errors="replace").strip()
         except OSError:
             continue
         if text:
-            return text
+            return text, str(path)
     return None
+
+
+def board_model() -> str | None:
+    """The Jetson board (``NVIDIA Jetson AGX Orin Developer Kit``...): every Orin reports sm 8.7, the board differs.
+    ``EDGEVIT_BOARD`` names it where no device tree is readable."""
+    found = board_source()
+    return found[0] if found else None
 
 
 def cuda_devices() -> list[dict]:
