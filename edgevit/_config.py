@@ -8,7 +8,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from edgevit.errors import TargetError
+from edgevit.errors import TargetError, reading
 
 if sys.version_info >= (3, 11):
     import tomllib  # novermin
@@ -58,10 +58,8 @@ def resolve_named(folder: Path, name_or_path: str, kind: str) -> Path:
 
 def load_toml_dataclass(cls, file: Path, error=TargetError, **extra):
     path = file
-    try:
+    with reading(str(path), error):
         raw = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise error(f"cannot read {path}: {e}") from None
     raw.update(extra)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in raw.items():

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgevit._config import tomllib
 from edgevit._progress import say
-from edgevit.errors import UsageError
+from edgevit.errors import UsageError, reading
 from edgevit.history import check_db, open_db, record
 
 BASELINE_FAMILIES = ("mobilenet", "resnet")
@@ -62,10 +62,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
             p = shipped
         else:
             raise UsageError(f"suite file not found: {path} (pass e.g. benchmarks/quick.toml)")
-    try:
+    with reading(f"suite {p}"):
         raw = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read suite {p}: {e}") from None
     known = set(Suite.__dataclass_fields__) - {"path"}
     unknown = set(raw) - known
     if unknown:

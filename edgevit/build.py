@@ -47,6 +47,7 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
 
     Under ``torchrun`` (with ``qat.epochs``), QAT runs data-parallel: every process trains its shard, rank 0 alone
     builds, validates and writes; the other ranks return None."""
+    from edgevit.failure import stage as step
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
 
@@ -61,17 +62,21 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
         from edgevit.best import build_best
 
         return build_best(req, inputs)
-    with prepare(req.spec, **inputs) as prep:
+    with step("preparing the model and data", req.final.parent), prepare(req.spec, **inputs) as prep:
         if follower:  # it trains its shard of QAT beside rank 0, which builds and writes
             from edgevit.qat import follow_qat
 
             follow_qat(prep, req.qat, req.recipe, req.signed)
             return None
         with claim(req.final, "bundle", force), output_dir(req.final, "bundle", force, claimed=True) as stage:
-            art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
-            art = speed_stage(prep, req, req.precision, art, stage, gate)
-            lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
-            manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat)
+            with step(f"quantizing and compiling {req.precision}", stage):
+                art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
+            with step("the speed search", stage):
+                art = speed_stage(prep, req, req.precision, art, stage, gate)
+            with step("measuring latency", stage):
+                lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
+            with step("writing the bundle", stage):
+                manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat)
     return BuildResult(req.final, manifest, lat.samples)
 
 

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import TypedDict
 
-from edgevit.errors import BundleError
+from edgevit.errors import BundleError, reading
 from edgevit.outputs import dumps, loads, sha256_file, write_text
 
 SCHEMA_VERSION = 1
@@ -333,11 +333,9 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifes
     mp = d / MANIFEST
     if mp.is_symlink() or not mp.is_file():
         raise BundleError(f"{d} is not an edgevit bundle: {MANIFEST} is missing (or not a regular file)")
-    try:
+    with reading(f"{mp}: damaged bundle", BundleError, "rebuild the bundle"):
         m = loads(mp.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"damaged bundle: {mp} is not valid JSON ({e}); rebuild the bundle") from None
-    validate_manifest(m)
+        validate_manifest(m)
     listed = set(m["files"])
     for rel in sorted(listed):
         safe_member(d, rel)

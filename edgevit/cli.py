@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from edgevit.cli_args import parser, parser_default, with_config
 from edgevit.errors import BackendUnavailableError, EdgevitError
@@ -291,16 +292,31 @@ def _cmd_verify(a) -> int:
     from edgevit.bundle import read_manifest
 
     m = read_manifest(a.bundle)
+    loaded = _load_check(a.bundle, m)
     if a.json:
         from edgevit.outputs import dumps
 
         print(dumps({"bundle": str(a.bundle), "ok": True, "files_verified": len(m["files"]),
                      "model": m["model"]["alias"], "precision": m["precision"], "target": m["target"]["name"],
-                     "status": m.get("status", "ok")}, indent=None))
+                     "status": m.get("status", "ok"), "loaded": loaded}, indent=None))
         return 0
     print(f"{a.bundle}: ok ({len(m['files'])} files verified; {m['model']['alias']} {m['precision']} for "
-          f"{m['target']['name']})")
+          f"{m['target']['name']}; {loaded})")
     return 0
+
+
+def _load_check(bundle, m: dict) -> str:
+    """verify's last check: the artifact loads through its own runtime and answers one image of the manifest's
+    input size with one row of its classes, where that runtime is installed here (a damaged bundle is refused)."""
+    from edgevit.backends import get_backend
+    from edgevit.predict import load_checked
+
+    backend = get_backend(m["backend"]["name"])
+    ok, why = backend.available()
+    if backend.capabilities.engine_on_device or not ok:
+        return f"not loaded here: {why if not ok else 'its engine is built on the device'}"
+    load_checked(backend, Path(bundle), m, threads=1)
+    return f"loads and runs in {m['backend']['name']}"
 
 
 RUN = {"models": _cmd_models, "targets": _cmd_targets, "train": _cmd_train, "build": _cmd_build,
@@ -348,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing or sys.version_info[:2] < BUILD_PYTHON:
             print(f"edgevit: error: {needs_build_side(args.command, missing)}", file=sys.stderr)
             return BackendUnavailableError.exit_code
+    from edgevit.failure import stage
+
     try:
-        return RUN[args.command](args)
+        with stage(args.command):
+            return RUN[args.command](args)
     except ModuleNotFoundError as e:  # the install lacks a package this command needs: say which extra brings it
         root = (e.name or "").split(".")[0]
         if root in BUILD_SIDE or (root in CPU_RUNTIMES and args.command not in RUNTIME_COMMANDS):
@@ -358,21 +377,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edgevit: error: this bundle runs on {root}, which is not installed: pip install 'edgevit[cpu]'",
                   file=sys.stderr)
         else:
-            raise
+            return _fail(e, args.command)
         return BackendUnavailableError.exit_code
-    except EdgevitError as e:
-        print(f"edgevit: error: {_one_line(str(e))}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", None)
         print("edgevit: stopped by " + (f"signal {signum}" if signum else "Ctrl-C"), file=sys.stderr)
         return 128 + (signum or 2)
-    except OSError as e:  # the file system said no: disk full, permission, read-only, ...
-        where = f" {e.filename}:" if e.filename else ""
-        fix = {28: "free some space or write elsewhere", 122: "free some space or write elsewhere",
-               13: "check the permissions or write elsewhere", 30: "write elsewhere"}.get(e.errno, "")
-        print(f"edgevit: error:{where} {e.strerror or e}" + (f"; {fix}" if fix else ""), file=sys.stderr)
-        return 1
+    except Exception as e:  # the one failure boundary (edgevit.failure): one line, the exit code, a log file
+        return _fail(e, args.command)
+
+
+def _fail(e: BaseException, command: str) -> int:
+    from edgevit._progress import verbose
+    from edgevit.failure import report
+
+    line, code = report(e, command, verbose())
+    print(f"edgevit: error: {line.strip()}", file=sys.stderr)
+    return code
 
 
 def _one_line(msg: str) -> str:

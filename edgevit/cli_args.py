@@ -364,8 +364,8 @@ def with_config(argv: list[str]) -> list[str]:
             cfg = tomllib.load(f)
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file; pass a TOML file of build options") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
-        raise UsageError(f"--config {path} is not valid TOML ({e})") from None
+    except Exception as e:  # a reader's one boundary (edgevit.errors.reading)
+        raise UsageError(f"--config {path} is not valid TOML ({type(e).__name__}: {e})") from None
     options = {o: act for act in command_parser("build")._actions for o in act.option_strings if o.startswith("--")}
     extra: list[str] = []
     for key, value in cfg.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.errors import DatasetError, UnknownNameError
+from edgevit.errors import DatasetError, UnknownNameError, reading
 from edgevit.images import IMAGE_EXTENSIONS, Preprocessing
 from edgevit.stream import ImageStream, Split, path_array
 
@@ -46,11 +46,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format; gzip or plain) into a numpy array of its declared shape."""
     p = Path(path)
     opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"cannot read IDX file {p}: {e}") from None
+    with reading(f"IDX file {p}", DatasetError), opener(p, "rb") as f:
+        data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetError(f"{p} is not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -200,10 +197,8 @@ def load_unlabelled(spec: str | os.PathLike) -> Split:
     e.g. frames saved from the device's camera) or a ``.npy`` of uint8 images (N,H,W) or (N,H,W,3), memory-mapped."""
     p = Path(spec)
     if p.suffix == ".npy" and p.is_file():
-        try:
+        with reading(f"--calib-data {p} as a .npy array", DatasetError, "save it with numpy.save"):
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DatasetError(f"--calib-data {p}: cannot read it as a .npy array ({e})") from None
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3) or not len(arr):
             raise DatasetError(f"--calib-data {p}: expected uint8 images (N,H,W) or (N,H,W,3), got {arr.dtype} "
                                f"{tuple(arr.shape)}")

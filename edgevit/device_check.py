@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.errors import BundleError, ValidationFailedError
+from edgevit.errors import BundleError, ValidationFailedError, reading
 
 INPUTS = "check_inputs.npy"
 REFERENCE = "check_reference.npy"
@@ -73,11 +73,9 @@ def load(bundle: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     if not isinstance(rec, dict):
         raise BundleError(f"{bundle.name} carries no device check images (built by an older edgevit); rebuild it "
                           "with this edgevit")
-    try:
+    with reading("the bundle's device check arrays: damaged bundle", BundleError, "rebuild the bundle"):
         x = np.load(bundle / rec["inputs"], allow_pickle=False).astype(np.float32)
         ref = np.load(bundle / rec["reference"], allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError, EOFError) as e:
-        raise BundleError(f"damaged bundle: its device check arrays do not read ({e}); rebuild the bundle") from None
     want = (len(x), *manifest["model"]["input_size"])
     if x.ndim != 4 or x.shape != want or ref.shape != (len(x), manifest["model"]["num_classes"]) or not len(x) \
             or not np.isfinite(x).all() or not np.isfinite(ref).all():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class EdgevitError(Exception):
@@ -71,3 +72,17 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int = 15) -> None:
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
+
+
+@contextlib.contextmanager
+def reading(what: str, error: type[EdgevitError] = UsageError, fix: str = "") -> Iterator[None]:
+    """The one boundary of a reader of outside input (a file, a device's answer, a cache): whatever its parser
+    raises that is not already ours becomes ``error("cannot read WHAT (Type: message); FIX")``. Not a list of the
+    exceptions someone thought of: a reader either returns a checked record or raises its one error."""
+    try:
+        yield
+    except EdgevitError:
+        raise
+    except Exception as e:
+        detail = "it is nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise error(f"cannot read {what} ({type(e).__name__}: {detail})" + (f"; {fix}" if fix else "")) from None

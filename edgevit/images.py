@@ -127,7 +127,7 @@ def check_image_size(w: int, h: int, what: str) -> None:
                          "centre crop cannot use; crop it first")
 
 
-def to_rgb8(img: Image.Image) -> Image.Image:
+def to_rgb8(img: Image.Image, what: str = "the image") -> Image.Image:
     """Any PIL image → 8-bit RGB, converted as a viewer would show it: 16/32-bit and float images are scaled (not
     clipped) to 8 bits, palette and alpha images are composited over black (a transparent pixel contributes nothing,
     like the black background of Fashion-MNIST-style data), CMYK/YCbCr/LAB converted."""
@@ -140,7 +140,10 @@ def to_rgb8(img: Image.Image) -> Image.Image:
             top = 255 if a.max(initial=0) <= 255 and a.min(initial=0) >= 0 else 65535
             a8 = np.clip(a, 0, top) * 255 // top
         else:  # float: [0, 1] if it fits there, else its own range
-            a = np.nan_to_num(a.astype(np.float64))
+            a = a.astype(np.float64)
+            if not np.isfinite(a).all():
+                raise ImageError(f"{what} has NaN or infinite pixels; it cannot be shown or classified, fix or "
+                                 "drop it")
             lo, hi = (0.0, 1.0) if a.min(initial=0) >= 0 and a.max(initial=0) <= 1 else (a.min(), a.max())
             a8 = np.round((a - lo) / ((hi - lo) or 1.0) * 255)
         return Image.fromarray(a8.astype(np.uint8), "L").convert("RGB")
@@ -151,6 +154,23 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(black, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """What :func:`load_image` checks before decoding (the file, its header, the pixel budget), without decoding: lets
+    a command refuse a bad file among thousands before it starts, then decode them a batch at a time."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"image not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
+    if p.stat().st_size == 0:
+        raise ImageError(f"image file is empty: {p}")
+    try:
+        with Image.open(p) as img:
+            check_image_size(*img.size, what=f"image {p}")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {p}: {e}; pass a PNG, JPEG or other image file") from None
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -168,7 +188,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             check_image_size(*img.size, what=f"image {p}")
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            return to_rgb8(img)
+            return to_rgb8(img, f"image {p}")
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

@@ -232,9 +232,9 @@ def _write_page(r: InspectReport, title: str) -> None:
                          "<code>calibration/default.toml</code>, replace its <code>ignored_patterns</code> line with "
                          "this one, and build with <code>--calibration YOUR.toml</code>:</p>"
                          f"<pre>{html.escape(ignored_patterns_snippet(r.worst_layers))}</pre>")
-    tmp = r.out / ".index.html.tmp"
-    tmp.write_text("\n".join(parts) + "\n")
-    os.replace(tmp, r.out / "index.html")
+    from edgevit.outputs import write_text
+
+    write_text(r.out / "index.html", "\n".join(parts) + "\n")
 
 
 def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bundle: str | None = None,
@@ -385,7 +385,6 @@ def _sqnr(r: InspectReport, net, x, ds, bundle: str | None, quantize) -> None:
 
 
 def _quantize_on_the_fly(net, pre, ds, spec, calib_samples: int):
-    import tempfile
 
     import openvino as ov
 
@@ -393,7 +392,9 @@ def _quantize_on_the_fly(net, pre, ds, spec, calib_samples: int):
     from edgevit.quantize import calibration_images, load_recipe, nncf_quantize
 
     recipe = load_recipe(None, calib_samples)
-    with tempfile.TemporaryDirectory() as d:
+    from edgevit.outputs import work_dir
+
+    with work_dir() as d:
         onnx_path = export_onnx(net, pre.input_size, Path(d) / "m.onnx")
         calib, _ = calibration_images(ds, pre, recipe)
         q = nncf_quantize(ov.convert_model(str(onnx_path)), calib, recipe, spec.is_transformer)

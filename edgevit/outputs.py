@@ -12,6 +12,10 @@ Rules, enforced here and nowhere else:
   and swap leftovers of a killed run are removed by the next run that takes the lock.
 - Outputs get the permissions the umask gives (``mkdtemp`` would make them 0700).
 - JSON is written strictly (``allow_nan=False``): a NaN is a bug, never a number in a file.
+- Every temporary file and directory is created here, under an unpredictable name with ``O_CREAT|O_EXCL`` (so a
+  planted symlink is never followed) and, for directories, an owner record (:data:`OWNER`) naming the process and the
+  output it was made for. Leftovers are recognised by that record, never by their name: a directory edgevit did not
+  make is never removed, whatever it is called. The lock file is opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgevit import failure
 from edgevit.errors import EdgevitError, UsageError
 
 MARKER = ".edgevit.json"  # written into report/inspect directories: proof that edgevit wrote them
+OWNER = ".edgevit-owner"  # written into every temporary directory edgevit makes: who made it, for what
 _STAGING = re.compile(r"\.(?P<name>.+)\.(tmp|old)-[A-Za-z0-9_]+$")
+WORK_PREFIX = "edgevit-"  # edgevit's work directories under $TMPDIR
 
 
 class OutputExistsError(UsageError):
@@ -51,6 +59,122 @@ def umask() -> int:
 
 def _chmod_default(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+# ------------------------------------------------------------------------------------------ temporary things
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _record(purpose: str) -> dict:
+    pid = os.getpid()
+    return {"by": "edgevit", "for": purpose, "pid": pid, "start": _start_time(pid), "boot": _boot_id()}
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str, purpose: str) -> Path:
+    """A new directory under ``parent`` with an unpredictable name (``mkdtemp``: ``O_EXCL``, mode 0700) holding an
+    owner record; the caller removes it (or :func:`_remove_leftovers` / :func:`clean_stale_work_dirs` does, later)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        (d / OWNER).write_text(json.dumps(_record(purpose)) + "\n")
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d
+
+
+def owner_of(d: Path) -> dict | None:
+    """The owner record edgevit wrote into ``d``, or None (not a directory, a symlink, no or another record)."""
+    if d.is_symlink() or not d.is_dir():
+        return None
+    rec = d / OWNER
+    try:
+        if rec.is_symlink() or not rec.is_file() or rec.stat().st_size > 4096:
+            return None
+        m = json.loads(rec.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) and m.get("by") == "edgevit" and isinstance(m.get("pid"), int) else None
+
+
+def _alive(rec: dict) -> bool:
+    """Is the process that wrote ``rec`` still running? (Another boot's process is not; a reused pid is not.)"""
+    if rec.get("boot") and rec.get("boot") != _boot_id():
+        return False
+    pid = rec["pid"]
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not rec.get("start") or _start_time(pid) == rec["start"]
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str = WORK_PREFIX) -> Iterator[Path]:
+    """A private work directory under ``$TMPDIR`` for as long as the ``with`` block; first removes the work
+    directories that killed edgevit runs left there (only those holding edgevit's owner record of a dead process)."""
+    clean_stale_work_dirs()
+    d = temp_dir(tempfile.gettempdir(), prefix, "work")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def clean_stale_work_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove ``$TMPDIR/edgevit-*`` directories whose owner record names a process that is gone."""
+    removed = []
+    root = Path(root or tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for d in root.iterdir():
+            if not d.name.startswith(WORK_PREFIX):
+                continue
+            rec = owner_of(d)
+            if rec and rec.get("for") == "work" and not _alive(rec):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+    return removed
+
+
+def temp_file_beside(final: str | os.PathLike, suffix: str = "") -> Path:
+    """An empty file beside ``final`` under an unpredictable name (``mkstemp``: ``O_CREAT|O_EXCL``, so no planted
+    symlink is followed), with the permissions the umask gives; rename it onto ``final`` when it is complete."""
+    final = Path(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}", dir=final.parent)
+    os.close(fd)
+    _chmod_default(Path(name), directory=False)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a :func:`temp_file_beside` path to write; renamed onto ``final`` if the block ends well, removed
+    otherwise (a full disk leaves no half-written file)."""
+    tmp = temp_file_beside(final, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException as e:
+        failure.note(e, tmp)  # a full disk is seen before the partial file is removed (which frees the space)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 # ------------------------------------------------------------------------------------------------- ownership
@@ -131,7 +255,15 @@ def output_lock(final: Path) -> Iterator[None]:
     """An exclusive, non-blocking lock on ``final`` (a ``.NAME.lock`` file beside it, removed on release)."""
     lock = final.with_name(f".{final.name}.lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink (a planted one would make us create or lock a file elsewhere)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise OutputExistsError(f"{lock} is a symlink, not edgevit's lock file; remove it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputExistsError(f"{lock} is not a regular file, so not edgevit's lock file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,11 +285,14 @@ def output_lock(final: Path) -> Iterator[None]:
 
 
 def _remove_leftovers(final: Path) -> None:
-    """Staging and swap directories of an earlier run into ``final`` that was killed (only called under the lock)."""
+    """Staging and swap directories of an earlier run into ``final`` that was killed (only called under the lock):
+    those holding edgevit's owner record made for ``final``; a directory named alike without it is the user's."""
     for p in final.parent.iterdir():
         m = _STAGING.fullmatch(p.name)
-        if m and m["name"] == final.name and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
+        if m and m["name"] == final.name:
+            rec = owner_of(p)
+            if rec and rec.get("for") == final.name:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2
@@ -189,7 +324,7 @@ def _commit(stage: Path, final: Path) -> None:
     if _exchange(stage, final):
         shutil.rmtree(stage)  # now holds the old output
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    old = temp_dir(final.parent, f".{final.name}.old-", final.name)
     os.replace(final, old / "x")
     os.replace(stage, final)
     shutil.rmtree(old)
@@ -206,15 +341,17 @@ def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
     with contextlib.ExitStack() as stack:
         if not claimed:
             stack.enter_context(claim(final, kind, force))
-        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        stage = temp_dir(final.parent, f".{final.name}.tmp-", final.name)
         try:
             _chmod_default(stage, directory=True)
             yield stage
+            (stage / OWNER).unlink()  # the output itself carries no temporary-directory record
             if kind != "bundle":
                 write_json(stage / MARKER, {"kind": kind})
             check_output(final, kind, force)  # still ours? (anything else appearing meanwhile is refused)
             _commit(stage, final)
-        except BaseException:
+        except BaseException as e:
+            failure.note(e, stage)
             shutil.rmtree(stage, ignore_errors=True)
             raise
 
@@ -224,18 +361,27 @@ def claim(final: str | os.PathLike, kind: str, force: bool = False) -> Iterator[
     """Check and lock ``final`` for the whole of a long job, before any work starts."""
     final = Path(final)
     check_output(final, kind, force)
-    created = [a for a in (final.parent, *final.parent.parents) if not a.exists()]
+    with made_dirs(final.parent), output_lock(final):
+        _remove_leftovers(final)
+        check_output(final, kind, force)
+        yield final
+
+
+@contextlib.contextmanager
+def made_dirs(path: str | os.PathLike) -> Iterator[Path]:
+    """``mkdir -p path`` for the ``with`` block; if the block fails, the directories it made are removed again
+    where they are still empty (a failed job leaves no empty ``--out`` behind)."""
+    path = Path(path)
+    created = [a for a in (path, *path.parents) if not (a.exists() or a.is_symlink())]
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputExistsError(f"{final.parent} is a file, not a directory: pass a directory to --out") from None
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputExistsError(f"{file_in_the_way(path / 'x') or path} is a file, not a directory: pass a "
+                                "directory to --out") from None
     try:
-        with output_lock(final):
-            _remove_leftovers(final)
-            check_output(final, kind, force)
-            yield final
+        yield path
     except BaseException:
-        for a in created:  # a failed job leaves no empty --out directories it made
+        for a in created:
             with contextlib.suppress(OSError):
                 a.rmdir()
         raise
@@ -269,14 +415,8 @@ def write_json(path: Path, obj, indent: int | None = 2) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _reject_constant(name: str):

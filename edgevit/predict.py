@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.errors import BundleError
+from edgevit.errors import BundleError, EdgevitError
+
+PREDICT_BATCH = 32  # images decoded and classified at a time by predict_files
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -41,10 +43,10 @@ class Predictor:
         backend = get_backend(self.manifest["backend"]["name"])
         if not backend.capabilities.engine_on_device:  # an engine's backend says itself what its runner needs
             require(backend)
-        self.runner = backend.load(self.path, self.manifest, threads)
         if len(self.labels) != self.manifest["model"]["num_classes"]:
             raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
                               "classes; the bundle is damaged, rebuild it")
+        self.runner = load_checked(backend, self.path, self.manifest, threads)
 
     def probabilities(self, images: list) -> np.ndarray:
         """PIL images → softmax probabilities (N, classes)."""
@@ -59,11 +61,41 @@ class Predictor:
         best = np.argsort(-probs)[: max(1, min(k, len(probs)))]
         return [(self.labels[i], float(probs[i])) for i in best]
 
-    def predict_files(self, paths: list[str | os.PathLike], k: int = 5) -> list[Prediction]:
-        from edgevit.images import load_image
+    def predict_files(self, paths: list[str | os.PathLike], k: int = 5, batch: int = PREDICT_BATCH) -> list[Prediction]:
+        """Every file's header checked before any inference (a bad file among thousands fails at once), then decoded
+        and classified ``batch`` at a time: memory does not grow with the number of images."""
+        from edgevit.images import check_image_file, load_image
 
-        images = [load_image(p) for p in paths]  # all read (and checked) before any inference
-        return [Prediction(str(p), self.top(row, k)) for p, row in zip(paths, self.probabilities(images))]
+        for p in paths:
+            check_image_file(p)
+        out = []
+        for i in range(0, len(paths), batch):
+            chunk = paths[i:i + batch]
+            probs = self.probabilities([load_image(p) for p in chunk])
+            out += [Prediction(str(p), self.top(row, k)) for p, row in zip(chunk, probs)]
+        return out
+
+
+def load_checked(backend, path: Path, manifest: dict, threads: int | None = None):
+    """The bundle's runner, loaded and run once on one blank image of the manifest's input size: a verified bundle
+    whose artifact does not load, or whose input or output shape disagrees with its manifest, is one ``damaged
+    bundle`` line here rather than a runtime's traceback later. (A missing runtime is not damage: its ImportError
+    goes on to the CLI, which names the extra to install.)"""
+    shape = (1, *manifest["model"]["input_size"])
+    classes = manifest["model"]["num_classes"]
+    try:
+        runner = backend.load(path, manifest, threads)
+        out = np.asarray(runner(np.zeros(shape, np.float32)))
+    except (EdgevitError, ImportError):
+        raise
+    except Exception as e:
+        raise BundleError(f"damaged bundle {path}: its {manifest['backend']['name']} artifact does not load or run "
+                          f"at the manifest's input {list(shape)} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}); rebuild it or copy it again") from None
+    if out.shape != (1, classes):
+        raise BundleError(f"damaged bundle {path}: its artifact answers shape {list(out.shape)} for one image, the "
+                          f"manifest says {classes} classes; rebuild it or copy it again")
+    return runner
 
 
 def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) -> dict:

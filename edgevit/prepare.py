@@ -7,7 +7,6 @@ and ``inspect`` loads its model through :func:`load_model`."""
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,8 +155,10 @@ def prepare(spec, *, data: str | None = None, weights: str | None = None, input_
             reference: bool = True, **overrides):
     """Load, export and (with data) run the FP32 reference once; the export lives in a temporary directory for as
     long as the ``with`` block."""
-    with tempfile.TemporaryDirectory(prefix="edgevit-") as work:
-        yield _prepare(spec, Path(work), data, weights, input_size, calib_data, val_samples, workers, reference,
+    from edgevit.outputs import work_dir
+
+    with work_dir() as work:
+        yield _prepare(spec, work, data, weights, input_size, calib_data, val_samples, workers, reference,
                        overrides)
 
 

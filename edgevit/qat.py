@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +76,11 @@ def save_checkpoint(qmodel, path: Path, meta: dict, qat: dict, fp32_state: dict)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": cpu_state(qmodel), "nncf_config": json.dumps(get_config(qmodel)), "edgevit": meta,
-                "qat": qat, "fp32_model": fp32_state}, tmp)
-    os.replace(tmp, path)
+    from edgevit.outputs import atomic_file
+
+    with atomic_file(path) as tmp:
+        torch.save({"model": cpu_state(qmodel), "nncf_config": json.dumps(get_config(qmodel)), "edgevit": meta,
+                    "qat": qat, "fp32_model": fp32_state}, tmp)
     return path
 
 

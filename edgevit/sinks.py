@@ -48,16 +48,18 @@ class _FileSink(Sink):
     """A file written to a temporary name beside its final path and renamed when finished."""
 
     def __init__(self, final: Path) -> None:
+        from edgevit.outputs import temp_file_beside
+
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.with_name(f".{self.final.name}.partial{self.final.suffix}")
+        self.tmp = temp_file_beside(self.final, self.final.suffix)  # unpredictable, O_EXCL: no planted symlink
         self.opened = False
 
     def _finish(self) -> None: ...
 
     def close(self, ok: bool) -> str | None:
         self._finish()
-        if ok and self.opened and self.tmp.exists():
+        if ok and self.opened and self.tmp.is_file() and not self.tmp.is_symlink():
             os.replace(self.tmp, self.final)
             return str(self.final)
         self.tmp.unlink(missing_ok=True)
@@ -94,7 +96,7 @@ class VideoSink(_FileSink):
 class JsonLinesSink(_FileSink):
     def __init__(self, final: Path) -> None:
         super().__init__(final)
-        self.f = open(self.tmp, "w")  # noqa: SIM115 - closed in _finish, whatever ends the demo
+        self.f = open(self.tmp, "r+")  # noqa: SIM115 - the file we created; closed in _finish, whatever ends the demo
         self.opened = True
 
     def write(self, record: dict, annotated: np.ndarray | None) -> bool:

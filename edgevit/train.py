@@ -3,6 +3,7 @@ checkpoints (tensor-only, so they load with ``weights_only=True``), ``--resume``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -15,6 +16,7 @@ from edgevit import parallel
 from edgevit._progress import duration, progress, say
 from edgevit.data import holdout_split
 from edgevit.errors import UsageError, WeightsError
+from edgevit.outputs import made_dirs
 
 
 @dataclass
@@ -103,9 +105,10 @@ def evaluate_torch(model, images_u8, labels: np.ndarray, pre,
 def _save(obj: dict, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from edgevit.outputs import atomic_file
+
+    with atomic_file(path) as tmp:  # a full disk leaves the previous checkpoint and no partial file
+        torch.save(obj, tmp)
 
 
 CHECKPOINTS = ("best.pt", "last.pt")
@@ -212,37 +215,37 @@ def train(model_name: str, data: str, out: str | os.PathLike, *, epochs: int | N
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=min(0.3, 1.0 / epochs), anneal_strategy="cos")
     start_epoch, best, history = 0, -1.0, []
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    meta = _meta(spec, ds, pre, model_overrides, len(tr_idx), len(ho_idx), weights_source, plan, batch_size, mixed)
-    if ck:
-        start_epoch, best, history = _resume(ck, resume, model, opt, sched, epochs * steps_per_epoch)
+    # rank 0 makes --out; if training fails, the directories it made are removed again where empty
+    with made_dirs(out) if rank == 0 else contextlib.nullcontext():
+        meta = _meta(spec, ds, pre, model_overrides, len(tr_idx), len(ho_idx), weights_source, plan, batch_size, mixed)
+        if ck:
+            start_epoch, best, history = _resume(ck, resume, model, opt, sched, epochs * steps_per_epoch)
 
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
-    pad = max(1, spec.input_size // 16) if d.augment else 0
-    net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
-    model = parallel.data_parallel(net, device, world)
-    _announce(spec, net, ds, plan, batch_size, x_tr, len(x_ho), epochs - start_epoch, steps_per_epoch, mixed)
-    t0 = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
-        epoch_start = time.perf_counter() - t0
-        running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
-                            desc=f"epoch {epoch + 1}/{epochs}",
-                            order=parallel.shard_indices(len(x_tr), epoch, rank, world, seed), device=device,
-                            autocast=mixed)
-        if rank:  # rank 0 evaluates and writes; the others go on to the next epoch (DDP syncs them)
-            continue
-        top1, _ = evaluate_torch(net, x_ho, y_ho, pre, desc="held-out")
-        history.append({"epoch": epoch + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
-                        "elapsed_s": round(time.perf_counter() - t0, 1)})
-        is_best = top1 > best
-        best = max(best, top1)
-        _checkpoint(out, net, opt, sched, epoch + 1, best, is_best, history, meta, epochs * steps_per_epoch)
-        now = time.perf_counter() - t0
-        left = now / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
-        say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
-            f"{' (best)' if is_best else ''}; {duration(now - epoch_start)} this epoch, {duration(now)} in all"
-            + (f", about {duration(left)} to go" if left else ""))
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
+        pad = max(1, spec.input_size // 16) if d.augment else 0
+        net = model  # what is evaluated and saved; ``model`` is what trains (DDP-wrapped with several processes)
+        model = parallel.data_parallel(net, device, world)
+        _announce(spec, net, ds, plan, batch_size, x_tr, len(x_ho), epochs - start_epoch, steps_per_epoch, mixed)
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, epochs):
+            epoch_start = time.perf_counter() - t0
+            running = fit_epoch(model, x_tr, pre, opt, sched, loss_fn, local_batch, pad,
+                                desc=f"epoch {epoch + 1}/{epochs}",
+                                order=parallel.shard_indices(len(x_tr), epoch, rank, world, seed), device=device,
+                                autocast=mixed)
+            if rank:  # rank 0 evaluates and writes; the others go on to the next epoch (DDP syncs them)
+                continue
+            top1, _ = evaluate_torch(net, x_ho, y_ho, pre, desc="held-out")
+            history.append({"epoch": epoch + 1, "loss": round(running, 4), "holdout_top1": round(top1, 2),
+                            "elapsed_s": round(time.perf_counter() - t0, 1)})
+            is_best = top1 > best
+            best = max(best, top1)
+            _checkpoint(out, net, opt, sched, epoch + 1, best, is_best, history, meta, epochs * steps_per_epoch)
+            now = time.perf_counter() - t0
+            left = now / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
+            say(f"epoch {epoch + 1}/{epochs}: loss {running:.3f}, held-out top-1 {top1:.2f}%"
+                f"{' (best)' if is_best else ''}; {duration(now - epoch_start)} this epoch, {duration(now)} in all"
+                + (f", about {duration(left)} to go" if left else ""))
     best, history = parallel.from_rank0(world, best, history)
     return TrainResult(out / "best.pt", out / "last.pt", best, epochs, time.perf_counter() - t0, history)
 

@@ -36,13 +36,13 @@ class ORTRunner:
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
         """Per-node kernel time from ONNX Runtime's profiler (a separate session with profiling on)."""
         import json
-        import tempfile
 
         import onnxruntime as ort
 
+        from edgevit.outputs import work_dir
         from edgevit.profile import summarize
 
-        with tempfile.TemporaryDirectory(prefix="edgevit-ortprof-") as d:
+        with work_dir("edgevit-ortprof-") as d:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.info["threads"]
             opts.enable_profiling = True

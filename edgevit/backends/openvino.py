@@ -274,7 +274,6 @@ def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_prec
     import shutil
     import subprocess
     import sys
-    import tempfile
 
     import openvino as ov
 
@@ -282,7 +281,9 @@ def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_prec
     argv = [exe] if exe else [sys.executable, "-m", "openvino.tools.benchmark.main"]
     shape = "[" + ",".join(map(str, static_model(ov.Core(), xml, batch).input(0).get_shape())) + "]"
 
-    with tempfile.TemporaryDirectory(prefix="edgevit-bapp-") as d:
+    from edgevit.outputs import work_dir
+
+    with work_dir("edgevit-bapp-") as d:
         # benchmark_app refuses -nthreads next to -hint; the same properties go in through its config file
         cfg = Path(d) / "config.json"
         cfg.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads),
