@@ -25,6 +25,7 @@ from typing import TypedDict
 
 from edgevit.errors import BundleError, reading
 from edgevit.outputs import dumps, loads, sha256_file, write_text
+from edgevit.schema import Fields
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -134,50 +135,8 @@ def _fail(field: str, why: str) -> BundleError:
     return BundleError(f"damaged bundle: manifest field {field!r} {why}; rebuild the bundle")
 
 
-def _get(d: dict, key: str, where: str, kinds, optional: bool = False):
-    field = f"{where}.{key}" if where else key
-    if key not in d:
-        if optional:
-            return None
-        raise _fail(field, "is missing")
-    v = d[key]
-    if optional and v is None:
-        return None
-    if isinstance(v, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise _fail(field, f"must be {_kind_name(kinds)}, not a boolean")
-    if not isinstance(v, kinds):
-        raise _fail(field, f"must be {_kind_name(kinds)}, not {type(v).__name__}")
-    return v
-
-
-def _kind_name(kinds) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
-             bool: "a boolean"}
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
-
-
-def _int(d: dict, key: str, where: str, lo: int, hi: int, optional: bool = False):
-    v = _get(d, key, where, int, optional)
-    if v is not None and not lo <= v <= hi:
-        raise _fail(f"{where}.{key}", f"is {v}, outside {lo}..{hi}")
-    return v
-
-
-def _numbers(d: dict, key: str, where: str, n: int, positive: bool = False) -> list:
-    v = _get(d, key, where, list)
-    ok = len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                             and (x > 0 or not positive) for x in v)
-    if not ok:
-        raise _fail(f"{where}.{key}", f"must be {n} finite{' positive' if positive else ''} numbers, got {v!r}"[:200])
-    return v
-
-
-def _choice(d: dict, key: str, where: str, choices, optional: bool = False):
-    v = _get(d, key, where, str, optional)
-    if v is not None and v not in choices:
-        raise _fail(f"{where}.{key}" if where else key, f"is {v!r}, not one of {', '.join(choices)}")
-    return v
+_F = Fields(_fail)
+_get, _int, _numbers, _choice = _F.get, _F.int, _F.numbers, _F.choice
 
 
 def validate_manifest(m) -> Manifest:
@@ -214,8 +173,8 @@ def validate_manifest(m) -> Manifest:
     _choice(pre, "layout", "preprocessing", ("NCHW",), optional=True)
 
     labels = _get(m, "labels", "", list)
-    if not all(isinstance(x, str) and x and "\n" not in x for x in labels):
-        raise _fail("labels", "must be a list of non-empty one-line strings")
+    for i, x in enumerate(labels):
+        _F.check_text(x, f"labels[{i}]")
     if len(labels) != classes:
         raise _fail("labels", f"has {len(labels)} labels for model.num_classes {classes}")
 

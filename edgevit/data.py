@@ -15,6 +15,7 @@ import numpy as np
 
 from edgevit.errors import DatasetError, UnknownNameError, reading
 from edgevit.images import IMAGE_EXTENSIONS, Preprocessing
+from edgevit.schema import bad_char
 from edgevit.stream import ImageStream, Split, path_array
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -106,6 +107,11 @@ def _image_files(root: Path) -> list[str]:
 
 def _scan_class_dirs(root: Path) -> tuple[list[str], np.ndarray, list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for c in classes:  # a class name becomes a label: one printable line (labels.txt, the manifest, the report)
+        bad = bad_char(c)
+        if bad is not None:
+            raise DatasetError(f"class folder {c!r} in {root} holds the control character U+{ord(bad):04X}; a class "
+                               "name becomes a label, which must be one printable line: rename the folder")
     paths, labels = [], []
     for ci, c in enumerate(classes):
         files = path_array(_image_files(root / c))

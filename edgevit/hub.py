@@ -6,11 +6,14 @@ repository's pretrained config (ImageNet class names for the 1k classifiers)."""
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgevit.errors import UsageError, WeightsError
+from edgevit.errors import UsageError, WeightsError, reading
+from edgevit.images import INTERPOLATIONS
+from edgevit.outputs import loads
+from edgevit.schema import Fields
 
 PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -63,33 +66,71 @@ def resolve(weights: str) -> HubWeights:
 
     spec = weights[len(PREFIX):]
     repo_id, _, revision = spec.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise UsageError(f"--weights {weights}: give hf-hub:OWNER/NAME[@REVISION], e.g. "
-                         "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
-    path = None
+    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id or (revision and not
+                                                                                 REVISION.fullmatch(revision)):
+        raise UsageError(f"--weights {weights[:200]!r}: give hf-hub:OWNER/NAME[@REVISION] (letters, digits, '-', '_', "
+                         "'.'), e.g. hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    path, offline = None, False
     for filename in WEIGHT_FILES:
         try:
             path = Path(hf_hub_download(repo_id, filename, revision=revision or None))
             break
-        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: caught first
-            raise WeightsError(
-                f"{repo_id} is not in the local Hugging Face cache and this machine is offline (HF_HUB_OFFLINE or no "
-                f"network); download it where there is internet: huggingface-cli download {repo_id} (then copy the "
-                "cache, HF_HOME), or unset HF_HUB_OFFLINE") from None
+        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: this file is not cached, maybe the next
+            offline = True
         except EntryNotFoundError:
             continue  # try the next file name
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:
             raise WeightsError(f"{weights}: {type(e).__name__.replace('Error', '')} on the Hugging Face Hub; check "
                                "the name (timm's are timm/<model>.<tag>) and the revision") from None
+    if path is None and offline:
+        raise WeightsError(
+            f"{repo_id} is not in the local Hugging Face cache and this machine is offline (HF_HUB_OFFLINE or no "
+            f"network); download it where there is internet: hf download {repo_id} (then copy the cache, HF_HOME), "
+            "or unset HF_HUB_OFFLINE")
     if path is None:
         raise WeightsError(f"{repo_id} has no {' or '.join(WEIGHT_FILES)}; it is not a timm model repository")
     commit = path.parent.name  # .../snapshots/<commit>/model.safetensors
-    config: dict = {}
     try:
-        config = json.loads(Path(hf_hub_download(repo_id, "config.json", revision=commit)).read_text())
-    except (EntryNotFoundError, LocalEntryNotFoundError, ValueError, OSError):
-        pass
+        config_path = Path(hf_hub_download(repo_id, "config.json", revision=commit))
+    except (EntryNotFoundError, OSError):  # no config.json (cached or on the Hub): timm's defaults apply
+        return HubWeights(repo_id, commit, path, {})
+    with reading(f"{repo_id}'s config.json ({config_path})", WeightsError,
+                 f"download it again: hf download {repo_id} --force-download"):
+        config = check_config(loads(config_path.read_text()), repo_id)
     return HubWeights(repo_id, commit, path, config)
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,99}")
+
+
+def check_config(cfg, repo_id: str) -> dict:
+    """A Hub repository's config.json (timm's pretrained config), checked field by field before any work uses it:
+    a WeightsError naming the field otherwise."""
+    f = Fields(lambda field, why: WeightsError(f"{repo_id}'s config.json: {field} {why}; the repository is not a "
+                                               "timm classifier edgevit can read (or the download is damaged)"))
+    if not isinstance(cfg, dict):
+        raise f.fail("(top level)", f"must be an object, not {type(cfg).__name__}")
+    if f.get(cfg, "architecture", "", str, optional=True) is not None and not re.fullmatch(
+            r"[A-Za-z0-9_.]{1,100}", cfg["architecture"]):
+        raise f.fail("architecture", "is not a timm model name")
+    classes = f.int(cfg, "num_classes", "", 1, 100_000, optional=True)
+    pre = f.get(cfg, "pretrained_cfg", "", dict, optional=True) or {}
+    for where, d in (("", cfg), ("pretrained_cfg", pre)):
+        names = f.get(d, "label_names", where, list, optional=True)
+        for i, n in enumerate(names or []):
+            f.check_text(n, f"{where + '.' if where else ''}label_names[{i}]", 200)
+        if names is not None and classes is not None and len(names) != classes:
+            raise f.fail(f"{where + '.' if where else ''}label_names", f"has {len(names)} names for {classes} classes")
+    f.numbers(pre, "mean", "pretrained_cfg", 3, optional=True)
+    f.numbers(pre, "std", "pretrained_cfg", 3, positive=True, optional=True)
+    f.number(pre, "crop_pct", "pretrained_cfg", 0.0, 1.0, optional=True, above=True)
+    f.choice(pre, "interpolation", "pretrained_cfg", INTERPOLATIONS, optional=True)  # what edgevit resizes with
+    size = f.get(pre, "input_size", "pretrained_cfg", list, optional=True)
+    if size is not None and (len(size) != 3 or size[0] != 3 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096 for s in size[1:])):
+        raise f.fail("pretrained_cfg.input_size", f"must be [3, height, width] with sides 8..4096, got {size!r}"[:160])
+    return cfg
 
 
 def default_repo(timm_name: str) -> str:

@@ -76,7 +76,7 @@ def test_missing_model_offline_is_one_clear_error(hub_cache, tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1
-    assert "not in the local Hugging Face cache" in err and "huggingface-cli download timm/not_cached_model" in err
+    assert "not in the local Hugging Face cache" in err and "hf download timm/not_cached_model" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -87,3 +87,80 @@ def test_pretrained_weights_for_another_architecture_are_refused(hub_cache, tmp_
     with pytest.raises(WeightsError, match="holds weights for vit_tiny_patch16_224"):
         build("deit_tiny_patch16_224", weights=f"hf-hub:{REPO}", precision="fp32", out=str(tmp_path),
               measure_latency=False)
+
+
+@pytest.mark.parametrize("config, pattern", [
+    ([1, 2], "must be an object"),
+    ({"num_classes": "ten"}, "num_classes must be an integer"),
+    ({"pretrained_cfg": {"crop_pct": 0}}, "crop_pct is 0"),
+    ({"pretrained_cfg": {"std": [0, 0, 0]}}, "std must be 3 finite positive numbers"),
+    ({"pretrained_cfg": {"mean": [0.5, 0.5]}}, "mean must be 3 finite"),
+    ({"num_classes": 2, "label_names": ["a", "b\nc"]}, "control character U+000A"),
+    ({"architecture": "vit; rm -rf /"}, "not a timm model name"),
+    ("{", "cannot read"),
+])
+def test_a_bad_cached_config_is_one_error_before_any_work(hub_cache, tmp_path, capsys, config, pattern):
+    from edgevit.cli import main
+
+    (hub_cache / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    rc = main(["build", "--model", "vit-tiny", "--precision", "fp32", "--weights", f"hf-hub:{REPO}",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert pattern in err and "config.json" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("repo", ["timm/..", "timm/../x", "../timm", "timm", "timm/a/b", "timm/a\nb", "timm/a@x\ny",
+                                  "timm/a--b"])
+def test_bad_repository_ids_are_refused_before_the_hub_is_asked(hub_cache, tmp_path, capsys, repo):
+    from edgevit.cli import main
+
+    rc = main(["build", "--model", "vit-tiny", "--precision", "fp32", "--weights", f"hf-hub:{repo}",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "hf-hub:OWNER/NAME" in err, err
+
+
+def test_a_repository_cached_with_only_pytorch_model_bin_is_found(hub_cache, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from edgevit.hub import resolve
+
+    torch.save(load_file(str(hub_cache / "model.safetensors")), hub_cache / "pytorch_model.bin")
+    (hub_cache / "model.safetensors").unlink()
+    w = resolve(f"hf-hub:{REPO}")
+    assert w.path.name == "pytorch_model.bin" and w.revision == COMMIT
+
+
+def test_any_config_is_a_checked_record_or_one_weights_error():
+    """Property: for any JSON value, check_config returns it (every field it uses then has the right type and range)
+    or raises WeightsError; nothing else escapes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edgevit.errors import WeightsError
+    from edgevit.hub import check_config
+
+    scalars = st.none() | st.booleans() | st.integers(-10, 2000) | st.floats(allow_nan=True) | st.text(max_size=8)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
+                                                                                        max_size=4), max_leaves=12)
+    keys = st.sampled_from(["mean", "std", "crop_pct", "interpolation", "input_size", "label_names"])
+    pretrained = st.dictionaries(keys, values | st.lists(st.floats(-2, 2), min_size=2, max_size=4), max_size=4)
+    configs = values | st.fixed_dictionaries({}, optional={
+        "architecture": values | st.just("vit_tiny_patch16_224"), "num_classes": values | st.integers(1, 5),
+        "label_names": values | st.lists(st.text(max_size=4), max_size=5), "pretrained_cfg": pretrained | values})
+
+    @settings(max_examples=300, deadline=None)
+    @given(configs)
+    def check(cfg):
+        try:
+            out = check_config(cfg, "timm/x")
+        except WeightsError:
+            return
+        pre = out.get("pretrained_cfg") or {}
+        assert "crop_pct" not in pre or 0 < pre["crop_pct"] <= 1
+        assert "std" not in pre or all(s > 0 for s in pre["std"])
+
+    check()
