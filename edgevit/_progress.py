@@ -91,3 +91,8 @@ def say(msg: str) -> None:
     """A status line for the user (stderr, so that stdout stays machine-readable)."""
     if not os.environ.get("EDGEVIT_QUIET"):
         print(msg, file=sys.stderr, flush=True)
+
+
+def warn(msg: str) -> None:
+    """Something the user must know even with -q (data left out, results that mean less than they seem)."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ failing is recorded with its error and never stops the others. Every figure is m
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import subprocess
@@ -23,9 +24,11 @@ from edgevit._config import tomllib
 from edgevit._progress import say
 from edgevit.errors import UsageError, reading
 from edgevit.history import check_db, open_db, record
+from edgevit.schema import Fields
 
 BASELINE_FAMILIES = ("mobilenet", "resnet")
-TRAIN_KEYS = {"epochs", "batch_size", "lr", "limit", "seed"}
+TRAIN_KEYS = {"epochs": (1, 10_000), "batch_size": (1, 1 << 16), "lr": (0.0, 10.0), "limit": (1, 1 << 40),
+              "seed": (0, 2 ** 63 - 1)}  # train() keyword: its range
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         if bad or "model" not in m:
             raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train'; "
                              f"got {sorted(m)}")
-        bad = set(m.get("train", {})) - TRAIN_KEYS
-        if bad:
-            raise UsageError(f"{p}: {m['model']}: unknown 'train' key(s) {sorted(bad)}; known: {sorted(TRAIN_KEYS)}")
+        _check_model(p, m)
         models.append(SuiteModel(**m))
     from edgevit.targets import load_target
 
@@ -94,6 +95,27 @@ def load_suite(path: str | os.PathLike) -> Suite:
         raise UsageError(f"{p}: a suite must include a MobileNet or ResNet baseline beside its ViTs")
     return Suite(models=tuple(models), targets=tuple(raw.pop("targets")), precisions=tuple(raw.pop("precisions")),
                  description=raw.pop("description", ""), path=str(p), **raw)
+
+
+def _check_model(p: Path, m: dict) -> None:
+    """A [[models]] table's values: the names one printable line, ``train`` keys with their train() types and
+    ranges, ``overrides`` plain scalars (they reach timm as keyword arguments)."""
+    f = Fields(lambda field, why: UsageError(f"{p}: [[models]] {field} {why}"))
+    f.text(m, "model", "", max_len=200)
+    f.text(m, "weights", "", optional=True, max_len=4096)
+    train = f.get(m, "train", "", dict, optional=True) or {}
+    bad = set(train) - set(TRAIN_KEYS)
+    if bad:
+        raise UsageError(f"{p}: {m['model']}: unknown 'train' key(s) {sorted(bad)}; known: {sorted(TRAIN_KEYS)}")
+    for k, (lo, hi) in TRAIN_KEYS.items():
+        if k == "lr":
+            f.number(train, k, "train", lo, hi, optional=True, above=True)
+        else:
+            f.int(train, k, "train", lo, hi, optional=True)
+    for k, v in (f.get(m, "overrides", "", dict, optional=True) or {}).items():
+        f.check_text(k, "overrides (a key)", 100)
+        if not isinstance(v, (int, float, str, bool)) or isinstance(v, float) and not math.isfinite(v):
+            raise f.fail(f"overrides.{k}", f"must be a number, string or boolean, not {v!r}"[:120])
 
 
 _TOML_TYPES = {"str": str, "int": int, "float": (int, float), "dict": dict, "tuple": list, "bool": bool,

@@ -8,7 +8,6 @@ noisy machine's drift; where a cell has no such peer, its raw p50 is used.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -16,14 +15,17 @@ import sqlite3
 from pathlib import Path
 from statistics import median
 
+from markupsafe import Markup
+
 from edgevit.bundle import NNCF_DEFAULT
-from edgevit.errors import DatasetError, UsageError
+from edgevit.errors import UsageError
 from edgevit.report_charts import DEFAULT_TOLERANCES, FAMILY_ORDER, accuracy_latency_chart, cell_key, trend_chart
 
 
 def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:
     """Runs (oldest first) and their cells from one history database or several (one per host, say), merged."""
-    from edgevit.history import open_db
+    from edgevit._progress import warn
+    from edgevit.history import DamagedRow, open_db, read_cell, read_run
 
     paths = db_path if isinstance(db_path, (list, tuple)) else [db_path]
     runs, cells, seen = [], [], set()
@@ -31,16 +33,24 @@ def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[l
         db = open_db(path, create=False)
         db.row_factory = sqlite3.Row
         q = "SELECT * FROM runs" + (" WHERE suite = ?" if suite else "")
-        these = [dict(r) for r in db.execute(q, (suite,) if suite else ()) if r["run_id"] not in seen]
+        damaged: list[str] = []
+        these = []
+        for r in db.execute(q, (suite,) if suite else ()):
+            try:  # every row through the history's one reader: a damaged row is left out, never drawn
+                if r["run_id"] not in seen:
+                    these.append(read_run(dict(r)))
+            except DamagedRow as e:
+                damaged.append(str(e))
         ids = {r["run_id"] for r in these}
-        cells += [dict(c) for c in db.execute("SELECT * FROM cells") if c["run_id"] in ids]
+        for c in db.execute("SELECT * FROM cells"):
+            if c["run_id"] in ids:
+                try:
+                    cells.append(read_cell(dict(c)))
+                except DamagedRow as e:
+                    damaged.append(str(e))
         db.close()
-        for r in these:
-            try:
-                r["env"] = json.loads(r["env"] or "{}")
-            except ValueError:
-                raise DatasetError(f"{path}: run {r['run_id']} has an unreadable env record; the history is "
-                                   "damaged") from None
+        if damaged:
+            warn(f"{path}: left out {len(damaged)} damaged history row(s) (first: {damaged[0]})")
         runs += these
         seen |= ids
     if not runs:
@@ -61,13 +71,8 @@ def host_key(env: dict) -> str:
 
 
 def _details(c: dict) -> dict:
-    d = c.get("details")
-    if isinstance(d, dict):
-        return d
-    try:
-        return json.loads(d or "{}")
-    except ValueError:
-        return {}
+    """A cell's details, a JSON object since :func:`edgevit.history.read_cell` read it."""
+    return c.get("details") or {}
 
 
 def _peer_ratio(c: dict) -> float | None:
@@ -203,42 +208,22 @@ def markdown(sections: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section_html(sec: dict, headed: bool) -> str:
-    runs, latest, found, charts = sec["runs"], sec["latest"], sec["found"], sec["charts"]
-    run = runs[-1]
-    esc = html.escape
-    rows = []
-    family = None
-    for c in _grouped(latest):
+def _section_view(sec: dict) -> dict:
+    """One device's part of the page as plain values; the template escapes every one of them."""
+    rows, family = [], None
+    for c in _grouped(sec["latest"]):
+        label = None
         if c["family"] != family:
             family = c["family"]
             label = family + (" (baseline)" if family in ("mobilenet", "resnet") else "")
-            rows.append(f'<tr class="fam"><td colspan="{len(COLUMNS)}">{esc(label)}</td></tr>')
-        cls = "bad" if c["status"] != "passed" else ""
-        link = f'{sec["cells_dir"]}/{cell_file(c)}'
-        tds = "".join(
-            f'<td data-v="{esc(_sort_value(c.get(k)))}">'
-            + (f'<a href="{esc(link)}" title="what the history holds for this cell: error, latency samples, '
-               f'validation, profile">{esc(_cell_text(c, k))}</a>' if k in ("model", "status") else
-               esc(_cell_text(c, k))) + "</td>" for k, _ in COLUMNS)
-        title = f' title="{esc(c["error"])}"' if c.get("error") else ""
-        rows.append(f'<tr class="{cls}"{title}>{tds}</tr>')
-    regs = "".join(f"<li><b>{esc(f['cell'])}</b> ({esc(f['kind'])}): {esc(f['message'])}</li>" for f in found)
-    imgs = "".join(f'<h3>{esc(title)}</h3><div class="chart">{svg}</div>' for title, svg in charts.items() if svg)
-    reg_class = "reg bad" if found else "reg"
-    profiles = _profiles_html(latest)
-    return f"""{f'<h2 class="device">{esc(sec["device"])}</h2>' if headed else ''}
-<p>run {esc(run['run_id'])}, commit {esc(run['git_commit'])}, {esc(run['started'])}, {run['seconds']} s, {len(runs)}
-run(s) of this device in the history. Host: {esc(_host_line(run['env']))}. Every figure was measured in this run on
-this host; latency is the wall clock per call at batch 1 (SingleStream), timed interleaved with PyTorch eager FP32 and
-the backend's defaults on the FP32 export of the same model (on a remote device: the bundle alone, through its own
-runtime).</p>
-<h3 class="{reg_class}">Regressions: {len(found)}</h3><ul>{regs or '<li>none</li>'}</ul>
-<table class="sortable"><thead><tr>{''.join(f'<th title="click to sort">{esc(h)}</th>' for _, h in COLUMNS)}</tr>
-</thead><tbody>{''.join(rows)}</tbody></table>
-{_checks_html(latest)}
-{imgs}
-{profiles}"""
+        rows.append({"family_label": label, "bad": c["status"] != "passed", "error": c.get("error"),
+                     "link": f'{sec["cells_dir"]}/{cell_file(c)}',
+                     "cells": [{"sort": _sort_value(c.get(k)), "text": _cell_text(c, k),
+                                "link": k in ("model", "status")} for k, _ in COLUMNS]})
+    return {"device": sec["device"], "run": sec["runs"][-1], "n_runs": len(sec["runs"]), "found": sec["found"],
+            "host": _host_line(sec["runs"][-1]["env"]), "rows": rows, "checks": _checks(sec["latest"]),
+            "charts": [(title, Markup(svg)) for title, svg in sec["charts"].items() if svg],  # our own matplotlib SVG
+            "profiles": _profiles(sec["latest"])}
 
 
 def cell_file(c: dict) -> str:
@@ -253,7 +238,7 @@ def _sort_value(v) -> str:
     return "~" if v is None else str(v)
 
 
-SORT_JS = """<script>
+SORT_JS = """
 document.querySelectorAll('table.sortable').forEach(function (table) {
   table.querySelectorAll('th').forEach(function (th, col) {
     th.style.cursor = 'pointer';
@@ -271,32 +256,24 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
     });
   });
 });
-</script>"""
+"""
 
 
-def _profiles_html(latest: list[dict], top: int = 10) -> str:
+def _profiles(latest: list[dict], top: int = 10) -> list[dict]:
     """A per-layer table for every cell with a profile (bench profiles each INT8 cell): where its time goes."""
-    esc = html.escape
-    parts = []
+    out = []
     for c in sorted(latest, key=cell_key):
         prof = _details(c).get("profile")
-        if not prof:
-            continue
-        by = ", ".join(f"{k} {v:.3f} ms" for k, v in prof["ms_by_precision"].items())
-        types = ", ".join(f"{k} {v:.3f}" for k, v in list(prof["ms_by_type"].items())[:5])
-        rows = "".join(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['type'])}</td><td>{esc(r['exec'])}</td>"
-                       f"<td>{esc(r['precision'])}</td><td>{r['ms']:.4f}</td><td>{r['share'] * 100:.1f}%</td></tr>"
-                       for r in prof["top_layers"][:top])
-        parts.append(f"<h4>{esc(' '.join(cell_key(c)))}: {prof['total_ms']:.3f} ms of layer time per inference "
-                     f"({esc(prof['measured_with'])})</h4><p>by executed precision: {esc(by)}; by layer type (ms): "
-                     f"{esc(types)}</p><table><tr><th>layer</th><th>type</th><th>kernel</th><th>precision</th>"
-                     f"<th>ms</th><th>share</th></tr>{rows}</table>")
-    return ("<h3>Per-layer profile, the slowest layers of each profiled cell</h3>" + "".join(parts)) if parts else ""
+        if prof:
+            out.append({"cell": " ".join(cell_key(c)), "total_ms": prof["total_ms"],
+                        "measured_with": prof["measured_with"], "rows": prof["top_layers"][:top],
+                        "by": ", ".join(f"{k} {v:.3f} ms" for k, v in prof["ms_by_precision"].items()),
+                        "types": ", ".join(f"{k} {v:.3f}" for k, v in list(prof["ms_by_type"].items())[:5])})
+    return out
 
 
-def _checks_html(latest: list[dict]) -> str:
+def _checks(latest: list[dict]) -> list[str]:
     """How each cell's Offline figure was measured and, with ``bench --crosscheck``, benchmark_app's figures."""
-    esc = html.escape
     lines = []
     for c in sorted(latest, key=cell_key):
         d = _details(c)
@@ -307,28 +284,20 @@ def _checks_html(latest: list[dict]) -> str:
             text += (f"; benchmark_app: median {chk['latency'].get('median_ms')} ms (ours / theirs "
                      f"{chk.get('p50_ratio')}), {chk['throughput'].get('throughput_fps')} FPS (ours / theirs "
                      f"{chk.get('throughput_ratio')}), {'within' if chk['within_tolerance'] else 'OUTSIDE'} 10%")
-        lines.append(f"<li>{esc(text)}</li>")
-    return f"<h3>How throughput was measured</h3><ul>{''.join(lines)}</ul>" if lines else ""
+        lines.append(text)
+    return lines
 
 
 def html_page(sections: list[dict]) -> str:
-    esc = html.escape
-    suite = sections[0]["runs"][-1]["suite"]
-    body = "\n".join(_section_html(sec, len(sections) > 1) for sec in sections)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgevit benchmark {esc(suite)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
-td:nth-child(4){{max-width:28em}}
-tr.fam td{{background:#eef;font-weight:bold;text-align:left}} tr.bad td{{background:#fdd}}
-.reg{{color:#070}} .reg.bad{{color:#b00}} h2.device{{border-top:2px solid #888;padding-top:.5em}}
-.chart svg{{max-width:100%;height:auto}} th.asc::after{{content:" ▲"}} th.desc::after{{content:" ▼"}}
-a{{color:inherit}}</style></head><body>
-<h1>edgevit benchmark: suite {esc(suite)}</h1>
-<p>Download: <a href="results.csv">results.csv</a> · <a href="results.json">results.json</a> ·
-<a href="summary.md">summary.md</a>. Click a column to sort; a model or status links to everything the history holds
-for that cell.</p>
-{body}
-{SORT_JS}</body></html>"""
+    """The report page, from ``templates/report.html`` with autoescaping: no value from the history reaches the page
+    unescaped (only our own SVG charts and the sort script are marked safe)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html").render(
+        suite=sections[0]["runs"][-1]["suite"], headed=len(sections) > 1, headers=[h for _, h in COLUMNS],
+        sections=[_section_view(sec) for sec in sections], sort_js=Markup(SORT_JS))
 
 
 RESULT_FIELDS = ("device", "run_id", "git_commit", "model", "family", "target", "precision", "status", "error",

@@ -133,3 +133,54 @@ def test_remote_host_argument_is_checked():
     for bad in ("", "-oProxyCommand=x", "user@host name"):
         with pytest.raises(UsageError):
             Remote(bad)
+
+
+FAKE_DEVICE = """import json, sys, time
+mode, command = sys.argv[1], sys.argv[2]
+if command != "time":
+    sys.exit(1)
+if mode == "empty":
+    print("{}")
+elif mode == "list":
+    print("[1, 2]")
+elif mode == "nan":
+    print('{"latency_ms": {"p50": NaN, "p90": 1, "p99": 1}, "throughput": 1}')
+elif mode == "disorder":
+    print(json.dumps({"latency_ms": {"p50": 5, "p90": 1, "p99": 1}, "throughput": 1}))
+elif mode == "hang":
+    time.sleep(600)  # MARKER-edgevit-hang
+"""
+
+
+@pytest.mark.parametrize("mode, pattern", [
+    ("empty", "latency_ms that is missing"),
+    ("list", "must be an object, not list"),
+    ("nan", "NaN is not a number JSON allows"),
+    ("disorder", "latency_ms.p90 that is 1"),
+])
+def test_a_device_answering_the_wrong_shape_is_one_remote_error(device, tmp_path, monkeypatch, mode, pattern):
+    """A real sshd whose device-side edgevit misbehaves; its answer is refused before anything records it."""
+    from edgevit.remote import Remote, RemoteError
+
+    script = tmp_path / "fake_edgevit.py"
+    script.write_text(FAKE_DEVICE)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    monkeypatch.setenv("EDGEVIT_SSH_CONFIG", device["EDGEVIT_SSH_CONFIG"])
+    monkeypatch.setenv("EDGEVIT_REMOTE_COMMAND", f"{sys.executable} {script} {mode}")
+    with pytest.raises(RemoteError, match=pattern.replace(".", r"\.").replace("(", r"\(")):
+        Remote("edgevit-device").profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+
+
+def test_a_remote_timeout_stops_the_command_on_the_device_too(device, tmp_path, monkeypatch):
+    from edgevit.remote import Remote, RemoteError
+
+    script = tmp_path / "fake_edgevit.py"
+    script.write_text(FAKE_DEVICE)
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("EDGEVIT_SSH_CONFIG", device["EDGEVIT_SSH_CONFIG"])
+    monkeypatch.setenv("EDGEVIT_REMOTE_COMMAND", f"{sys.executable} {script} hang")
+    with pytest.raises(RemoteError, match="did not finish in 3 s; it was stopped there"):
+        Remote("edgevit-device", timeout=3).profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+    running = subprocess.run(["pgrep", "-f", f"{script} hang"], capture_output=True, text=True)
+    assert running.stdout.strip() == "", "the device-side command outlived the timeout"
