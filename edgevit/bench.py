@@ -262,15 +262,12 @@ def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite,
                       crosscheck: bool = False) -> dict:
     """``run_cell`` in a fresh process: its peak memory is the cell's own (not the bench's high-water mark so
     far), and a crash in a native library (a segfault, the OOM killer) fails that cell, not the run."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    from edgevit.child import ChildDied, run_in_child
 
     t0 = time.perf_counter()
-    try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(run_cell, sm, target, precision, suite, work, True, crosscheck).result()
-    except BrokenProcessPool as e:
+    try:  # the cell's process dies with bench (even by SIGKILL) and gets bench's SIGTERM at once
+        return run_in_child(run_cell, sm, target, precision, suite, work, True, crosscheck)
+    except ChildDied as e:
         return {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision,
                 "status": "failed", "error": f"the cell's process died ({e}); a crash in a native library or "
                 "out of memory", "build_seconds": round(time.perf_counter() - t0, 1), "details": {}}

@@ -131,10 +131,10 @@ class Prepared:
         if key not in self._calib:
             if self.ds is None:
                 raise UsageError(NEEDS_IMAGES)
-            say(f"calibrating INT8 with {min(recipe.samples, len(self.unlabelled or self.ds.train))} images from "
-                f"{self.calib_source} ({Path(recipe.path).name}, NNCF "
+            x = self._calib[key] = calibration_images(self.ds, self.pre, recipe, self.unlabelled)[0]
+            say(f"calibrating INT8 with {len(x)} images from {self.calib_source} ("
+                f"{Path(recipe.path).name}, NNCF "
                 f"{'transformer' if recipe.nncf_transformer(self.spec.is_transformer) else 'default'} model type)")
-            self._calib[key] = calibration_images(self.ds, self.pre, recipe, self.unlabelled)[0]
         return self._calib[key]
 
     def model_record(self) -> dict:

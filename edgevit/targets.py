@@ -44,10 +44,15 @@ class Target:
         import re
 
         from edgevit.backends.tensorrt_plan import TENSORRT_VERSION
+        from edgevit.schema import bad_char
 
-        for key in ("name", "description", "device"):  # printed, written into bundles and scripts: one plain line
-            if re.search(r"[\x00-\x1f\x7f\u2028\u2029\x85]", getattr(self, key)):
-                raise TargetError(f"{self.path}: {key} holds a line break or control character; write it on one line")
+        texts = [("name", self.name), ("description", self.description), ("device", self.device),
+                 *(("arch", a) for a in self.arch)]
+        for key, v in texts:  # printed, written into bundles and scripts: one plain line
+            if not isinstance(v, str) or bad_char(v) is not None or (key != "description" and not v.strip()):
+                raise TargetError(f"{self.path}: {key} must be one line of printable text, got {v!r}"[:200])
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise TargetError(f"{self.path}: name may only use letters, digits, '.', '_' and '-', got {self.name!r}")
         if self.tensorrt and not TENSORRT_VERSION.fullmatch(self.tensorrt):
             raise TargetError(f"{self.path}: tensorrt must be a TensorRT version like \"10.3\", got {self.tensorrt!r}")
         if self.compute_capability and not re.fullmatch(r"\d{1,2}\.\d{1,2}", self.compute_capability):
@@ -58,13 +63,16 @@ class Target:
             raise TargetError(f"{self.path}: precisions must be a non-empty subset of {PRECISIONS}, got {bad}")
         if self.host_precision not in HOST_PRECISIONS:
             raise TargetError(f"{self.path}: host_precision must be one of {HOST_PRECISIONS}")
-        if self.threads < 0 or self.batch < 1:
-            raise TargetError(f"{self.path}: threads must be >= 0 and batch >= 1")
+        if not 0 <= self.threads <= 4096 or not 1 <= self.batch <= 65536:
+            raise TargetError(f"{self.path}: threads must be 0..4096 and batch 1..65536")
+        if not 0 <= self.dla_cores <= 16 or not 0 <= self.workspace_mb <= 1 << 20:
+            raise TargetError(f"{self.path}: dla_cores must be 0..16 and workspace_mb 0..{1 << 20}")
         if self.dla_core >= self.dla_cores and self.dla_core != -1:
             raise TargetError(f"{self.path}: dla_core {self.dla_core} but the board has {self.dla_cores} DLA cores"
                               + (" (none: use dla_core = -1)" if not self.dla_cores else ""))
         b = self.batch_range
-        if b and (len(b) != 3 or not all(isinstance(v, int) for v in b) or not 1 <= b[0] <= b[1] <= b[2]):
+        if b and (len(b) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+                  or not 1 <= b[0] <= b[1] <= b[2] <= 65536):
             raise TargetError(f"{self.path}: batch_range must be [min, opt, max] with 1 <= min <= opt <= max, got "
                               f"{list(b)}")
 

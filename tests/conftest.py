@@ -22,6 +22,16 @@ try:
 except ImportError:
     pass
 
+# Hypothesis keeps no example database in the checkout (tests own every path they write); CI's bound on examples is
+# set per test.
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("edgevit", database=None)
+    _hyp_settings.load_profile("edgevit")
+except ImportError:
+    pass
+
 # A ViT small enough to train and quantize in seconds: 32 px, 8x8 patches, width 32, one block.
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=2)
 

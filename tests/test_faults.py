@@ -218,3 +218,64 @@ def test_the_boundary_line_for_any_exception(tmp_path, monkeypatch):
         assert "Traceback" in log.read_text()
     line, code = raised(lambda: (_ for _ in ()).throw(BundleError("damaged bundle x: y")))
     assert (line, code) == ("damaged bundle x: y", 1)
+
+
+# ------------------------------------------------------------------------------------------ bench's cell process
+def _spawned_children(pid: int) -> list[int]:
+    """The parent's children that run multiprocessing's spawn_main: bench's cell (not its resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = []
+    for k in map(int, out):
+        try:
+            cmd = Path(f"/proc/{k}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            kids.append(k)
+    return kids
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # a zombie is dead: only its (dead) parent could reap it
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _bench_with_a_running_cell(tmp_path) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "EDGEVIT_LOG_DIR": str(tmp_path / "logs")}
+    p = _edgevit(["bench", "--suite", "quick", "--only", "vit", "--db", tmp_path / "h.sqlite"], env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        kids = _spawned_children(p.pid)
+        if kids:
+            time.sleep(1.0)  # into its work
+            return p, kids[0]
+        time.sleep(0.1)
+    p.kill()
+    raise AssertionError(f"bench started no cell process: {p.communicate()[1][-500:]}")
+
+
+def test_sigkill_of_bench_takes_its_cell_process_with_it(tmp_path):
+    p, cell = _bench_with_a_running_cell(tmp_path)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stdout.close()
+    p.stderr.close()
+    assert _gone(cell, 10), "the cell process outlived bench"
+
+
+def test_sigterm_of_bench_stops_its_cell_at_once(tmp_path):
+    p, cell = _bench_with_a_running_cell(tmp_path)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "stopped by signal 15" in err, err[-500:]
+    assert time.monotonic() - t0 < 15, "bench waited for the cell's build"
+    assert _gone(cell, 5)

@@ -1,0 +1,96 @@
+"""One function run in a fresh process (``spawn``) that lives and dies with its parent: bench's cells, each with a
+peak memory of its own and a crash of its own.
+
+- If the parent dies, even by SIGKILL, the child is killed by the kernel (Linux ``PR_SET_PDEATHSIG``; elsewhere it
+  notices its parent is gone within a second) instead of holding its gigabyte forever.
+- If the parent is interrupted (Ctrl-C, SIGTERM: :class:`~edgevit.errors.Terminated`), the child gets SIGTERM at
+  once, then SIGKILL after ``grace`` seconds; the parent does not wait for the child's work to finish.
+- A child that dies without answering (a segfault, the OOM killer) is :class:`ChildDied` with its exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+class ChildDied(Exception):
+    """The child process ended without returning (killed by a signal or crashed)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        super().__init__(f"it ended with {how}")
+        self.exitcode = exitcode
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child: be killed when ``parent`` dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+    if not sys.platform.startswith("linux"):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _main(conn, parent: int, fn, args, kwargs) -> None:
+    die_with_parent(parent)
+    from edgevit.cli import _terminate
+
+    signal.signal(signal.SIGTERM, _terminate)  # unwinds like Ctrl-C: the child's own staging folders are removed
+    try:
+        result = (True, fn(*args, **kwargs))
+    except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+        result = (False, e)
+    try:
+        conn.send(result)
+    except Exception as e:  # an exception that does not pickle: its text does
+        conn.send((False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}" if not result[0] else str(e))))
+    conn.close()
+
+
+def run_in_child(fn, *args, grace: float = 10.0, **kwargs):
+    """``fn(*args, **kwargs)`` in a fresh spawned process; its return value, or its exception raised here."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_main, args=(send, os.getpid(), fn, args, kwargs))
+    proc.start()
+    send.close()
+    try:
+        while not receive.poll(0.2):
+            if not proc.is_alive():
+                if receive.poll(0):  # answered just before it ended
+                    break
+                raise ChildDied(proc.exitcode)
+        try:
+            ok, value = receive.recv()
+        except EOFError:
+            proc.join()
+            raise ChildDied(proc.exitcode) from None
+        proc.join()
+    except BaseException:
+        if proc.is_alive():  # interrupted here: stop the child now, not after its work
+            proc.terminate()
+            proc.join(grace)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+    finally:
+        receive.close()
+    if ok:
+        return value
+    raise value
