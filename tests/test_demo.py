@@ -198,15 +198,31 @@ def test_sigterm_finishes_outputs_like_ctrl_c(int8_bundle, fmnist_dir, tmp_path)
                           "--headless", "--max-fps", "10", "--output", str(out), "--jsonl", str(lines)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "EDGEVIT_QUIET": "1"})
-    partial = tmp_path / ".o.jsonl.partial.jsonl"
+    def partial():  # an unpredictable name beside the output (edgevit.outputs.temp_file_beside)
+        return [f for f in tmp_path.glob(".o.jsonl.*.partial.jsonl") if f.stat().st_size > 0]
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
+    while time.time() < deadline and not partial():
         time.sleep(0.2)
-    assert partial.exists(), "the demo never started writing"
+    assert partial(), "the demo never started writing"
     p.send_signal(signal.SIGTERM)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr  # a clean stop: outputs finished, summary printed
     assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
     recs = [json.loads(x) for x in lines.read_text().splitlines()]
     assert 1 <= len(recs) < 400 and len(_decoded(out)) == len(recs)
-    assert not partial.exists() and not (tmp_path / ".o.avi.partial.avi").exists()
+    assert not list(tmp_path.glob(".o.*partial*"))
+
+
+def test_a_symlink_planted_at_the_old_temporary_name_is_never_followed(int8_bundle, video, tmp_path):
+    """A shared output folder where someone planted links under the names the demo once wrote to: the demo's
+    temporary files are made with O_EXCL under unpredictable names, so the links' targets stay untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in (".o.jsonl.partial.jsonl", ".o.avi.partial.avi", ".o.jsonl.partial", ".o.avi.partial"):
+        (tmp_path / name).symlink_to(victim)
+    s = run_demo(int8_bundle, str(video), output=str(tmp_path / "o.avi"), jsonl=str(tmp_path / "o.jsonl"))
+    assert s.frames == 12 and victim.read_text() == "precious"
+    for out in ("o.avi", "o.jsonl"):
+        assert (tmp_path / out).is_file() and not (tmp_path / out).is_symlink()
+    assert all((tmp_path / n).is_symlink() for n in (".o.jsonl.partial.jsonl", ".o.avi.partial.avi"))
