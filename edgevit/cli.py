@@ -332,10 +332,19 @@ def _terminate(signum, _frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:  # once the command is over, SIGTERM is SIGTERM again (not an exception in interpreter shutdown)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     import shlex
     import signal
 
-    signal.signal(signal.SIGTERM, _terminate)
     if argv is None and hasattr(signal, "SIGPIPE"):  # `edgevit models | head`: stop quietly, like a Unix tool
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)

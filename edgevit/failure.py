@@ -89,6 +89,23 @@ def _first_line(exc: BaseException) -> str:
     return (text[:300] + " …") if len(text) > 300 else text
 
 
+def _distributed_peer_lost(exc: BaseException) -> str | None:
+    """"R of W" when ``exc`` came out of torch.distributed (a collective) in a torchrun job, else None: under
+    torchrun a rank that is killed shows up in every other rank as a gloo/NCCL error in its next collective."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) <= 1:
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        where = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "torch/distributed/" in where or "torch/nn/parallel/" in where:
+            return f"{os.environ.get('RANK', '?')} of {world}"
+        tb = tb.tb_next
+    # DDP's all-reduce runs in autograd's C++ hooks: no torch.distributed frame, but gloo's or NCCL's own words
+    said = type(exc).__name__ == "DistBackendError" or any(w in str(exc) for w in ("gloo", "NCCL", "nccl"))
+    return f"{os.environ.get('RANK', '?')} of {world}" if said else None
+
+
 def _full_disk(where: Path | None) -> Path | None:
     """``where`` (or its nearest existing parent) when the disk holding it has less than 1 MiB left, else None."""
     for p in (where, *(where.parents if where else ())):
@@ -117,6 +134,10 @@ def report(exc: BaseException, command: str, verbose: bool = False) -> tuple[str
     if verbose:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     at = f" while {name}" + (f" ({where})" if where else "") if name and name != command else ""
+    peer = _distributed_peer_lost(exc)
+    if peer:
+        at += (f" on rank {peer}: a collective with the other processes failed (another rank stopped or lost its "
+               "connection)")
     tail = f"; full traceback in {log}" if log else ""
     fix = " (rerun with -v to print it)" if log and not verbose else ""
     return f"{command} failed{at}: {type(exc).__name__}: {_first_line(exc)}{tail}{fix}", 1

@@ -7,8 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import json, os, sys
@@ -117,3 +120,30 @@ def test_env_names_the_gpus_training_would_use(monkeypatch, capsys):
     assert autocast_dtype(torch.device("cuda", 0), amp=True) == torch.bfloat16  # the H200 trains in bf16 mixed
     assert autocast_dtype(torch.device("cuda", 0), amp=False) is None
     assert autocast_dtype(torch.device("cuda", 1), amp=True) is None  # the T4: FP32
+
+
+KILL_RANK_1 = """
+import os, signal, sys, threading
+from edgevit.cli import main
+if os.environ.get("RANK") == "1":  # a real SIGKILL of rank 1 once training runs
+    t = threading.Timer(float(sys.argv[1]), lambda: os.kill(os.getpid(), signal.SIGKILL))
+    t.daemon = True
+    t.start()
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_one_line_on_the_surviving_rank(fmnist_dir, tmp_path):
+    (tmp_path / "kill.py").write_text(KILL_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu", "EDGEVIT_LOG_DIR": str(tmp_path / "logs"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(tmp_path / "kill.py"), "12", "train", "--model", "vit-tiny-fmnist", "-q", "--data",
+                        f"fashion-mnist:{fmnist_dir}", "--epochs", "200", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    ours = [line for line in p.stderr.splitlines() if line.startswith("edgevit:")]
+    assert p.returncode != 0 and len(ours) == 1, p.stderr[-3000:]
+    # rank 0 meets the dead peer in its next all-reduce (gloo), unless torchrun's SIGTERM reaches it first
+    assert ("on rank 0 of 2: a collective with the other processes failed" in ours[0]
+            and "full traceback in" in ours[0]) or ours == ["edgevit: stopped by signal 15"], ours
