@@ -348,6 +348,10 @@ def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
             (stage / OWNER).unlink()  # the output itself carries no temporary-directory record
             if kind != "bundle":
                 write_json(stage / MARKER, {"kind": kind})
+            else:  # read back by the reader verify/predict use, before anyone is told "ok"
+                from edgevit.bundle import read_manifest
+
+                read_manifest(stage)
             check_output(final, kind, force)  # still ours? (anything else appearing meanwhile is refused)
             _commit(stage, final)
         except BaseException as e:
