@@ -36,10 +36,13 @@ class Predictor:
         self.manifest = read_manifest(self.path)
         self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
         self.labels = list(self.manifest["labels"])
-        if self.manifest.get("status", "ok") != "ok":
-            from edgevit._progress import say
+        from edgevit._progress import warn
 
-            say(f"warning: {self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
+        if self.manifest.get("status", "ok") != "ok":
+            warn(f"{self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
+        if self.manifest["model"].get("random_init"):
+            warn(f"{self.path.name} was built from randomly initialised weights: its labels mean nothing (its "
+                 "latency is real); build with --weights or --pretrained")
         backend = get_backend(self.manifest["backend"]["name"])
         if not backend.capabilities.engine_on_device:  # an engine's backend says itself what its runner needs
             require(backend)
@@ -47,6 +50,19 @@ class Predictor:
             raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
                               "classes; the bundle is damaged, rebuild it")
         self.runner = load_checked(backend, self.path, self.manifest, threads)
+
+    def __call__(self, images, k: int = 5) -> list[Prediction]:
+        """Classify one image or a list: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or
+        image file paths, through the bundle's own runtime and preprocessing; ``k`` best labels each."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        out = []
+        for i in range(0, len(items), PREDICT_BATCH):
+            chunk = items[i:i + PREDICT_BATCH]
+            probs = self.probabilities([as_image(x) for x in chunk])
+            out += [Prediction(x if isinstance(x, str) else f"image {i + j}", self.top(row, k))
+                    for j, (x, row) in enumerate(zip(chunk, probs))]
+        return out
 
     def probabilities(self, images: list) -> np.ndarray:
         """PIL images → softmax probabilities (N, classes)."""
@@ -74,6 +90,32 @@ class Predictor:
             probs = self.probabilities([load_image(p) for p in chunk])
             out += [Prediction(str(p), self.top(row, k)) for p, row in zip(chunk, probs)]
         return out
+
+
+def as_image(x):
+    """A PIL image from what a caller may hand :meth:`Predictor.__call__` (see there); ImageError otherwise."""
+    from PIL import Image
+
+    from edgevit.errors import ImageError
+    from edgevit.images import check_image_size, load_image, to_rgb8
+
+    if isinstance(x, (str, os.PathLike)):
+        return load_image(x)
+    if isinstance(x, Image.Image):
+        check_image_size(*x.size, what="the image")
+        return to_rgb8(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or not (x.ndim == 2 or x.ndim == 3 and x.shape[2] in (3, 4)):
+            raise ImageError(f"an array image must be uint8 (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {x.dtype} "
+                             f"{x.shape}")
+        check_image_size(x.shape[1], x.shape[0], what="the array image")
+        return to_rgb8(Image.fromarray(np.ascontiguousarray(x)))
+    raise ImageError(f"cannot classify a {type(x).__name__}: pass a PIL image, a uint8 numpy array or a file path")
+
+
+def load(bundle: str | os.PathLike, threads: int | None = None) -> Predictor:
+    """``edgevit.load(bundle)``: the bundle verified and loaded through its own runtime; call the result on images."""
+    return Predictor(bundle, threads)
 
 
 def load_checked(backend, path: Path, manifest: dict, threads: int | None = None):

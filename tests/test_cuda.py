@@ -20,7 +20,8 @@ TINY = dict(epochs=6, batch_size=32, lr=3e-3, embed_dim=32, depth=1, num_heads=2
 RECORD = """
 import json, os, sys
 import torch, torch.distributed as dist
-import edgevit.train as t
+import importlib
+t = importlib.import_module("edgevit.train")
 if __name__ == "__main__":
     r = t.train("vit-tiny-fmnist", sys.argv[1], sys.argv[2], epochs=4, batch_size=32, lr=3e-3,
                 embed_dim=32, depth=1, num_heads=2)

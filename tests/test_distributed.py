@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, os, sys
 import edgevit.parallel as parallel
-import edgevit.train as t
+import importlib
+t = importlib.import_module("edgevit.train")
 
 seen = []
 real = parallel.shard_indices

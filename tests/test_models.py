@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -129,7 +131,7 @@ def test_preprocessing_for_imagenet_models_comes_from_timm():
 
 
 def test_training_checkpoints_and_resume(fmnist_dir, tmp_path, monkeypatch):
-    import edgevit.train as T
+    T = importlib.import_module("edgevit.train")  # the module (edgevit.train is the function)
 
     data = f"fashion-mnist:{fmnist_dir}"
     calls = {"n": 0}
