@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgevit._progress import say
 from edgevit.errors import UsageError
@@ -19,17 +20,20 @@ from edgevit.stages import BuildResult, Request, compile_gated, latency_stage, s
 from edgevit.targets import Precision
 from edgevit.validate import DEFAULT_MAX_DROP
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["DEFAULT_MAX_DROP", "BuildResult", "QATOptions", "build"]
 
 
-def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8", data: str | None = None,
+def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: Precision = "int8", data=None,
           weights: str | None = None, out: str = "build", name: str | None = None, force: bool = False,
           calibration: str | None = None, calib_samples: int | None = None, calib_data: str | None = None,
           val_samples: int | None = None, input_size: int | None = None, workers: int | None = None,
           threads: int | None = None, max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False,
           qat: QATOptions | None = None, ignore_trt_rules: bool = False, measure_latency: bool = True,
-          profile: bool = False, peers: bool = False, speed_search: bool = True,
-          **model_overrides) -> BuildResult | None:
+          profile: bool = False, peers: bool = False, speed_search: bool = True, classes: list[str] | None = None,
+          mean: tuple | None = None, std: tuple | None = None, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data`` (or ``calib_data``); ``qat`` adds
@@ -46,10 +50,24 @@ def build(model: str, *, target: str = "cpu-x86", precision: Precision = "int8",
     calibration images, is timed beside the artifact as a baseline (``nncf_default_int8``); it is never shipped.
 
     Under ``torchrun`` (with ``qat.epochs``), QAT runs data-parallel: every process trains its shard, rank 0 alone
-    builds, validates and writes; the other ranks return None."""
+    builds, validates and writes; the other ranks return None.
+
+    From Python, ``model`` may be your own ``torch.nn.Module`` (with ``input_size=``, and ``mean``/``std`` of its
+    normalisation; ImageNet's otherwise), and ``data`` your own images: ``(images, labels)`` uint8 arrays, a
+    map-style ``Dataset`` or ``DataLoader`` of ``(image, label)``, or ``{"train": ..., "val": ...}`` of those
+    (:func:`edgevit.data.from_python`; ``classes`` names the labels)."""
     from edgevit.failure import stage as step
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
+
+    if not isinstance(model, str):  # the caller's own module
+        from edgevit.models import module_spec
+
+        model = module_spec(model, input_size, name, mean, std)
+    if data is not None and not isinstance(data, (str, os.PathLike)):  # the caller's own images
+        from edgevit.data import from_python
+
+        data = from_python(data, classes)
 
     req = request(model, target, precision, out, name, data, weights, calibration, calib_samples, calib_data,
                   val_samples, qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
@@ -85,7 +103,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     """Every check that needs no model or data, so a mistake costs nothing and a user's directory is refused before
     any work."""
     from edgevit.backends import get_backend, require
-    from edgevit.models import resolve_spec
+    from edgevit.models import ModelSpec, resolve_spec
     from edgevit.outputs import check_output
     from edgevit.qat import check_qat_output
     from edgevit.quantize import NEEDS_IMAGES, default_recipe, load_recipe
@@ -99,7 +117,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     tgt = load_target(target)
     if precision != "best":
         tgt.check_precision(precision)
-    spec = resolve_spec(model)
+    spec = model if isinstance(model, ModelSpec) else resolve_spec(model)
     backend = get_backend(tgt.backend)
     require(backend)
     final = bundle_path(out, name, f"{spec.alias}-{tgt.name}-{precision}")

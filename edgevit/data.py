@@ -174,11 +174,64 @@ def make_synthetic(n_train: int = 512, n_val: int = 128, num_classes: int = 10, 
 DATASET_KINDS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
+def from_python(data, classes: list[str] | None = None) -> Dataset:
+    """A Dataset from the caller's own data (``edgevit.build(..., data=...)``): ``(images, labels)`` numpy arrays
+    (uint8 (N,H,W) or (N,H,W,3)), a map-style ``torch.utils.data.Dataset`` (or any sequence) whose items are
+    ``(image, label)``, a ``DataLoader`` (its dataset), or ``{"train": ..., "val": ...}`` of those. One source is
+    split 80/20 (seeded) into calibration and validation images. Images are read lazily, in this process."""
+    if isinstance(data, dict):
+        if set(data) != {"train", "val"}:
+            raise DatasetError(f"data as a dict needs exactly 'train' and 'val', got {sorted(data)}")
+        train, val = _python_split(data["train"], "data['train']"), _python_split(data["val"], "data['val']")
+    else:
+        whole = _python_split(data, "data")
+        if len(whole) < 2:
+            raise DatasetError(f"data holds {len(whole)} image(s); calibration and validation need at least 2")
+        order = np.random.default_rng(0).permutation(len(whole))
+        n_val = max(1, len(whole) // 5)
+        train, val = whole.subset(np.sort(order[n_val:])), whole.subset(np.sort(order[:n_val]))
+    n = int(max(train.labels.max(initial=0), val.labels.max(initial=0))) + 1
+    src = data["train"] if isinstance(data, dict) else data
+    inner = getattr(getattr(src, "dataset", src), "classes", None) if not isinstance(src, tuple) else None
+    names = list(classes or inner or [str(i) for i in range(n)])
+    if len(names) < n or not all(isinstance(c, str) and c and bad_char(c) is None for c in names):
+        raise DatasetError(f"data has labels 0..{n - 1} but {len(names)} class names {names[:5]}...; pass classes= "
+                           "with one printable name per label")
+    return Dataset(spec=f"python:{type(data).__name__}", classes=names, train=train, val=val, workers=0)
+
+
+def _python_split(data, what: str) -> Split:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
+        x, y = data
+        y = np.asarray(y)
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
+            raise DatasetError(f"{what}: images must be uint8 (N,H,W) or (N,H,W,3), got {x.dtype} {x.shape}")
+        if y.shape != (len(x),) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+            raise DatasetError(f"{what}: labels must be {len(x)} integers >= 0, got {y.dtype} {y.shape}")
+        return Split(labels=y.astype(np.int64), arrays=x)
+    items = getattr(data, "dataset", data)  # a DataLoader: its dataset, read item by item
+    if not hasattr(items, "__getitem__") or not hasattr(items, "__len__"):
+        raise DatasetError(f"{what} is a {type(data).__name__}: pass (images, labels) arrays, a map-style torch "
+                           "Dataset or DataLoader of (image, label), or a dataset spec string")
+    targets = getattr(items, "targets", None)
+    if targets is not None and len(targets) == len(items):
+        labels = np.asarray([int(t) for t in targets], np.int64)
+    else:
+        labels = np.asarray([int(items[i][1]) for i in range(len(items))], np.int64)
+    if len(labels) and labels.min() < 0:
+        raise DatasetError(f"{what}: labels must be integers >= 0")
+    return Split(labels=labels, items=items, index=np.arange(len(labels)))
+
+
 def load_dataset(spec: str, workers: int | None = None) -> Dataset:
     """``fashion-mnist``, ``fashion-mnist:DIR``, ``imagefolder:DIR``, a plain directory, or ``synthetic``. Only the
     file list (or, for Fashion-MNIST, the 28x28 arrays) is read here; images are decoded when a stream reads them,
     by ``workers`` DataLoader processes (None: :func:`default_workers`)."""
-    ds = _load_dataset(spec)
+    if isinstance(spec, Dataset):  # made by from_python already
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):  # the caller's own data (the Python API)
+        return from_python(spec)
+    ds = _load_dataset(str(spec))
     ds.workers = workers
     return ds
 

@@ -75,7 +75,7 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def reading(what: str, error: type[EdgevitError] = UsageError, fix: str = "") -> Iterator[None]:
+def reading(what: str, error: type[EdgevitError] = UsageError, fix: str = "", verb: str = "read") -> Iterator[None]:
     """The one boundary of a reader of outside input (a file, a device's answer, a cache): whatever its parser
     raises that is not already ours becomes ``error("cannot read WHAT (Type: message); FIX")``. Not a list of the
     exceptions someone thought of: a reader either returns a checked record or raises its one error."""
@@ -85,4 +85,4 @@ def reading(what: str, error: type[EdgevitError] = UsageError, fix: str = "") ->
         raise
     except Exception as e:
         detail = "it is nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
-        raise error(f"cannot read {what} ({type(e).__name__}: {detail})" + (f"; {fix}" if fix else "")) from None
+        raise error(f"cannot {verb} {what} ({type(e).__name__}: {detail})" + (f"; {fix}" if fix else "")) from None

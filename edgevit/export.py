@@ -52,7 +52,12 @@ def export_onnx(model, input_size: tuple[int, int], path: Path, dynamic_batch: b
     model = model.eval()
     x = torch.zeros(1, 3, *input_size)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    from edgevit.errors import WeightsError, reading
+
+    with reading(f"the {type(model).__name__} to ONNX opset {OPSET}", WeightsError,
+                 "the model must be exportable to ONNX (plain torch ops; a fused fast path such as "
+                 "nn.TransformerEncoderLayer's in eval mode is not)", verb="export"), \
+            warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, do_constant_folding=True,

@@ -7,6 +7,7 @@ make a small variant. Any other timm model name works too.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +44,32 @@ class ModelSpec:
     crop_pct: float | None = None
     interpolation: str | None = None
     train: TrainDefaults = TrainDefaults()
+    module: object = field(default=None, compare=False, repr=False)  # a user's torch.nn.Module (module_spec)
 
     @property
     def is_transformer(self) -> bool:
         return self.family in TRANSFORMER_FAMILIES
+
+
+def module_spec(module, input_size: int | None, name: str | None = None, mean=None, std=None) -> ModelSpec:
+    """A spec for the caller's own ``torch.nn.Module`` (``edgevit.build(my_model, input_size=..., ...)``): its
+    family from its class and layers (attention → a transformer, so NNCF's transformer recipe applies), its
+    preprocessing the caller's mean/std (ImageNet's otherwise) without a centre crop."""
+    import torch
+
+    from edgevit.errors import UsageError
+
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"model must be a zoo or timm name or a torch.nn.Module, not {type(module).__name__}")
+    if not input_size or not isinstance(input_size, int) or not 8 <= input_size <= 1024:
+        raise UsageError("a torch.nn.Module needs input_size= (its square input side in pixels, 8..1024)")
+    cls = type(module).__name__
+    family = _guess_family(cls)
+    if family == "other" and any("attention" in type(m).__name__.lower() for m in module.modules()):
+        family = "vit"
+    alias = name or re.sub(r"[^a-z0-9]+", "-", cls.lower()).strip("-") or "model"
+    return ModelSpec(alias, cls, family, input_size, f"the caller's {cls}", mean=tuple(mean) if mean else None,
+                     std=tuple(std) if std else None, crop_pct=1.0, module=module)
 
 
 _FMNIST = dict(num_classes=10, mean=FMNIST_MEAN, std=FMNIST_STD, crop_pct=1.0, interpolation="bilinear")

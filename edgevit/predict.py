@@ -52,10 +52,12 @@ class Predictor:
         self.runner = load_checked(backend, self.path, self.manifest, threads)
 
     def __call__(self, images, k: int = 5) -> list[Prediction]:
-        """Classify one image or a list: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or
-        image file paths, through the bundle's own runtime and preprocessing; ``k`` best labels each."""
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
+        """Classify one image or many: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or
+        image file paths, a list of those, or a uint8 batch (N, H, W) / (N, H, W, C); through the bundle's own
+        runtime and preprocessing; the ``k`` best labels of each, one Prediction per image."""
+        batch = isinstance(images, (list, tuple)) or isinstance(images, np.ndarray) and (
+            images.ndim == 4 or images.ndim == 3 and images.shape[-1] not in (3, 4))  # (N,H,W[,C]): N images
+        items = list(images) if batch else [images]
         out = []
         for i in range(0, len(items), PREDICT_BATCH):
             chunk = items[i:i + PREDICT_BATCH]

@@ -55,6 +55,10 @@ def new_model(spec, num_classes: int | None, size: int, overrides: dict, seeded:
     builds of random weights)."""
     from edgevit.models import create_model
 
+    if spec.module is not None:  # the caller's own module: a copy, never changed in place
+        import copy
+
+        return copy.deepcopy(spec.module).eval()
     if seeded:
         import torch
 
@@ -108,7 +112,7 @@ class Prepared:
 
     @property
     def random_init(self) -> bool:
-        return self.weights is None
+        return self.weights is None and self.spec.module is None
 
     @property
     def num_classes(self) -> int:
@@ -142,11 +146,28 @@ class Prepared:
         from edgevit.models import sha256_file
 
         w = self.weights
+        if w is None and self.spec.module is not None:  # the caller's module: its weights as they were given
+            source, digest = f"torch.nn.Module {self.spec.timm_name}", _state_sha256(self.net)
+        else:
+            source = (w.hub.source if w.hub else Path(w.arg).name) if w else None
+            digest = sha256_file(w.file) if w else None
         return {"alias": self.spec.alias, "timm_name": self.spec.timm_name, "family": self.spec.family,
-                "num_classes": self.num_classes, "input_size": [3, *self.pre.input_size],
-                "weights": (w.hub.source if w.hub else Path(w.arg).name) if w else None,
-                "weights_sha256": sha256_file(w.file) if w else None, "random_init": self.random_init,
-                "overrides": self.overrides}
+                "num_classes": self.num_classes, "input_size": [3, *self.pre.input_size], "weights": source,
+                "weights_sha256": digest, "random_init": self.random_init, "overrides": self.overrides}
+
+
+def _state_sha256(net) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and bytes, in order): what identifies its weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -179,9 +200,9 @@ def _prepare(spec, work: Path, data, weights, input_size, calib_data, val_sample
     size = input_size or spec.input_size
     net, overrides = load_model(spec, w, classes, size, overrides)
     freeze_weight_standardization(net)  # outputs unchanged; constant conv weights for NNCF and TensorRT
-    num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or [])
+    num_classes = int(net.num_classes) if hasattr(net, "num_classes") else len(classes or []) or _outputs(net, size)
     pre = data_config(spec, size, pretrained=w.hub.preprocessing_overrides() if w and w.hub else None)
-    if w is None:
+    if w is None and spec.module is None:
         say("warning: no --weights: the model is randomly initialised; accuracy figures are meaningless "
             "(latency is still real)")
     prep = Prepared(spec=spec, weights=w, overrides=overrides, ds=ds, unlabelled=unlabelled,
@@ -202,6 +223,14 @@ def _prepare(spec, work: Path, data, weights, input_size, calib_data, val_sample
 
         prep.reference = run_batches(torch_runner(net), prep.val_u8, pre, desc="FP32 reference (torch)")
     return prep
+
+
+def _outputs(net, size: int) -> int:
+    """How many classes a module answers for one image (a module without ``num_classes``)."""
+    import torch
+
+    with torch.no_grad():
+        return int(net(torch.zeros(1, 3, size, size)).shape[-1])
 
 
 def _validation_images(prep: Prepared, val_samples: int | None) -> None:

@@ -29,6 +29,8 @@ class Split:
     labels: np.ndarray
     arrays: np.ndarray | None = None
     paths: np.ndarray | None = None
+    items: object = None  # a caller's dataset (item i: an image, or (image, label)), read at ``index``
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.paths is not None and not (isinstance(self.paths, np.ndarray) and self.paths.dtype.kind == "S"):
@@ -43,6 +45,8 @@ class Split:
     def image(self, i: int) -> Image.Image:
         if self.arrays is not None:
             return Image.fromarray(self.arrays[i])
+        if self.items is not None:
+            return item_image(self.items[int(self.index[i])])
         return load_image(self.path(i))
 
     def subset(self, indices: Sequence[int]) -> Split:
@@ -51,7 +55,27 @@ class Split:
             labels=self.labels[idx],
             arrays=None if self.arrays is None else self.arrays[idx],
             paths=None if self.paths is None else self.paths[idx],
+            items=self.items, index=None if self.index is None else self.index[idx],
         )
+
+
+def item_image(item) -> Image.Image:
+    """The image of a caller's dataset item (``image`` or ``(image, label)``): a PIL image, a uint8 array (H, W[, C])
+    or a uint8 tensor (C, H, W), or a file path. edgevit applies the model's preprocessing itself, so a float
+    (already normalised) tensor is refused rather than guessed at."""
+    from edgevit.errors import DatasetError
+    from edgevit.predict import as_image
+
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    if type(x).__module__.startswith("torch"):
+        if getattr(x, "dtype", None) is None or str(x.dtype) != "torch.uint8" or x.ndim not in (2, 3):
+            raise DatasetError(f"a dataset item is a {getattr(x, 'dtype', type(x).__name__)} tensor of shape "
+                               f"{tuple(getattr(x, 'shape', ()))}; give raw images (PIL, uint8 arrays, or uint8 "
+                               "CHW tensors, e.g. torchvision's PILToTensor): edgevit applies the model's "
+                               "preprocessing itself")
+        x = x.numpy() if x.ndim == 2 else x.permute(1, 2, 0).numpy()
+        x = x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x
+    return as_image(x)
 
 
 def path_array(paths) -> np.ndarray:
