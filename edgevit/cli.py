@@ -312,9 +312,11 @@ def _load_check(bundle, m: dict) -> str:
     from edgevit.predict import load_checked
 
     backend = get_backend(m["backend"]["name"])
+    if backend.capabilities.engine_on_device:
+        return "not loaded here: its engine is built and checked on the device (edgevit compile)"
     ok, why = backend.available()
-    if backend.capabilities.engine_on_device or not ok:
-        return f"not loaded here: {why if not ok else 'its engine is built on the device'}"
+    if not ok:
+        return f"not loaded here: {why}"
     load_checked(backend, Path(bundle), m, threads=1)
     return f"loads and runs in {m['backend']['name']}"
 

@@ -35,8 +35,7 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     target = Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["target"].items()
                        if k in Target.__dataclass_fields__})
     with output_dir(bundle, "bundle") as stage:
-        shutil.rmtree(stage)
-        shutil.copytree(bundle, stage)
+        shutil.copytree(bundle, stage, dirs_exist_ok=True)  # beside the stage's owner record
         plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]),
                            fp32_layers=m["backend"].get("plan", {}).get("fp32_layers", []))
         write_plan(stage, plan)

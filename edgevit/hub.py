@@ -111,6 +111,9 @@ def check_config(cfg, repo_id: str) -> dict:
                                                "timm classifier edgevit can read (or the download is damaged)"))
     if not isinstance(cfg, dict):
         raise f.fail("(top level)", f"must be an object, not {type(cfg).__name__}")
+    cfg = {k: v for k, v in cfg.items() if v is not None}  # JSON null: not given (timm's default applies)
+    if isinstance(cfg.get("pretrained_cfg"), dict):
+        cfg["pretrained_cfg"] = {k: v for k, v in cfg["pretrained_cfg"].items() if v is not None}
     if f.get(cfg, "architecture", "", str, optional=True) is not None and not re.fullmatch(
             r"[A-Za-z0-9_.]{1,100}", cfg["architecture"]):
         raise f.fail("architecture", "is not a timm model name")

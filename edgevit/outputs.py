@@ -345,7 +345,7 @@ def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
         try:
             _chmod_default(stage, directory=True)
             yield stage
-            (stage / OWNER).unlink()  # the output itself carries no temporary-directory record
+            (stage / OWNER).unlink(missing_ok=True)  # the output itself carries no temporary-directory record
             if kind != "bundle":
                 write_json(stage / MARKER, {"kind": kind})
             else:  # read back by the reader verify/predict use, before anyone is told "ok"

@@ -36,13 +36,6 @@ class Predictor:
         self.manifest = read_manifest(self.path)
         self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
         self.labels = list(self.manifest["labels"])
-        from edgevit._progress import warn
-
-        if self.manifest.get("status", "ok") != "ok":
-            warn(f"{self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
-        if self.manifest["model"].get("random_init"):
-            warn(f"{self.path.name} was built from randomly initialised weights: its labels mean nothing (its "
-                 "latency is real); build with --weights or --pretrained")
         backend = get_backend(self.manifest["backend"]["name"])
         if not backend.capabilities.engine_on_device:  # an engine's backend says itself what its runner needs
             require(backend)
@@ -50,6 +43,13 @@ class Predictor:
             raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
                               "classes; the bundle is damaged, rebuild it")
         self.runner = load_checked(backend, self.path, self.manifest, threads)
+        from edgevit._progress import warn  # once it loads: a bundle that cannot run gets its one error line alone
+
+        if self.manifest.get("status", "ok") != "ok":
+            warn(f"{self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
+        if self.manifest["model"].get("random_init"):
+            warn(f"{self.path.name} was built from randomly initialised weights: its labels mean nothing (its "
+                 "latency is real); build with --weights or --pretrained")
 
     def __call__(self, images, k: int = 5) -> list[Prediction]:
         """Classify one image or many: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or

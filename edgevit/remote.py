@@ -4,7 +4,8 @@
 For each bundle: copy it to ``~/.cache/edgevit/remote/<run>/`` on the device, run ``edgevit compile`` there when it is
 a TensorRT bundle, then ``edgevit time --json`` (its own runtime, on the device), and bring the figures back; the
 copy is removed afterwards. The device needs edgevit installed (``EDGEVIT_REMOTE_COMMAND`` says how to call it there,
-default ``edgevit``); ``EDGEVIT_SSH_CONFIG`` names another ssh config file (tests use one for a loopback sshd)."""
+default ``edgevit``); ``EDGEVIT_SSH_CONFIG`` names another ssh config file (tests use one for a loopback sshd),
+``EDGEVIT_REMOTE_DIR`` another work folder on the device."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Remote:
         self.command = shlex.split(os.environ.get("EDGEVIT_REMOTE_COMMAND", "edgevit"))
         cfg = os.environ.get("EDGEVIT_SSH_CONFIG")
         self._opts = (["-F", cfg] if cfg else []) + ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-        self.base = f".cache/edgevit/remote/{uuid.uuid4().hex[:12]}"
+        root = os.environ.get("EDGEVIT_REMOTE_DIR", ".cache/edgevit/remote")  # on the device, relative to its ~
+        self.base = f"{root.rstrip('/')}/{uuid.uuid4().hex[:12]}"
 
     def _run(self, argv: list[str], what: str, timeout: float | None = None, remote_timeout: int | None = None) -> str:
         try:

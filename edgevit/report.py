@@ -71,8 +71,17 @@ def host_key(env: dict) -> str:
 
 
 def _details(c: dict) -> dict:
-    """A cell's details, a JSON object since :func:`edgevit.history.read_cell` read it."""
-    return c.get("details") or {}
+    """A cell's details: the object :func:`edgevit.history.read_cell` checked (a raw row's JSON text is parsed; text
+    that is not a JSON object gives none)."""
+    d = c.get("details")
+    if isinstance(d, str):
+        from edgevit.outputs import loads
+
+        try:
+            d = loads(d)
+        except (ValueError, RecursionError):
+            return {}
+    return d if isinstance(d, dict) else {}
 
 
 def _peer_ratio(c: dict) -> float | None:

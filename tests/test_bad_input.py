@@ -155,7 +155,7 @@ def test_manifest_schema_violations_name_the_field(bundle, tmp_path, capsys, edi
 def test_manifest_with_nan_is_not_json(bundle, tmp_path, capsys):
     p = bundle / "manifest.json"
     p.write_text(p.read_text().replace('"top1_drop": ', '"top1_drop": NaN, "x": ', 1))
-    refused(capsys, tmp_path, 1, "not valid json", "verify", bundle)
+    refused(capsys, tmp_path, 1, "NaN is not a number JSON allows", "verify", bundle)
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "{not json", ""])

@@ -80,7 +80,7 @@ PidFile {d / 'sshd.pid'}
         pytest.skip(f"sshd did not start: {(d / 'sshd.log').read_text()[-300:]}")
     _ssh_config(d, "edgevit-device", port)
     _ssh_config(d, "edgevit-down", _free_port())
-    env = {"EDGEVIT_SSH_CONFIG": str(d / "ssh_config"),
+    env = {"EDGEVIT_SSH_CONFIG": str(d / "ssh_config"), "EDGEVIT_REMOTE_DIR": str(d / "remote-work"),
            "EDGEVIT_REMOTE_COMMAND": f"{sys.executable} -m edgevit"}  # the same edgevit, as the device's
     yield env
     proc.terminate()
@@ -110,9 +110,8 @@ def test_bench_remote_times_on_the_device_and_report_merges_hosts(device, tmp_pa
     page = (out / "report.html").read_text()
     assert page.count('<h2 class="device">') == 2 and "edgevit-device" in page
     assert found == []
-    leftovers = subprocess.run(["ssh", "-F", device["EDGEVIT_SSH_CONFIG"], "edgevit-device", "--",
-                                "ls ~/.cache/edgevit/remote 2>/dev/null | wc -l"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "0"  # the copies on the device were removed
+    work = Path(device["EDGEVIT_REMOTE_DIR"])  # the test's own folder on the device (a loopback one: here)
+    assert not work.exists() or list(work.iterdir()) == []  # the copies on the device were removed
 
 
 def test_unreachable_device_is_one_line_before_any_cell(device, tmp_path, capsys, monkeypatch):
@@ -167,9 +166,13 @@ def test_a_device_answering_the_wrong_shape_is_one_remote_error(device, tmp_path
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "manifest.json").write_text("{}")
     monkeypatch.setenv("EDGEVIT_SSH_CONFIG", device["EDGEVIT_SSH_CONFIG"])
+    monkeypatch.setenv("EDGEVIT_REMOTE_DIR", str(tmp_path / "remote-work"))
     monkeypatch.setenv("EDGEVIT_REMOTE_COMMAND", f"{sys.executable} {script} {mode}")
+    rem = Remote("edgevit-device")
     with pytest.raises(RemoteError, match=pattern.replace(".", r"\.").replace("(", r"\(")):
-        Remote("edgevit-device").profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+        rem.profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+    rem.close()
+    assert list((tmp_path / "remote-work").iterdir()) == []
 
 
 def test_a_remote_timeout_stops_the_command_on_the_device_too(device, tmp_path, monkeypatch):
@@ -179,8 +182,11 @@ def test_a_remote_timeout_stops_the_command_on_the_device_too(device, tmp_path, 
     script.write_text(FAKE_DEVICE)
     (tmp_path / "b").mkdir()
     monkeypatch.setenv("EDGEVIT_SSH_CONFIG", device["EDGEVIT_SSH_CONFIG"])
+    monkeypatch.setenv("EDGEVIT_REMOTE_DIR", str(tmp_path / "remote-work"))
     monkeypatch.setenv("EDGEVIT_REMOTE_COMMAND", f"{sys.executable} {script} hang")
+    rem = Remote("edgevit-device", timeout=3)
     with pytest.raises(RemoteError, match="did not finish in 3 s; it was stopped there"):
-        Remote("edgevit-device", timeout=3).profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+        rem.profile(tmp_path / "b", compile_engine=False, throughput_batch=4)
+    rem.close()
     running = subprocess.run(["pgrep", "-f", f"{script} hang"], capture_output=True, text=True)
     assert running.stdout.strip() == "", "the device-side command outlived the timeout"
