@@ -54,6 +54,7 @@ class Suite:
     accuracy_tolerance: float = 0.5  # flag top-1 lower by more than this many points
     history_window: int = 5  # previous runs a cell is compared with
     peers: bool = False  # also time NNCF's one-line default INT8 of each INT8 cell's model (a peer column)
+    measure: str = "full"  # build(measure=...): "quick" skips the speed search and the sweeps (CI-sized suites)
     path: str = ""
 
 
@@ -137,6 +138,8 @@ def _check_types(p: Path, raw: dict, cls=None, where: str = "") -> None:
                              f"not {type(v).__name__}")
         if k in ("targets", "precisions") and (not v or not all(isinstance(x, str) for x in v)):
             raise UsageError(f"{p}: {k!r} must be a non-empty list of names")
+        if k == "measure" and v not in ("quick", "full"):
+            raise UsageError(f"{p}: 'measure' must be \"quick\" or \"full\", got {v!r}")
         if k == "precisions" and set(v) - set(PRECISIONS):
             raise UsageError(f"{p}: unknown precision(s) {sorted(set(v) - set(PRECISIONS))}; known: {PRECISIONS}")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed" and v <= 0:
@@ -220,7 +223,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             raise UsageError(f"weights not found: {sm.weights}; train them or run bench with --train-missing")
         r = build(sm.model, target=target, precision=precision, data=suite.dataset, weights=sm.weights or None,
                   out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
-                  peers=suite.peers, **sm.overrides)
+                  peers=suite.peers, measure=suite.measure, **sm.overrides)
         m = r.manifest
         cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
         v, lat = m["validation"], m["latency_ms"]

@@ -32,7 +32,8 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
           val_samples: int | None = None, input_size: int | None = None, workers: int | None = None,
           threads: int | None = None, max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False,
           qat: QATOptions | None = None, ignore_trt_rules: bool = False, measure_latency: bool = True,
-          profile: bool = False, peers: bool = False, speed_search: bool = True, classes: list[str] | None = None,
+          profile: bool = False, peers: bool = False, speed_search: bool = True, measure: str = "full",
+          classes: list[str] | None = None,
           mean: tuple | None = None, std: tuple | None = None, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
@@ -45,6 +46,9 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
 
     ``speed_search`` (INT8, OpenVINO): layers that run slower in INT8 than in the host precision on this CPU go
     back to it when that makes the model faster (:mod:`edgevit.speedmix`); the accuracy gate checks the result.
+
+    ``measure="quick"``: no speed search and no thread or host-precision sweep, a third of the timing: a first look
+    in a third of the time (the bundle says so); ``"full"`` measures everything it chooses by.
 
     ``peers`` (INT8): the backend's one-line INT8 recipe (NNCF with every default) of the same export, on the same
     calibration images, is timed beside the artifact as a baseline (``nncf_default_int8``); it is never shipped.
@@ -72,7 +76,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     req = request(model, target, precision, out, name, data, weights, calibration, calib_samples, calib_data,
                   val_samples, qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
                   keep_failed=keep_failed, ignore_trt_rules=ignore_trt_rules, measure_latency=measure_latency,
-                  profile=profile, peers=peers, speed_search=speed_search)
+                  profile=profile, peers=peers, speed_search=speed_search, measure=measure)
     follower = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
     inputs = dict(data=data, weights=weights, input_size=input_size, calib_data=calib_data, val_samples=val_samples,
                   workers=workers, reference=not follower, **model_overrides)
@@ -125,6 +129,8 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     qat.check(precision)
     if qat.epochs:
         check_qat_output(final.with_name(f"{final.name}.qat.pt"), weights, options.get("force", False))
+    if options.get("measure", "full") not in ("quick", "full"):
+        raise UsageError(f"--measure must be quick or full, not {options.get('measure')!r}")
     quantizes = precision in ("int8", "best")
     if precision == "int8" and not data:
         raise UsageError(NEEDS_IMAGES)

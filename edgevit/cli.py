@@ -110,7 +110,7 @@ def _cmd_build(a) -> int:
               calibration=a.calibration, calib_samples=a.calib_samples, val_samples=a.val_samples,
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat=qat, ignore_trt_rules=a.ignore_trt_rules,
-              speed_search=not a.no_speed_search, force=a.force, profile=a.profile,
+              speed_search=not a.no_speed_search, measure=a.measure, force=a.force, profile=a.profile,
               calib_data=a.calib_data, workers=a.workers)
     if r is None:  # a torchrun follower of a data-parallel QAT build: rank 0 reports
         return 0

@@ -195,6 +195,9 @@ def _add_build(sub) -> None:
     s.add_argument("--no-speed-search", action="store_true",
                    help="INT8 on OpenVINO: keep every quantized layer in INT8 even where the host precision runs it "
                         "faster on this CPU (by default such layers go back to it when the model gets faster)")
+    s.add_argument("--measure", choices=("quick", "full"), default="full",
+                   help="full (default): speed search, thread and host-precision sweeps, full timing; quick: none of "
+                        "them and a third of the timing, for a first look")
     s.add_argument("--profile", action="store_true",
                    help="per-layer time and executed precision from the runtime's profiler, into the manifest")
     s.add_argument("--workers", type=WORKERS, help=WORKERS_HELP)

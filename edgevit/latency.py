@@ -32,13 +32,16 @@ def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
 
 
 def measure_build(prep, backend, target, art, stage, precision: str, threads: int | None, calib=None,
-                  peers: bool = False, profile: bool = False, accept=None) -> Latency:
+                  peers: bool = False, profile: bool = False, accept=None, quick: bool = False) -> Latency:
     """Time the artifact in ``stage`` against PyTorch eager, the backend's defaults on the FP32 export and (``peers``)
     NNCF's one-line INT8, each at its fastest thread count, in one interleaved run.
 
     Where the backend offers host precisions for what stays unquantized (OpenVINO INT8: f32, and bf16 where the CPU
     has it natively), each is timed too; the fastest is kept (within 3% of it, the one validated first) once
-    ``accept(host_precision, runner)`` says its accuracy holds, else the next fastest."""
+    ``accept(host_precision, runner)`` says its accuracy holds, else the next fastest.
+
+    ``quick`` (``--measure quick``): every candidate at one thread count (the target's, else all cores), the first
+    host precision only, and a third of the timing: for a first look and CI, not for choosing between close ones."""
     from edgevit.measure import THREADS_TIE, compare_latency, host_info, thread_counts, torch_runner, without_samples
 
     runner = art.runner
@@ -48,11 +51,11 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
                           "`edgevit compile BUNDLE` there builds it and measures its latency")
         return Latency(lat, runner=runner)
     x = prep.latency_input(target.batch)
-    counts = thread_counts()
-    sweep = not threads and not target.threads and not backend.capabilities.engine_on_device
+    counts = thread_counts()[-1:] if quick else thread_counts()
+    sweep = not threads and not target.threads and not backend.capabilities.engine_on_device and not quick
     art_counts = counts if sweep else [runner.info.get("threads")]
     torch_counts = [threads] if threads else counts
-    hps = backend.host_precisions(precision, target)
+    hps = backend.host_precisions(precision, target)[:1 if quick else None]
     name = {hp: "artifact" if i == 0 else f"artifact-{hp}" for i, hp in enumerate(hps)}
     cands = {}
     for i, hp in enumerate(hps):
@@ -68,7 +71,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     say(f"measuring latency at batch {target.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
                                                         "artifact and PyTorch)" if len(cands) > 3 else "")
         + (f"; host precisions {', '.join(hps)}" if len(hps) > 1 else ""))
-    timed = compare_latency(cands, x)
+    timed = compare_latency(cands, x, **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
     by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
     p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
     tied = [hp for hp in hps if p50[hp] <= min(p50.values()) * (1 + THREADS_TIE)]
@@ -89,6 +92,8 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
             "chosen": hp, "validated_first": hps[0], "p50_ms": p50, "rejected_for_accuracy": rejected,
             "rule": f"fastest p50 of what stays unquantized; within {THREADS_TIE:.0%} of it, {hps[0]}; the accuracy "
                     "gate checks any other"}
+    if quick:
+        lat["measure"] = "quick: one thread count, the first host precision, a third of the timing"
     if sweep:
         art.built.details["threads"] = lat["threads"] = runner.info.get("threads")
         lat["threads_sweep"] = a_sweep

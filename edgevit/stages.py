@@ -47,6 +47,7 @@ class Request:
     profile: bool = False
     peers: bool = False
     speed_search: bool = True
+    measure: str = "full"  # "quick": no speed search, no thread or host-precision sweep, shorter timing
     t_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -187,7 +188,7 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
     back to it when that makes the model faster here; the accuracy gate checks the result like any artifact."""
     from edgevit.validate import validate
 
-    if precision != "int8" or not req.speed_search or not req.measure_latency \
+    if precision != "int8" or not req.speed_search or not req.measure_latency or req.measure == "quick" \
             or not req.backend.capabilities.speed_search or art.runner.info.get("proxy_for"):
         return art
     kept_first = snapshot_stage(stage, prep.work)
@@ -232,7 +233,7 @@ def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path
         return True
 
     return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
-                         peers=req.peers, profile=req.profile, accept=accept)
+                         peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick")
 
 
 def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact, gate: Gate | None, qat: dict,

@@ -19,6 +19,7 @@ calibration = "fast"
 targets = ["cpu-x86"]
 precisions = ["fp32", "int8"]
 throughput_batch = 4
+measure = "quick"
 
 [[models]]
 model = "vit-tiny-fmnist"
