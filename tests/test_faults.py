@@ -100,7 +100,7 @@ def test_a_killed_builds_staging_and_work_directories_are_cleaned_by_the_next_ru
     tmpdir.mkdir()
     (tmpdir / "edgevit-mine").mkdir()  # a user's directory with edgevit's prefix: no owner record, kept
     env = {**os.environ, "TMPDIR": str(tmpdir), "EDGEVIT_LOG_DIR": str(tmp_path / "logs")}
-    args = ["build", *TINY, "--precision", "fp32", "--out", out, "--name", "b"]
+    args = ["build", *TINY, "--precision", "fp32", "--measure", "quick", "--out", out, "--name", "b"]
     p = _edgevit(args, env)
     deadline = time.monotonic() + 120
     while not list(out.glob(".b.tmp-*")) and p.poll() is None and time.monotonic() < deadline:

@@ -1,6 +1,7 @@
 """Tries edgevit's CLI on bad inputs beyond the test matrix, as a careful user or an attacker would, and prints one
-table row per case: exit code, whether stderr was one line without a traceback, whether the world outside the
-case's own output changed, and the line itself. Usage: python tests/tools/bad_input_battery.py WORKDIR BUNDLE
+table row per case: exit code, whether stderr held one error line (status lines before it aside) and no traceback,
+whether the world outside the case's own output changed, and the line itself.
+Usage: python tests/tools/bad_input_battery.py WORKDIR BUNDLE
 
 WORKDIR: an empty directory of the caller's; BUNDLE: a valid OpenVINO bundle (copied, never changed)."""
 
@@ -152,7 +153,7 @@ def main(work: Path, bundle: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "edgevit", *map(str, args)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
         after = {k: v for k, v in snapshot(w).items() if not k.startswith(str(w / "logs"))}
-        lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("warning:")]
+        lines = [x for x in r.stderr.strip().splitlines() if x.startswith("edgevit")]  # errors, not status lines
         one = len(lines) == 1 and "Traceback" not in r.stderr
         text = (lines[-1] if lines else "(nothing)").replace("|", "\\|")[:220]
         print(f"| {name} | {r.returncode} | {'yes' if one else 'NO'} | {'yes' if before == after else 'NO'} | "
