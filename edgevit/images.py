@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from edgevit.errors import ImageError, UnknownNameError
 
@@ -159,37 +159,30 @@ def to_rgb8(img: Image.Image, what: str = "the image") -> Image.Image:
 def check_image_file(path: str | os.PathLike) -> None:
     """What :func:`load_image` checks before decoding (the file, its header, the pixel budget), without decoding: lets
     a command refuse a bad file among thousands before it starts, then decode them a batch at a time."""
-    p = Path(path)
-    if not p.is_file():
-        raise ImageError(f"image not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
-    if p.stat().st_size == 0:
-        raise ImageError(f"image file is empty: {p}")
-    try:
-        with Image.open(p) as img:
-            check_image_size(*img.size, what=f"image {p}")
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {p}: {e}; pass a PNG, JPEG or other image file") from None
+    _read_image(Path(path), decode=False)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """The one image reader (predict, demo, datasets, inspect): checks the declared size against the pixel budget
     and aspect bound before decoding, applies the EXIF orientation, returns 8-bit RGB (see :func:`to_rgb8`)."""
+    return _read_image(Path(path), decode=True)
+
+
+def _read_image(p: Path, decode: bool) -> Image.Image | None:
+    """The file, its header and the pixel budget, then (``decode``) the pixels; whatever the decoder raises is the
+    reader's one ImageError (:func:`edgevit.errors.reading`)."""
     from PIL import ImageOps
 
-    p = Path(path)
+    from edgevit.errors import reading
+
     if not p.is_file():
         raise ImageError(f"image not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
     if p.stat().st_size == 0:
         raise ImageError(f"image file is empty: {p}")
-    try:
-        with Image.open(p) as img:
-            check_image_size(*img.size, what=f"image {p}")
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return to_rgb8(img, f"image {p}")
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {p}: {e}; pass a PNG, JPEG or other image file") from None
+    with reading(f"image {p}", ImageError, "pass a PNG, JPEG or other image file"), Image.open(p) as img:
+        check_image_size(*img.size, what=f"image {p}")
+        if not decode:
+            return None
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb8(img, f"image {p}")

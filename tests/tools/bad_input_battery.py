@@ -62,17 +62,17 @@ def main(work: Path, bundle: Path) -> None:
     (w / "trunc.png").write_bytes(png.read_bytes()[:40])
     Image.new("L", (1, 30000)).save(w / "thin.png")
     (w / "garbage.pt").write_bytes(os.urandom(256))
-    (w / "t_slash.toml").write_text('name = "a/b"\ndescription = "d"\nbackend = "openvino"\ndevice = "CPU"\n'
-                                    'precisions = ["fp32"]\n')
-    (w / "t_threads.toml").write_text('name = "t"\ndescription = "d"\nbackend = "openvino"\ndevice = "CPU"\n'
-                                      'precisions = ["fp32"]\nthreads = 99999\n')
-    (w / "t_range.toml").write_text('name = "t"\ndescription = "d"\nbackend = "tensorrt"\ndevice = "GPU"\n'
-                                    'precisions = ["fp16"]\nbatch_range = [4, 2, 1]\n')
+    def target(name: str, **fields) -> None:  # a target profile with ``fields`` over a valid OpenVINO one
+        base = {"name": '"t"', "description": '"d"', "backend": '"openvino"', "device": '"CPU"',
+                "precisions": '["fp32"]'}
+        (w / f"{name}.toml").write_text("".join(f"{k} = {v}\n" for k, v in {**base, **fields}.items()))
+
+    target("t_slash", name='"a/b"')
+    target("t_threads", threads="99999")
+    target("t_range", backend='"tensorrt"', device='"GPU"', precisions='["fp16"]', batch_range="[4, 2, 1]")
     (w / "t_bin.toml").write_bytes(os.urandom(64))
-    (w / "t_noprec.toml").write_text('name = "t"\ndescription = "d"\nbackend = "openvino"\ndevice = "CPU"\n'
-                                     'precisions = []\n')
-    (w / "t_backend.toml").write_text('name = "t"\ndescription = "d"\nbackend = "cuda; rm -rf /"\ndevice = "CPU"\n'
-                                      'precisions = ["fp32"]\n')
+    target("t_noprec", precisions="[]")
+    target("t_backend", backend='"cuda; rm -rf /"')
     (w / "s_models.toml").write_text('name = "s"\ndataset = "synthetic"\ntargets = ["cpu-x86"]\n'
                                      'precisions = ["fp32"]\nmodels = "vit"\n')
     (w / "s_overrides.toml").write_text('name = "s"\ndataset = "synthetic"\ntargets = ["cpu-x86"]\n'
