@@ -272,3 +272,18 @@ def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_
     cell = {"p50": r.manifest["latency_ms"]["p50"], "size_bytes": 1,
             "details": json.dumps({"latency": r.manifest["latency_ms"]})}
     assert _row(cell)["x_peer"] == round(peer["p50"] / cell["p50"], 2)
+
+
+def test_the_openvino_ir_describes_itself(int8_bundle):
+    """Labels and preprocessing inside model.xml's rt_info, as OpenVINO's Model API reads a classifier."""
+    import json
+
+    import openvino as ov
+
+    m = read_manifest(int8_bundle)
+    model = ov.Core().read_model(str(int8_bundle / "model.xml"))
+    assert model.get_rt_info(["model_info", "model_type"]).astype(str) == "Classification"
+    assert model.get_rt_info(["model_info", "labels"]).astype(str).split() == [x.replace(" ", "_") for x in m["labels"]]
+    mean = [float(v) for v in model.get_rt_info(["model_info", "mean_values"]).astype(str).split()]
+    assert mean == pytest.approx([x * 255 for x in m["preprocessing"]["mean"]], rel=1e-4)
+    assert json.loads(model.get_rt_info(["edgevit", "labels"]).astype(str)) == m["labels"]

@@ -43,6 +43,26 @@ def runtime_summary(compiled) -> dict:
     }
 
 
+def describe_ir(model, metadata: dict[str, str]) -> None:
+    """Labels and preprocessing inside the IR's ``rt_info``, so it describes itself outside a bundle: under
+    ``model_info`` as OpenVINO's Model API reads a classifier (labels space-separated with spaces as ``_``; mean and
+    scale in 0-255 pixel units; RGB input), and edgevit's exact labels and preprocessing under ``edgevit``."""
+    import json
+
+    if "edgevit.labels" not in metadata:
+        return
+    labels = json.loads(metadata["edgevit.labels"])
+    pre = json.loads(metadata["edgevit.preprocessing"])
+    info = {"model_type": "Classification", "labels": " ".join(str(x).replace(" ", "_") for x in labels),
+            "mean_values": " ".join(f"{m * 255:g}" for m in pre["mean"]),
+            "scale_values": " ".join(f"{s * 255:g}" for s in pre["std"]),
+            "reverse_input_channels": "True", "resize_type": "standard"}
+    for key, value in info.items():
+        model.set_rt_info(value, ["model_info", key])
+    for key, value in metadata.items():
+        model.set_rt_info(value, ["edgevit", key.removeprefix("edgevit.")])
+
+
 def static_model(core, path, batch: int):
     """The IR read and reshaped to a static ``batch``: what every compile of it here starts from."""
     model = core.read_model(str(path))
@@ -204,6 +224,7 @@ class OpenVINOBackend:
             from edgevit.quantize import kept_in_higher_precision
 
             details["kept_in_higher_precision"] = kept_in_higher_precision(job.model)
+        describe_ir(job.model, job.metadata)
         ov.save_model(job.model, str(job.out_dir / "model.xml"), compress_to_fp16=False)
         details["compile_config"] = self._config(job.precision, job.target)
         if job.precision == "int8":
