@@ -19,7 +19,14 @@ from markupsafe import Markup
 
 from edgevit.bundle import NNCF_DEFAULT
 from edgevit.errors import UsageError
-from edgevit.report_charts import DEFAULT_TOLERANCES, FAMILY_ORDER, accuracy_latency_chart, cell_key, trend_chart
+from edgevit.report_charts import (
+    DEFAULT_TOLERANCES,
+    FAMILY_ORDER,
+    accuracy_latency_chart,
+    cell_key,
+    random_weights,
+    trend_chart,
+)
 
 
 def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -183,6 +190,8 @@ def _fmt(v) -> str:
 
 
 def _cell_text(c: dict, key: str) -> str:
+    if key in ("top1", "top5", "top1_drop") and c.get(key) is not None and random_weights(c):
+        return "– (random weights)"  # a random model's top-1 is no accuracy
     if key == "status" and c.get("error"):  # why it failed, where the reader looks (the full text in the history)
         return f"{c['status']}: {c['error'][:100]}"
     return _fmt(c.get(key))

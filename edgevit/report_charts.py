@@ -15,6 +15,13 @@ def cell_key(c: dict) -> tuple:
     return c["model"], c["target"], c["precision"]
 
 
+def random_weights(c: dict) -> bool:
+    """Was the cell built from random weights? Then its top-1 means nothing and is never drawn as accuracy."""
+    d = c.get("details")
+    d = d if isinstance(d, dict) else {}
+    return bool(d.get("random_weights")) or str(d.get("weights", "")).startswith("random")
+
+
 def _svg(fig) -> str:
     """The figure as SVG text (crisp at any zoom, its labels searchable), text kept as text."""
     import matplotlib
@@ -45,7 +52,9 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    targets = sorted({c["target"] for c in latest if c.get("p50") and c.get("top1") is not None})
+    measured = [c for c in latest if c.get("p50") and c.get("top1") is not None]
+    latest = [c for c in measured if not random_weights(c)]  # a random model's top-1 is no accuracy
+    targets = sorted({c["target"] for c in latest})
     if not targets:
         return None
     fig, axes = plt.subplots(1, len(targets), figsize=(7.5 * len(targets), 5.0), squeeze=False)
@@ -73,7 +82,10 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{t}: accuracy vs latency (filled: transformers, hollow: CNN baselines)", fontsize=9)
+        left_out = sum(1 for c in measured if c["target"] == t and random_weights(c))
+        ax.set_title(f"{t}: accuracy vs latency (filled: transformers, hollow: CNN baselines)"
+                     + (f"\n{left_out} cell(s) with random weights left out: their top-1 means nothing"
+                        if left_out else ""), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         from matplotlib.lines import Line2D
 
@@ -104,7 +116,7 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: dict[str, set[str]
     keys = keys[:24]
     cols = 4
     rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, k in zip(axes.flat, keys):
         series = sorted((order[c["run_id"]], c.get("p50"), c.get("top1")) for c in cells
                         if cell_key(c) == k and c["status"] == "passed")
@@ -120,21 +132,25 @@ def trend_chart(runs: list[dict], cells: list[dict], flagged: dict[str, set[str]
         ax.set_ylim(0, max(ys, default=1) * 1.15)
         ax.set_xlim(-0.3, len(runs) - 0.7)
         ticks = sorted(set(xs))
-        ax.set_xticks(ticks, [f"#{i + 1}\n{runs[i]['git_commit']}" for i in ticks], fontsize=6)
-        ax.set_title(" ".join(k), fontsize=8)
-        ax.set_ylabel("p50 ms", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        acc = ax.twinx()
-        accs = [s[2] for s in series if s[2] is not None]
-        acc.plot(xs, [s[2] for s in series], "s:", markersize=3,
-                 color="tab:red" if "accuracy" in kinds else "tab:green")
-        if accs:
-            acc.set_ylim(min(accs) - 2, max(accs) + 2)
-        acc.tick_params(labelsize=6, colors="tab:green")
+        ax.set_xticks(ticks, [f"{str(runs[i]['started'])[5:16].replace('T', ' ')}\n{runs[i]['git_commit'][:7]}"
+                              for i in ticks], fontsize=8, rotation=30, ha="right")
+        ax.set_title(" ".join(k), fontsize=10)
+        ax.set_ylabel("p50 ms", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        real = [c for c in cells if cell_key(c) == k and c["status"] == "passed" and not random_weights(c)]
+        if real:  # accuracy only of real weights: a random model's top-1 is no accuracy
+            acc = ax.twinx()
+            acc_series = sorted((order[c["run_id"]], c.get("top1")) for c in real)
+            accs = [v for _, v in acc_series if v is not None]
+            acc.plot([x for x, _ in acc_series], [v for _, v in acc_series], "s:", markersize=3,
+                     color="tab:red" if "accuracy" in kinds else "tab:green")
+            if accs:
+                acc.set_ylim(min(accs) - 2, max(accs) + 2)
+            acc.tick_params(labelsize=8, colors="tab:green")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("trend per cell across runs on this host (run number, commit): p50 latency (blue; red when its "
-                 "latency is flagged), the effect-size threshold (red dashes), top-1 % (green, right axis; red when "
-                 "its accuracy is flagged)", fontsize=9)
+    fig.suptitle("trend per cell across runs on this host (date and time of the run, commit): p50 latency (blue; red "
+                 "when flagged), the effect-size threshold (red dashes),\ntop-1 % of cells with real weights (green, "
+                 "right axis; red when flagged; cells with random weights have none)", fontsize=10)
     fig.tight_layout()
     return _svg(fig)

@@ -112,3 +112,19 @@ def test_any_row_is_a_checked_record_or_damaged():
             assert isinstance(out.get("details", out.get("env")), dict)
 
     check()
+
+
+def test_random_weight_cells_are_never_shown_as_accuracy(tmp_path):
+    from edgevit.report import report
+
+    db = tmp_path / "h.sqlite"
+    real = json.dumps({"samples": [1.0], "weights": "best.pt"})
+    rnd = json.dumps({"samples": [1.0], "random_weights": True, "weights": "random (accuracy meaningless)"})
+    _history(db, [_run("r1"), _run("r2", started="2026-12-07T07:00:00")],
+             [_cell(r, details=real) for r in ("r1", "r2")]
+             + [_cell(r, model="mobilenetv3-fmnist", details=rnd, top1=6.0) for r in ("r1", "r2")])
+    out, _ = report(str(db), str(tmp_path / "rep"))
+    page = (out / "report.html").read_text()
+    assert "1 cell(s) with random weights left out" in page  # the accuracy chart says what it left out
+    assert "– (random weights)" in page and ">6.0<" not in page  # the table shows no top-1 for it
+    assert "12-07 07:00" in page  # trend axes carry the run's date
