@@ -96,6 +96,8 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         lat["measure"] = "quick: one thread count, the first host precision, a third of the timing"
     if sweep:
         art.built.details["threads"] = lat["threads"] = runner.info.get("threads")
+        if "INFERENCE_NUM_THREADS" in art.built.details.get("compile_config", {}):  # what the bundle runs with
+            art.built.details["compile_config"]["INFERENCE_NUM_THREADS"] = runner.info.get("threads")
         lat["threads_sweep"] = a_sweep
     res = {"artifact": timed[f"{name[hp]}@{a_n}"], TORCH_EAGER: timed[f"torch@{t_n}"],
            BACKEND_DEFAULT: timed["default"]}

@@ -195,6 +195,7 @@ def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
     assert sweep["p50_ms"][str(sweep["chosen"])] <= best * 1.03  # the fastest, or as fast with fewer threads
     assert r.manifest["backend"]["threads"] == sweep["chosen"] == r.manifest["latency_ms"]["threads"]
     assert Predictor(r.bundle).runner.info["threads"] == sweep["chosen"]
+    assert r.manifest["backend"]["compile_config"]["INFERENCE_NUM_THREADS"] == sweep["chosen"]  # what runs
     # the PyTorch baseline is timed at its own fastest thread count, in the same run
     tb = r.manifest["latency_ms"]["baselines"]["torch_eager_fp32"]
     ts = tb["threads_sweep"]
