@@ -170,13 +170,16 @@ def _add_build(sub) -> None:
                    help="timm's default pretrained weights for the model, from the Hugging Face Hub (or its cache)")
     s.add_argument("--out", default="build", help="directory the bundle is written into")
     s.add_argument("--name", help="bundle directory name (default MODEL-TARGET-PRECISION)")
-    s.add_argument("--calibration", help="calibration recipe name or .toml (default: calibration/default.toml)")
+    s.add_argument("--calibration", help="calibration recipe name or .toml (default: the recipe measured fastest for "
+                                         "this model family on this kind of CPU, calibration/_defaults.toml; the "
+                                         "build says which and why)")
     s.add_argument("--calib-samples", type=COUNT, help="override the recipe's sample count")
     s.add_argument("--calib-data", help="calibrate on these unlabelled images instead (a folder, e.g. frames from the "
                                         "device's camera, or a .npy of uint8 images); --data still validates")
     s.add_argument("--val-samples", type=COUNT, help="validation images (default: the whole held-out split)")
     s.add_argument("--input-size", type=INPUT_SIZE, help="input resolution (position embeddings are resampled)")
-    s.add_argument("--threads", type=THREADS, help="inference threads (default: the target's)")
+    s.add_argument("--threads", type=THREADS, help="inference threads (default: the target's; where it leaves them "
+                                                   "open, the count measured fastest here, recorded in the bundle)")
     s.add_argument("--max-drop", type=_float_in(0, 100), default=DEFAULT_MAX_DROP,
                    help=f"accuracy gate: top-1 points INT8 may lose vs FP32 (default {DEFAULT_MAX_DROP}); over it, "
                         "accuracy-aware PTQ is tried (or QAT, with --qat-epochs), then the build fails")
@@ -244,7 +247,7 @@ def _add_predict(sub) -> None:
     s.add_argument("images", nargs="+")
     s.add_argument("-k", "--top-k", type=_int_in(1, 1000), default=3)
     s.add_argument("--json", action="store_true", help="one JSON line per image")
-    s.add_argument("--threads", type=THREADS)
+    s.add_argument("--threads", type=THREADS, help="inference threads (default: the bundle's recorded count)")
 
 
 def _add_demo(sub) -> None:
@@ -259,7 +262,7 @@ def _add_demo(sub) -> None:
     s.add_argument("--max-fps", type=_float_in(0, 1000, lo_open=True), help="read the source at most this often")
     s.add_argument("--max-frames", type=COUNT, help="stop after this many frames")
     s.add_argument("-k", "--top-k", type=_int_in(1, 1000), default=3)
-    s.add_argument("--threads", type=THREADS)
+    s.add_argument("--threads", type=THREADS, help="inference threads (default: the bundle's recorded count)")
     s.add_argument("--force", action="store_true", help="replace existing --output/--jsonl files")
 
 
