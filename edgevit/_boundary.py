@@ -31,6 +31,7 @@ RUNTIME_MODULES = (
     "edgevit.backends.tensorrt_plan", "edgevit.bundle", "edgevit.cli", "edgevit.cli_args", "edgevit.compile",
     "edgevit.demo", "edgevit.device_check", "edgevit.errors", "edgevit.failure", "edgevit.images", "edgevit.measure",
     "edgevit.outputs", "edgevit.predict", "edgevit.profile", "edgevit.schema", "edgevit.sinks", "edgevit.targets",
+    "edgevit.timing",
     # imported for one constant (cli_args: --max-drop's default) and for a guarded probe of torch's GPUs (env)
     "edgevit.validate", "edgevit.parallel",
 )

@@ -209,7 +209,14 @@ def _cmd_time(a) -> int:
     from edgevit.outputs import dumps
     from edgevit.predict import time_bundle
 
-    r = time_bundle(a.bundle, throughput_batch=a.throughput_batch, threads=a.threads)
+    if len(a.bundles) > 1 or a.profile or a.batch or a.duration != 2.0 or not Path(a.bundles[0]).is_dir():
+        from edgevit.timing import table, time_items
+
+        records = time_items(a.bundles, batch=a.batch, threads=a.threads, duration=a.duration, profile=a.profile,
+                             throughput_batch=a.throughput_batch)
+        print(dumps(records if len(records) > 1 else records[0], indent=None) if a.json else table(records))
+        return 0
+    r = time_bundle(a.bundles[0], throughput_batch=a.throughput_batch, threads=a.threads)
     if a.json:
         print(dumps(r, indent=None))
     else:

@@ -78,7 +78,9 @@ ABOUT = {
     "inspect": ("Figures of what a ViT learned (attention, position embeddings) and where INT8 hurts it.",
                 ["edgevit inspect --model vit-tiny-fmnist --weights runs/vit/best.pt --data fashion-mnist "
                  "--out inspect"]),
-    "time": ("A bundle's latency and throughput on this host, through its own runtime.", ["edgevit time build/BUNDLE"]),
+    "time": ("Bundles' latency and throughput on this host, through their own runtime, side by side.",
+             ["edgevit time build/BUNDLE", "edgevit time build/A build/B --profile",
+              "edgevit time build/A nncf_int8.xml --duration 5 --json"]),
     "env": ("This host: CPU features, GPU, TensorRT and the versions of the libraries edgevit uses.",
             ["edgevit env", "edgevit env --json"]),
     "samples": ("Write real labelled test images (PNG) to try predict and the demo on.",
@@ -279,11 +281,19 @@ def _add_inspect(sub) -> None:
 
 
 def _add_time(sub) -> None:
-    s = sub.add_parser("time", help="measure a bundle's latency and throughput on this host through its own runtime")
-    s.add_argument("bundle")
+    s = sub.add_parser("time", help="measure bundles' latency and throughput on this host through their own runtime, "
+                                    "side by side")
+    s.add_argument("bundles", nargs="+", metavar="BUNDLE",
+                   help="bundle directories, or plain OpenVINO .xml / .onnx files; several are timed interleaved, "
+                        "each in its own process")
     s.add_argument("--throughput-batch", type=_int_in(1, 4096), default=16, help="batch for the throughput figure")
-    s.add_argument("--threads", type=THREADS)
-    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.add_argument("--threads", type=THREADS, help="inference threads (default: each bundle's recorded count)")
+    s.add_argument("--batch", type=_int_in(1, 4096), help="latency batch (default: each bundle's target batch)")
+    s.add_argument("--duration", type=_float_in(0.1, 600), default=2.0,
+                   help="seconds of timed calls per item at least (default 2)")
+    s.add_argument("--profile", action="store_true",
+                   help="per-layer table (layer, type, kernel, precision, median ms, share) beside the p50")
+    s.add_argument("--json", action="store_true", help="JSON on stdout: an object for one bundle, else a list")
 
 
 def _add_env(sub) -> None:

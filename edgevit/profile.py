@@ -22,7 +22,14 @@ def precision_of(exec_type: str) -> str:
 
 
 def summarize(per_layer: dict[str, dict], runs: int, how: str) -> dict:
-    """``per_layer``: name → {type, exec, precision, ms (summed over ``runs``)}; the profile a manifest keeps."""
+    """``per_layer``: name → {type, exec, precision, ms (summed over ``runs``)} and, where the runtime gives every
+    run's time, ``samples``: then a layer's figure is its median (one slow run does not inflate it, and the medians
+    add up to a typical inference); the profile a manifest keeps."""
+    import statistics
+
+    for v in per_layer.values():
+        if v.get("samples"):
+            v["ms"] = statistics.median(v["samples"]) * max(runs, 1)
     total = sum(v["ms"] for v in per_layer.values()) / max(runs, 1)
     by_type: dict[str, float] = defaultdict(float)
     by_precision: dict[str, float] = defaultdict(float)
@@ -38,5 +45,7 @@ def summarize(per_layer: dict[str, dict], runs: int, how: str) -> dict:
     def ranked(d):
         return {k: round(v, 4) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
 
-    return {"measured_with": how, "runs": runs, "total_ms": round(total, 4), "layers_timed": len(layers),
+    statistic = "median" if any(v.get("samples") for v in per_layer.values()) else "mean"
+    return {"measured_with": how, "statistic": statistic, "runs": runs, "total_ms": round(total, 4),
+            "layers_timed": len(layers),
             "top_layers": layers[:TOP_LAYERS], "ms_by_type": ranked(by_type), "ms_by_precision": ranked(by_precision)}

@@ -157,8 +157,11 @@ class OVRunner:
             for p in request.profiling_info:
                 if str(p.status).endswith("EXECUTED"):
                     e = acc.setdefault(p.node_name, {"type": p.node_type, "exec": p.exec_type,
-                                                     "precision": precision_of(p.exec_type), "ms": 0.0})
-                    e["ms"] += p.real_time.total_seconds() * 1000
+                                                     "precision": precision_of(p.exec_type), "ms": 0.0,
+                                                     "samples": []})
+                    ms = p.real_time.total_seconds() * 1000
+                    e["ms"] += ms
+                    e["samples"].append(ms)
         return acc
 
     def layer_times(self, x: np.ndarray, runs: int = 50) -> dict[str, float]:

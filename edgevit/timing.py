@@ -1,0 +1,150 @@
+"""``edgevit time A [B ...]``: bundles (and plain OpenVINO ``.xml`` / ``.onnx`` files) timed against each other the
+way a build times its candidates: interleaved rounds, each in its own process, each on its own input; with
+``profile``, a per-layer table in the shape of ``benchmark_app -pc`` whose total is set beside the p50 of the same
+run. Runtime side: no build-side import."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import UsageError
+
+
+class OwnInput:
+    """A runner that always runs on its own input, so candidates of different input sizes can be timed in one
+    interleaved run (``compare_latency`` hands every candidate the same array). Made again in a timing worker from
+    its ``spec()``, like the runner it wraps."""
+
+    def __init__(self, factory, args, x: np.ndarray) -> None:
+        self.inner = factory(*args)
+        self.x = x
+        self.info = getattr(self.inner, "info", {})
+        self._spec = (factory, args)
+
+    def __call__(self, _ignored):
+        return self.inner(self.x)
+
+    def spec(self) -> tuple:
+        return OwnInput, (*self._spec, self.x)
+
+
+@dataclass
+class Item:
+    name: str
+    path: Path
+    runner: object
+    x: np.ndarray
+    manifest: dict | None = None  # a bundle's (None: a plain model file)
+    record: dict = field(default_factory=dict)
+
+
+def load_item(path: str | os.PathLike, batch: int | None, threads: int | None) -> Item:
+    """A bundle (verified, through its own runtime at its recorded threads) or a plain ``.xml`` / ``.onnx`` file
+    (OpenVINO with its defaults; ``threads`` if given)."""
+    p = Path(path)
+    if p.is_dir():
+        from edgevit.predict import Predictor
+
+        pred = Predictor(p, threads=threads)
+        m = pred.manifest
+        n = batch or int(m["target"].get("batch", 1))
+        return Item(p.name, p, pred.runner, np.zeros((n, *m["model"]["input_size"]), np.float32), m)
+    if p.suffix not in (".xml", ".onnx") or not p.is_file():
+        raise UsageError(f"{p}: give a bundle directory or an OpenVINO .xml / .onnx model file")
+    from edgevit.backends.openvino import OVRunner
+    from edgevit.errors import BundleError, reading
+
+    with reading(f"{p} as an OpenVINO model", BundleError):
+        import openvino as ov
+
+        shape = ov.Core().read_model(str(p)).input(0).get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape]
+    if len(dims) != 4 or None in dims[1:]:
+        raise UsageError(f"{p}: its input {shape} has no fixed channels, height and width; time its bundle instead")
+    x = np.zeros((batch or dims[0] or 1, *dims[1:]), np.float32)
+    cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    return Item(p.name, p, OVRunner(p, cfg), x)
+
+
+def time_items(paths: list, *, batch: int | None = None, threads: int | None = None, duration: float = 2.0,
+               profile: bool = False, throughput_batch: int | None = None) -> list[dict]:
+    """Every item timed in one interleaved, process-isolated run (``duration`` seconds each at least); with
+    ``throughput_batch`` its offline throughput too, and with ``profile`` its per-layer table."""
+    from edgevit.measure import compare_latency, host_info, offline_throughput
+
+    items = [load_item(p, batch, threads) for p in paths]
+    names = [i.name for i in items]
+    if len(set(names)) < len(names):
+        names = [str(i.path) for i in items]
+    cands = {}
+    for name, it in zip(names, items):
+        if not hasattr(it.runner, "spec"):
+            raise UsageError(f"{it.path}: its runtime cannot be timed in a separate process here")
+        factory, args = it.runner.spec()
+        cands[name] = OwnInput(factory, args, it.x)
+    timed = compare_latency(cands, items[0].x, min_seconds=duration)
+    host = host_info()
+    out = []
+    for name, it in zip(names, items):
+        lat = {k: v for k, v in timed[name].items() if k != "samples"}
+        rec = {"item": name, "path": str(it.path), "host": host, "latency_ms": lat,
+               "executed": it.runner.info.get("executed_precision"), "backend": it.runner.info.get("backend"),
+               "threads": it.runner.info.get("threads"), "batch": int(it.x.shape[0])}
+        if it.manifest is not None:
+            rec.update(model=it.manifest["model"]["alias"], precision=it.manifest["precision"],
+                       target=it.manifest["target"]["name"])
+        if throughput_batch:
+            m = it.manifest or {"backend": {"name": "openvino"}, "model": {"input_size": list(it.x.shape[1:])}}
+            rec["throughput"], rec["offline"] = offline_throughput(it.runner, throughput_batch, m)
+        if profile:
+            rec["profile"] = layer_profile(it, lat["p50"])
+        out.append(rec)
+    return out
+
+
+def layer_profile(it: Item, p50: float, runs: int = 100) -> dict:
+    """The runtime's per-layer times (median of ``runs`` inferences per layer) at the runner's own configuration
+    and thread count, and their sum set beside the p50 measured in the same run."""
+    if not hasattr(it.runner, "profile"):
+        raise UsageError(f"{it.path}: its runtime has no per-layer profiler")
+    prof = it.runner.profile(it.x, runs=runs)
+    total = prof["total_ms"]
+    prof["p50_ms"] = p50
+    prof["total_vs_p50"] = round(total / p50, 3) if p50 else None
+    prof["excluded"] = "the Python call, the input and output copies, the runtime's dispatch between layers"
+    return prof
+
+
+def table(records: list[dict], profile_rows: int = 15) -> str:
+    """The text ``edgevit time`` prints."""
+    lines = [f"{'item':36} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}  ran"]
+    for r in records:
+        lat = r["latency_ms"]
+        thr = f"{r['throughput']:.0f}" if r.get("throughput") is not None else "–"
+        lines.append(f"{r['item'][:36]:36} {lat['p50']:9.4f} {lat['p90']:9.4f} {lat['p99']:9.4f} {thr:>9}  "
+                     f"{r.get('executed') or '?'} on {r.get('threads')} thread(s), batch {r['batch']}")
+    host = records[0]["host"]
+    lines.append(f"timed interleaved, each in its own process, on {host['cpu']} ({host['cores']} cores)")
+    if len(records) > 1:
+        base = records[0]["latency_ms"]["p50"]
+        lines.append("p50 relative to the first: " + ", ".join(
+            f"{r['item']} {base / r['latency_ms']['p50']:.2f}x" for r in records[1:]))
+    for r in records:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        lines += ["", f"{r['item']}: per-layer profile ({prof['measured_with']}; median per layer)",
+                  f"{'layer':40} {'type':16} {'kernel':28} {'precision':9} {'median ms':>9} {'share':>6}"]
+        for row in prof["top_layers"][:profile_rows]:
+            lines.append(f"{row['name'][:40]:40} {row['type'][:16]:16} {row['exec'][:28]:28} {row['precision']:9} "
+                         f"{row['ms']:9.4f} {row['share'] * 100:5.1f}%")
+        rest = prof["layers_timed"] - min(profile_rows, len(prof["top_layers"]))
+        if rest > 0:
+            lines.append(f"... and {rest} more layer(s)")
+        lines.append(f"total of the per-layer medians {prof['total_ms']:.4f} ms; p50 of the same run "
+                     f"{prof['p50_ms']:.4f} ms (ratio {prof['total_vs_p50']}); not in any layer: {prof['excluded']}")
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""``edgevit time A B --profile``: bundles and plain model files timed against each other in one interleaved,
+process-isolated run, and a per-layer table set beside the p50 of the same run."""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_bad_input import cli
+
+
+def test_time_a_bundle_beside_a_plain_ir_with_profiles(int8_bundle, capsys):
+    rc, out, err = cli(capsys, "time", int8_bundle, int8_bundle / "model.xml", "--profile", "--duration", "0.5",
+                       "--json")
+    assert rc == 0, err
+    recs = json.loads(out)
+    assert [r["item"] for r in recs] == [int8_bundle.name, "model.xml"]
+    for r in recs:
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["isolated"] is True  # each in its own process
+        prof = r["profile"]
+        assert prof["statistic"] == "median" and prof["top_layers"] and prof["p50_ms"] == lat["p50"]
+        assert prof["total_vs_p50"] == round(prof["total_ms"] / lat["p50"], 3)
+        assert abs(sum(x["share"] for x in prof["top_layers"]) - 1) < 0.02 or prof["layers_timed"] > 15
+    assert recs[0]["model"] == "vit-tiny-fmnist" and recs[0]["threads"] >= 1
+
+
+def test_time_table_and_bad_items(int8_bundle, tmp_path, capsys):
+    rc, out, _ = cli(capsys, "time", int8_bundle, int8_bundle, "--duration", "0.3")
+    assert rc == 0 and "timed interleaved, each in its own process" in out and "relative to the first" in out
+    (tmp_path / "x.txt").write_text("no")
+    rc, _, err = cli(capsys, "time", int8_bundle, tmp_path / "x.txt")
+    assert rc == 2 and "give a bundle directory or an OpenVINO .xml / .onnx model file" in err
