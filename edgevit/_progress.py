@@ -73,7 +73,7 @@ def library_output():
     import logging
 
     show = verbose()
-    for name in ("nncf", "torch", "torchao", "openvino"):
+    for name in ("nncf", "torch", "torchao", "openvino", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.INFO if show else logging.ERROR)
     if show:
         return contextlib.redirect_stdout(sys.stderr)

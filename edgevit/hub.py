@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgevit._progress import library_output
 from edgevit.errors import UsageError, WeightsError, reading
 from edgevit.images import INTERPOLATIONS
 from edgevit.outputs import loads
@@ -71,9 +72,19 @@ def resolve(weights: str) -> HubWeights:
         raise UsageError(f"--weights {weights[:200]!r}: give hf-hub:OWNER/NAME[@REVISION] (letters, digits, '-', '_', "
                          "'.'), e.g. hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
     path, offline = None, False
-    for filename in WEIGHT_FILES:
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
+        # no network: what the cache holds, at once (huggingface_hub would retry each file for ~45 s)
+        path = _cached(repo_id, revision)
+        if path is None:
+            raise WeightsError(
+                f"{repo_id} is not in the local Hugging Face cache and {constants.ENDPOINT} cannot be reached; "
+                f"download it where there is internet: hf download {repo_id} (then copy the cache, HF_HOME)")
+    for filename in WEIGHT_FILES if path is None else ():
         try:
-            path = Path(hf_hub_download(repo_id, filename, revision=revision or None))
+            with library_output():  # huggingface_hub's retry and progress lines only with -v
+                path = Path(hf_hub_download(repo_id, filename, revision=revision or None))
             break
         except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: this file is not cached, maybe the next
             offline = True
@@ -90,14 +101,42 @@ def resolve(weights: str) -> HubWeights:
     if path is None:
         raise WeightsError(f"{repo_id} has no {' or '.join(WEIGHT_FILES)}; it is not a timm model repository")
     commit = path.parent.name  # .../snapshots/<commit>/model.safetensors
-    try:
-        config_path = Path(hf_hub_download(repo_id, "config.json", revision=commit))
-    except (EntryNotFoundError, OSError):  # no config.json (cached or on the Hub): timm's defaults apply
-        return HubWeights(repo_id, commit, path, {})
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        try:
+            with library_output():
+                config_path = Path(hf_hub_download(repo_id, "config.json", revision=commit))
+        except (EntryNotFoundError, OSError):  # no config.json (cached or on the Hub): timm's defaults apply
+            return HubWeights(repo_id, commit, path, {})
     with reading(f"{repo_id}'s config.json ({config_path})", WeightsError,
                  f"download it again: hf download {repo_id} --force-download"):
         config = check_config(loads(config_path.read_text()), repo_id)
     return HubWeights(repo_id, commit, path, config)
+
+
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Does the Hub answer at all (one HEAD request, no retries)? Any HTTP answer counts."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _cached(repo_id: str, revision: str | None) -> Path | None:
+    """The weights file of ``repo_id`` at ``revision`` (default: the cached ``main``) in the local cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in WEIGHT_FILES:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")

@@ -164,3 +164,26 @@ def test_any_config_is_a_checked_record_or_one_weights_error():
         assert "std" not in pre or all(s > 0 for s in pre["std"])
 
     check()
+
+
+def test_without_network_the_cache_answers_at_once(hub_cache, monkeypatch):
+    """Not declared offline, but the Hub cannot be reached (a closed port of the test's own): the cached repository
+    is used without huggingface_hub's retries, and a missing one is one WeightsError naming `hf download`."""
+    import socket
+
+    import huggingface_hub.constants as c
+
+    from edgevit.errors import WeightsError
+    from edgevit.hub import resolve
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(c, "ENDPOINT", f"http://127.0.0.1:{port}")
+    w = resolve(f"hf-hub:{REPO}")
+    assert w.revision == COMMIT and w.config["architecture"] == "vit_tiny_patch16_224"
+    with pytest.raises(WeightsError, match="cannot be reached; download it where there is internet: hf download"):
+        resolve("hf-hub:timm/not_cached_model")
