@@ -33,11 +33,11 @@ def annotation_type(annotation) -> type | None:
     return _TYPES.get(named[0]) if len(named) == 1 else None
 
 
-def shipped_dir(folder: str, error=TargetError) -> Path:
-    """A folder of TOML files shipped with edgevit: ``<folder>/`` beside the package in a checkout (and editable
-    installs), ``edgevit/_<folder>`` in a wheel."""
+def shipped_dir(folder: str, error=TargetError, checkout: str | None = None) -> Path:
+    """A folder of TOML files shipped with edgevit: ``<checkout or folder>/`` beside the package in a checkout (and
+    editable installs), ``edgevit/_<folder>`` in a wheel."""
     here = Path(__file__).resolve().parent
-    for d in (here.parent / folder, here / f"_{folder}"):
+    for d in (here.parent / (checkout or folder), here / f"_{folder}"):
         if d.is_dir() and any(d.glob("*.toml")):
             return d
     raise error(f"no {folder} files found beside {here}; the installation is incomplete, reinstall edgevit")

@@ -61,11 +61,13 @@ class Suite:
 def load_suite(path: str | os.PathLike) -> Suite:
     p = Path(path)
     if not p.is_file():
-        shipped = Path(__file__).resolve().parent.parent / "benchmarks" / f"{path}.toml"
+        from edgevit._config import shipped_dir
+
+        shipped = shipped_dir("suites", UsageError, checkout="benchmarks/suites") / f"{path}.toml"
         if shipped.is_file():
             p = shipped
         else:
-            raise UsageError(f"suite file not found: {path} (pass e.g. benchmarks/quick.toml)")
+            raise UsageError(f"suite file not found: {path} (pass e.g. benchmarks/suites/quick.toml)")
     with reading(f"suite {p}"):
         raw = tomllib.loads(p.read_text())
     known = set(Suite.__dataclass_fields__) - {"path"}

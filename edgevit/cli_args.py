@@ -66,7 +66,8 @@ ABOUT = {
                           "--data DIR",
                           "edgevit build --config build.toml"]),
     "bench": ("Benchmark a suite of models x targets x precisions into the history database.",
-              ["edgevit bench --suite benchmarks/quick.toml", "edgevit bench --suite fashion-mnist --train-missing"]),
+              ["edgevit bench --suite quick", "edgevit bench --suite fashion-mnist --train-missing",
+               "edgevit bench --suite my-suite.toml"]),
     "report": ("HTML and Markdown report of the benchmark history, with trends and regressions (exit 3 on a "
                "regression).", ["edgevit report", "edgevit report --db jetson.sqlite --db cpu.sqlite --out report"]),
     "compile": ("On a Jetson or NVIDIA GPU: build a bundle's TensorRT engine and measure it.",
@@ -214,7 +215,8 @@ def _add_build(sub) -> None:
 
 def _add_bench(sub) -> None:
     s = sub.add_parser("bench", help="benchmark a suite of models × targets × precisions into the history database")
-    s.add_argument("--suite", required=True, help="suite .toml (benchmarks/quick.toml, benchmarks/fashion-mnist.toml)")
+    s.add_argument("--suite", required=True,
+                   help="a shipped suite by name (quick, fashion-mnist, imagenet-shape, jetson) or a suite .toml")
     s.add_argument("--db", default="benchmarks/results/history.sqlite", help="SQLite history the run is appended to")
     s.add_argument("--train-missing", action="store_true", help="train models whose weights file does not exist")
     s.add_argument("--only", help="only the models whose name contains this")

@@ -372,7 +372,7 @@ def test_strict_json_writer_refuses_nan(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- history, suites, bench
-QUICK = Path(__file__).resolve().parent.parent / "benchmarks" / "quick.toml"
+QUICK = Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "quick.toml"
 
 
 @pytest.mark.parametrize("content,pattern", [

@@ -201,7 +201,7 @@ def test_suite_errors(tmp_path):
     p.write_text(p.read_text().replace('name="x"', 'name="x"\nlatency_tol=0.1'))
     with pytest.raises(UsageError, match="unknown key"):
         load_suite(p)
-    assert {m.model for m in load_suite("benchmarks/fashion-mnist.toml").models} >= {"maxvit-pico-fmnist",
+    assert {m.model for m in load_suite("benchmarks/suites/fashion-mnist.toml").models} >= {"maxvit-pico-fmnist",
                                                                                       "resnet18-fmnist"}
     p.write_text('name="x"\ndataset="synthetic"\ntargets=["cpu-x86"]\nprecisions=["fp32"]\n'
                  '[[models]]\nmodel="resnet18-fmnist"\ntrain={epochs=1, limt=5}\n')
@@ -231,7 +231,7 @@ def test_quick_suite_runs(tmp_path):
     """The CI-sized suite end to end (the shipped file, unchanged)."""
     from edgevit.cli import main
 
-    assert main(["bench", "--suite", "benchmarks/quick.toml", "--db", str(tmp_path / "h.sqlite")]) == 0
+    assert main(["bench", "--suite", "benchmarks/suites/quick.toml", "--db", str(tmp_path / "h.sqlite")]) == 0
     assert main(["report", "--db", str(tmp_path / "h.sqlite"), "--out", str(tmp_path / "r")]) == 0
 
 

@@ -309,8 +309,8 @@ def test_the_runtime_runs_under_a_python_older_than_3_11(python, orin_bundle, or
     py = str(venv / "bin" / "python")
     subprocess.run([py, f"{wheel}/pip", "install", "-q", str(wheel)], check=True, timeout=300, env=pip_env)
     src = tmp_path / "src"  # a copy: pip's build writes into the source tree
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "benchmarks", "*.egg-info", "build",
-                                                            "__pycache__", ".ci"))
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "reports", "results", "*.egg-info",
+                                                            "build", "__pycache__", ".ci", ".hypothesis"))
     r = subprocess.run([py, "-m", "pip", "install", "-q", str(src), "onnxruntime>=1.16"], capture_output=True,
                        text=True, env=pip_env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -319,6 +319,10 @@ def test_the_runtime_runs_under_a_python_older_than_3_11(python, orin_bundle, or
     version = subprocess.run([py, "-c", "import sys; print(sys.version_info[:2] < (3, 11))"], capture_output=True,
                              text=True).stdout.strip()
     assert version == "True"
+    shipped = subprocess.run([py, "-c", "import edgevit, pathlib; d = pathlib.Path(edgevit.__file__).parent; print("
+                              "sorted(p.name for p in (d / '_suites').glob('*.toml')))"], capture_output=True,
+                             text=True, cwd=tmp_path).stdout  # the suites ship in the wheel: --suite quick anywhere
+    assert "quick.toml" in shipped, shipped
     edgevit = str(venv / "bin" / "edgevit")
     env = {**pip_env, "HOME": str(tmp_path), "EDGEVIT_QUIET": "1", "PYTHONPATH": str(STANDINS)}
     cpu = _copy(ort_bundle, tmp_path, "cpu")

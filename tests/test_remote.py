@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-QUICK = Path(__file__).resolve().parent.parent / "benchmarks" / "quick.toml"
+QUICK = Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "quick.toml"
 
 
 def _free_port() -> int:
