@@ -8,6 +8,7 @@ finished on the device (:mod:`edgevit.compile`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -60,10 +61,12 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     normalisation; ImageNet's otherwise), and ``data`` your own images: ``(images, labels)`` uint8 arrays, a
     map-style ``Dataset`` or ``DataLoader`` of ``(image, label)``, or ``{"train": ..., "val": ...}`` of those
     (:func:`edgevit.data.from_python`; ``classes`` names the labels)."""
+    from edgevit.failure import DURATIONS
     from edgevit.failure import stage as step
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
 
+    DURATIONS.clear()  # this build's stages only
     if not isinstance(model, str):  # the caller's own module
         from edgevit.models import module_spec
 
@@ -84,7 +87,9 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
         from edgevit.best import build_best
 
         return build_best(req, inputs)
-    with step("preparing the model and data", req.final.parent), prepare(req.spec, **inputs) as prep:
+    with contextlib.ExitStack() as prepared:
+        with step("preparing the model and data", req.final.parent):
+            prep = prepared.enter_context(prepare(req.spec, **inputs))
         if follower:  # it trains its shard of QAT beside rank 0, which builds and writes
             from edgevit.qat import follow_qat
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from edgevit.errors import EdgevitError
 
 _STAGES: list[tuple[str, Path | None]] = []
+DURATIONS: dict[str, float] = {}  # seconds of each finished stage of this process's command, in order
 _FULL = 1 << 20  # bytes free below which a failure is reported as a full disk
 _FIX = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
         errno.EACCES: "check the permissions or write elsewhere", errno.EROFS: "write elsewhere",
@@ -33,10 +34,13 @@ _FIX = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free 
 
 @contextlib.contextmanager
 def stage(name: str, path: str | os.PathLike | None = None) -> Iterator[None]:
-    """Name what runs inside the block (and the file or folder it writes), for the failure line."""
+    """Name what runs inside the block (and the file or folder it writes), for the failure line; a block that
+    finishes adds its seconds to :data:`DURATIONS` (the build's manifest and summary show them)."""
     _STAGES.append((name, Path(path) if path is not None else None))
+    t0 = time.perf_counter()
     try:
         yield
+        DURATIONS[name] = round(DURATIONS.get(name, 0.0) + time.perf_counter() - t0, 1)
     except BaseException as e:
         if getattr(e, "edgevit_stage", None) is None:
             with contextlib.suppress(AttributeError, TypeError):

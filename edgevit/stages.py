@@ -236,6 +236,13 @@ def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path
                          peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick")
 
 
+def _stage_seconds() -> dict:
+    """The seconds of each build stage finished so far (``edgevit.failure.stage`` times them)."""
+    from edgevit.failure import DURATIONS
+
+    return dict(DURATIONS)
+
+
 def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact, gate: Gate | None, qat: dict,
                  calib, lat, **extra) -> dict:
     """The manifest of the artifact in ``stage`` (checksummed and checked against the schema by
@@ -263,6 +270,7 @@ def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact,
         "status": "failed-validation" if gate and not gate.passed else "ok",
         "latency_ms": lat.record,
         "build_seconds": round(time.perf_counter() - req.t_start, 1),
+        "stage_seconds": _stage_seconds(),
         "provenance": provenance(),
         "profile": lat.profile,
         **extra,

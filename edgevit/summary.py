@@ -41,6 +41,10 @@ def summary(result) -> str:
             lines.append(f"note      {prec} is slower than the backend's defaults on the FP32 export "
                          f"(which executed {default.get('executed_precision')}) on this host: "
                          f"{default['p50']:.3f} vs {lat['artifact']['p50']:.3f} ms p50")
+    stages = m.get("stage_seconds")
+    if stages:
+        lines.append("stages    " + " | ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+                     + f" (build {m.get('build_seconds', 0):.0f} s in all)")
     sel = m.get("selection")
     if sel:
         lines.append("selection --precision best → " + sel["chosen"] + ": " + " | ".join(

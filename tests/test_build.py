@@ -39,6 +39,10 @@ def test_int8_bundle_manifest_is_complete_and_measured(int8_bundle, fmnist_dir):
     assert rt["inference_precision"] == chosen
     assert "i8" in rt["compute_layers_by_precision"] or "u8" in rt["compute_layers_by_precision"]
     assert not list(int8_bundle.parent.glob(".*tmp*")), "no temporary directories left behind"
+    st = m["stage_seconds"]  # each stage's duration, timed by the stage that names failures
+    assert list(st) == ["preparing the model and data", "quantizing and compiling int8", "the speed search",
+                        "measuring latency"] and all(v >= 0 for v in st.values())
+    assert sum(st.values()) <= m["build_seconds"] + 0.5
 
 
 def test_predict_uses_manifest_and_agrees_with_validation(int8_bundle, fmnist_dir):
