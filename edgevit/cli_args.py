@@ -341,11 +341,52 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgevit", description="Vision Transformers from PyTorch to validated INT8 "
                                 "on edge devices.")
     p.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    p.add_argument("--completion", choices=("bash", "zsh"), action=_Completion,
+                   help="print a shell completion script: eval \"$(edgevit --completion bash)\" in ~/.bashrc")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, add in COMMANDS.items():
         add(sub)
         sub.choices[name].set_defaults(command=name)
     return p
+
+
+class _Completion(argparse.Action):
+    """``--completion SHELL``: print the script and exit, like ``--version``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(completion_script(values), end="")
+        parser.exit()
+
+
+def completion_script(shell: str = "bash") -> str:
+    """A bash (or zsh, through bashcompinit) completion script made from the parser itself: commands, each
+    command's options, and the choices of options that have them; files and directories elsewhere."""
+    import shlex
+
+    p = parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, cp in sub.choices.items():
+        opts = sorted(o for a in cp._actions for o in a.option_strings if o.startswith("-"))
+        choices = [(o, list(a.choices)) for a in cp._actions if a.choices for o in a.option_strings]
+        lines = [f"        {name})"]
+        for o, ch in choices:
+            lines.append(f"            if [ \"$prev\" = {shlex.quote(o)} ]; then COMPREPLY=($(compgen -W "
+                         f"{shlex.quote(' '.join(map(str, ch)))} -- \"$cur\")); return; fi")
+        lines.append(f"            if [[ \"$cur\" == -* ]]; then COMPREPLY=($(compgen -W {shlex.quote(' '.join(opts))} "
+                     "-- \"$cur\")); else COMPREPLY=($(compgen -f -- \"$cur\")); fi ;;")
+        cases.append("\n".join(lines))
+    head = "autoload -U +X bashcompinit && bashcompinit\n" if shell == "zsh" else ""
+    return head + f"""_edgevit() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" w
+    for w in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do case "$w" in -*) ;; *) cmd="$w"; break ;; esac; done
+    if [ -z "$cmd" ]; then COMPREPLY=($(compgen -W {shlex.quote(' '.join(sub.choices))} -- "$cur")); return; fi
+    case "$cmd" in
+{chr(10).join(cases)}
+    esac
+}}
+complete -o filenames -F _edgevit edgevit
+"""
 
 
 def command_parser(command: str) -> argparse.ArgumentParser:

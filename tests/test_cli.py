@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None):
@@ -194,3 +197,26 @@ def test_help_shows_defaults():
 
     text = " ".join(command_parser("build").format_help().split())
     assert "(default: cpu-x86)" in text and "(default: int8)" in text and "(default: None)" not in text
+
+
+def test_shell_completion_completes_commands_options_and_choices(tmp_path):
+    """The script ``edgevit --completion bash`` prints, run by a real bash: commands, a command's options, and the
+    choices of an option."""
+    import shutil
+
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    script = subprocess.run([sys.executable, "-m", "edgevit", "--completion", "bash"], capture_output=True, text=True,
+                            check=True, cwd=ROOT).stdout
+
+    def complete(*words: str) -> list[str]:
+        words_sh = " ".join(f"'{w}'" for w in words)
+        probe = (f"{script}\nCOMP_WORDS=(edgevit {words_sh})\nCOMP_CWORD={len(words)}\n_edgevit\n"
+                 'printf "%s\\n" "${COMPREPLY[@]}"\n')
+        r = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert "build" in complete("bu") and "bench" in complete("b")
+    assert "--measure" in complete("build", "--mea")
+    assert complete("build", "--measure", "") == ["quick", "full"]
