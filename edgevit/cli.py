@@ -121,6 +121,10 @@ def _cmd_build(a) -> int:
         print(dumps({"bundle": str(r.bundle), "manifest": r.manifest}, indent=None))
     else:
         print(summary(r))
+    if a.profile and r.manifest.get("profile"):
+        from edgevit.timing import profile_table
+
+        print("\n" + profile_table(r.bundle.name, r.manifest["profile"]), file=sys.stderr if a.json else sys.stdout)
     return 0
 
 

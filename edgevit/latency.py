@@ -121,5 +121,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     layers = None
     if profile:
         say("profiling per-layer time (--profile)")
-        layers = runner.profile(x)
+        from edgevit.timing import beside_p50
+
+        layers = beside_p50(runner.profile(x, runs=100), res["artifact"]["p50"])
     return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)

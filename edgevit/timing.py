@@ -111,10 +111,13 @@ def layer_profile(it: Item, p50: float, runs: int = 100) -> dict:
     and thread count, and their sum set beside the p50 measured in the same run."""
     if not hasattr(it.runner, "profile"):
         raise UsageError(f"{it.path}: its runtime has no per-layer profiler")
-    prof = it.runner.profile(it.x, runs=runs)
-    total = prof["total_ms"]
+    return beside_p50(it.runner.profile(it.x, runs=runs), p50)
+
+
+def beside_p50(prof: dict, p50: float) -> dict:
+    """A runtime's per-layer profile with the p50 of the same run beside its total, and what no layer counts."""
     prof["p50_ms"] = p50
-    prof["total_vs_p50"] = round(total / p50, 3) if p50 else None
+    prof["total_vs_p50"] = round(prof["total_ms"] / p50, 3) if p50 else None
     prof["excluded"] = "the Python call, the input and output copies, the runtime's dispatch between layers"
     return prof
 
@@ -134,17 +137,26 @@ def table(records: list[dict], profile_rows: int = 15) -> str:
         lines.append("p50 relative to the first: " + ", ".join(
             f"{r['item']} {base / r['latency_ms']['p50']:.2f}x" for r in records[1:]))
     for r in records:
-        prof = r.get("profile")
-        if not prof:
-            continue
-        lines += ["", f"{r['item']}: per-layer profile ({prof['measured_with']}; median per layer)",
-                  f"{'layer':40} {'type':16} {'kernel':28} {'precision':9} {'median ms':>9} {'share':>6}"]
-        for row in prof["top_layers"][:profile_rows]:
-            lines.append(f"{row['name'][:40]:40} {row['type'][:16]:16} {row['exec'][:28]:28} {row['precision']:9} "
-                         f"{row['ms']:9.4f} {row['share'] * 100:5.1f}%")
-        rest = prof["layers_timed"] - min(profile_rows, len(prof["top_layers"]))
-        if rest > 0:
-            lines.append(f"... and {rest} more layer(s)")
-        lines.append(f"total of the per-layer medians {prof['total_ms']:.4f} ms; p50 of the same run "
-                     f"{prof['p50_ms']:.4f} ms (ratio {prof['total_vs_p50']}); not in any layer: {prof['excluded']}")
+        if r.get("profile"):
+            lines += ["", profile_table(r["item"], r["profile"], profile_rows)]
+    return "\n".join(lines)
+
+
+def profile_table(name: str, prof: dict, rows: int = 15) -> str:
+    """A per-layer profile as ``benchmark_app -pc`` shows one (what ``time --profile`` and ``build --profile``
+    print)."""
+    stat = prof.get("statistic", "mean")
+    lines = [f"{name}: per-layer profile ({prof['measured_with']}; {stat} per layer)",
+             f"{'layer':40} {'type':16} {'kernel':28} {'precision':9} {stat + ' ms':>9} {'share':>6}"]
+    for row in prof["top_layers"][:rows]:
+        lines.append(f"{row['name'][:40]:40} {row['type'][:16]:16} {row['exec'][:28]:28} {row['precision']:9} "
+                     f"{row['ms']:9.4f} {row['share'] * 100:5.1f}%")
+    rest = prof["layers_timed"] - min(rows, len(prof["top_layers"]))
+    if rest > 0:
+        lines.append(f"... and {rest} more layer(s)")
+    total = f"total of the per-layer {stat}s {prof['total_ms']:.4f} ms"
+    if prof.get("p50_ms"):
+        total += (f"; p50 of the same run {prof['p50_ms']:.4f} ms (ratio {prof['total_vs_p50']}); not in any layer: "
+                  f"{prof['excluded']}")
+    lines.append(total)
     return "\n".join(lines)
