@@ -481,7 +481,7 @@ def test_two_builds_into_the_same_bundle_at_once(tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "edgevit", "build", "--model", "vit-tiny-fmnist", "--precision", "fp32",
-           "--out", str(tmp_path / "out"), "--name", "same"]
+           "--measure", "quick", "--out", str(tmp_path / "out"), "--name", "same"]
     env = {**os.environ, "EDGEVIT_QUIET": "1"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
