@@ -11,6 +11,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("EDGEVIT_QUIET", "1")
+# Failure logs (edgevit.failure) go to a folder of this test session, never the user's ~/.local/state (tests own the
+# paths they write; tests that read a log set their own).
+if "EDGEVIT_LOG_DIR" not in os.environ:
+    import tempfile as _tempfile
+
+    os.environ["EDGEVIT_LOG_DIR"] = _tempfile.mkdtemp(prefix="test-logs-of-edgevit-")
 
 # OpenVINO's telemetry (used by OpenVINO and NNCF) sends from a forked process; with no network its DNS lookup can
 # hang, and pytest then waits for that child at exit. Tests send nothing off this machine: decline, in this process
