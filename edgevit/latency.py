@@ -71,7 +71,8 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     say(f"measuring latency at batch {target.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
                                                         "artifact and PyTorch)" if len(cands) > 3 else "")
         + (f"; host precisions {', '.join(hps)}" if len(hps) > 1 else ""))
-    timed = compare_latency(cands, x, **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
+    timed = compare_latency(cands, x, desc=f"latency: timing {len(cands)} candidates",
+                            **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
     by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
     p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
     tied = [hp for hp in hps if p50[hp] <= min(p50.values()) * (1 + THREADS_TIE)]

@@ -113,7 +113,7 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, warmup: int = 10,
                     rounds: int = 5, min_iters: int = 50, min_seconds: float = 2.0, max_iters: int = 5000,
-                    isolate: bool = True) -> dict:
+                    isolate: bool = True, desc: str | None = None) -> dict:
     """Wall-clock latency of each ``fn(x)`` in milliseconds. The candidates are timed in interleaved rounds (A B C,
     A B C, ...) so that a noisy machine's slow spells fall on all of them alike; each gets at least ``min_iters``
     single calls and ``min_seconds`` in all. Percentiles over all of a candidate's timed calls. With ``isolate``
@@ -124,7 +124,7 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
     times, isolated = None, False
     if isolate:
         try:
-            times = _isolated_times(fns, x, warmup, rounds, per_round_n, per_round_s, max_iters // rounds)
+            times = _isolated_times(fns, x, warmup, rounds, per_round_n, per_round_s, max_iters // rounds, desc)
             isolated = True
         except (EOFError, OSError, RuntimeError) as e:  # e.g. a __main__ that spawn cannot re-import
             from edgevit._progress import say
@@ -253,7 +253,7 @@ def _timing_worker(conn, factory, args, x: np.ndarray) -> None:
 
 
 def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_round_n: int, per_round_s: float,
-                    max_per_round: int) -> dict[str, list[float]]:
+                    max_per_round: int, desc: str | None = None) -> dict[str, list[float]]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -265,14 +265,19 @@ def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_roun
             proc = ctx.Process(target=_timing_worker, args=(child, factory, args, x), daemon=True)
             proc.start()
             workers[k] = (proc, parent)
-        for k, (_, conn) in workers.items():
+        from edgevit._progress import progress
+
+        starting = list(workers.items())  # each worker imports its runtime and warms up: seconds each
+        shown = 1 if desc else len(starting) + 1  # a bar only where the caller named the work
+        for k, (_, conn) in progress(starting, f"{desc or 'timing'}: starting", min_total=shown):
             status, *rest = conn.recv()
             if status != "ready":
                 raise RuntimeError(f"timing worker for {k} failed: {rest[0]}")
             conn.send(("warmup", warmup))
             conn.recv()
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(rounds):  # interleaved: A B C, A B C, ... one process computing at a time
+        # interleaved: A B C, A B C, ... one process computing at a time; ``desc``: a bar with ETA per round
+        for _ in progress(range(rounds), desc or "timing", min_total=1 if desc else rounds + 1):  # noqa: B007
             for k, (_, conn) in workers.items():
                 conn.send(("round", per_round_n, per_round_s, max_per_round))
                 times[k] += conn.recv()[1]

@@ -108,7 +108,7 @@ def _host_precision_run(monkeypatch, p50: dict, accept_ok: bool):
 
     monkeypatch.setattr(measure, "thread_counts", lambda: [1, 2])
     monkeypatch.setattr(measure, "torch_runner", lambda net, n: Runner("torch", n))
-    monkeypatch.setattr(measure, "compare_latency", lambda cands, x: {
+    monkeypatch.setattr(measure, "compare_latency", lambda cands, x, **kw: {
         k: {"p50": p50.get(k, 9.0), "p90": p50.get(k, 9.0), "isolated": False, "samples": [p50.get(k, 9.0)]}
         for k in cands})
     prep = SimpleNamespace(latency_input=lambda batch: np.zeros((batch, 3, 4, 4), np.float32), net=None,
