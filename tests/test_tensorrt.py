@@ -706,3 +706,12 @@ def test_xavier_gets_no_int8_softmax_and_the_bundle_says_why(fmnist_dir, tmp_pat
                                                                        "and later)"] * TINY_VIT["depth"]
     model = onnx.load(str(r.bundle / "model.onnx"))
     assert not any(n.name.startswith("attn_softmax") for n in model.graph.node)
+
+
+def test_layer_names_with_line_separators_are_refused():
+    """Found by the property test above: U+0085 (NEL) ends a line for Python's splitlines and for some readers; every
+    name that is not one printable line is refused like a comma or a newline."""
+    t = load_target("jetson-xavier-nx")
+    for name in ("a\x85b", "a\u2028b", "a\u2029b", "a\nb", "a,b"):
+        with pytest.raises(TargetError, match="cannot be passed to trtexec"):
+            engine_plan(t, "int8", "8.5", (3, 32, 32), fp32_layers=[name])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgevit.errors import TargetError
 from edgevit.outputs import dumps
+from edgevit.schema import bad_char
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "engine_plan.json"
@@ -35,7 +36,8 @@ def engine_plan(target, precision: str, tensorrt_version: str, input_shape: tupl
         raise TargetError(f"TensorRT builds fp32, fp16 or int8, not {precision}")
     if not TENSORRT_VERSION.fullmatch(str(tensorrt_version)):
         raise TargetError(f"{tensorrt_version!r} is not a TensorRT version (like 10.3 or 8.5.2)")
-    bad = [n for n in fp32_layers if not isinstance(n, str) or not _LAYER_NAME.fullmatch(n)]
+    bad = [n for n in fp32_layers  # trtexec's separators and quotes, and anything that is not one printable line
+           if not isinstance(n, str) or not _LAYER_NAME.fullmatch(n) or bad_char(n) is not None]
     if bad:
         raise TargetError(f"layer name {bad[0]!r} cannot be passed to trtexec (a comma, quote or control character "
                           "in it); rename the layer in the ONNX")
