@@ -213,11 +213,12 @@ def _cmd_time(a) -> int:
     from edgevit.outputs import dumps
     from edgevit.predict import time_bundle
 
-    if len(a.bundles) > 1 or a.profile or a.batch or a.duration != 2.0 or not Path(a.bundles[0]).is_dir():
+    if len(a.bundles) > 1 or a.profile or a.batch or a.duration != 2.0 or a.hint or a.streams or \
+            not Path(a.bundles[0]).is_dir():
         from edgevit.timing import table, time_items
 
         records = time_items(a.bundles, batch=a.batch, threads=a.threads, duration=a.duration, profile=a.profile,
-                             throughput_batch=a.throughput_batch)
+                             throughput_batch=a.throughput_batch, hint=a.hint, streams=a.streams)
         print(dumps(records if len(records) > 1 else records[0], indent=None) if a.json else table(records))
         return 0
     r = time_bundle(a.bundles[0], throughput_batch=a.throughput_batch, threads=a.threads)

@@ -295,6 +295,11 @@ def _add_time(sub) -> None:
                    help="seconds of timed calls per item at least (default 2)")
     s.add_argument("--profile", action="store_true",
                    help="per-layer table (layer, type, kernel, precision, median ms, share) beside the p50")
+    s.add_argument("--hint", choices=("latency", "throughput"),
+                   help="OpenVINO's PERFORMANCE_HINT for every item (default: each bundle's own configuration); "
+                        "throughput also measures images/s through OpenVINO's async queue")
+    s.add_argument("--streams", type=_int_in(1, 256),
+                   help="OpenVINO's NUM_STREAMS for every item (default: what the hint or the bundle chose)")
     s.add_argument("--json", action="store_true", help="JSON on stdout: an object for one bundle, else a list")
 
 

@@ -122,7 +122,8 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     layers = None
     if profile:
         say("profiling per-layer time (--profile)")
-        from edgevit.timing import beside_p50
+        from edgevit.timing import beside_p50, profile_runs
 
-        layers = beside_p50(runner.profile(x, runs=100), res["artifact"]["p50"])
+        p50 = res["artifact"]["p50"]
+        layers = beside_p50(runner.profile(x, runs=profile_runs(p50)), p50)
     return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)

@@ -39,6 +39,8 @@ def runtime_summary(compiled) -> dict:
         "executed_precision": executed,
         "inference_precision": hint,
         "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+        "hint": str(compiled.get_property("PERFORMANCE_HINT")).rsplit(".", 1)[-1].lower(),
         "compute_layers_by_precision": dict(sorted(prec.items())),
     }
 
@@ -72,6 +74,16 @@ def static_model(core, path, batch: int):
     return model
 
 
+def _infer(req, x: np.ndarray) -> np.ndarray:
+    """One synchronous inference on ``req``: the input shared, not copied, the output copied out."""
+    import openvino as ov
+
+    xc = np.ascontiguousarray(x, dtype=np.float32)  # kept alive here while the request reads it
+    req.set_input_tensor(ov.Tensor(xc, shared_memory=True))
+    req.infer()
+    return req.get_output_tensor().data.copy()
+
+
 class OVRunner:
     def __init__(self, model_path: Path, config: dict) -> None:
         import openvino as ov
@@ -93,21 +105,19 @@ class OVRunner:
         return self._compiled[batch]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import openvino as ov
-
         compiled = self._get(x.shape[0])
         request = self._requests.get(x.shape[0])
         if request is None or request[0] is not compiled:
             request = self._requests[x.shape[0]] = (compiled, compiled.create_infer_request())
-        req = request[1]  # one request per batch size, the input shared, not copied: the least Python per call
-        xc = np.ascontiguousarray(x, dtype=np.float32)  # kept alive here while the request reads it
-        req.set_input_tensor(ov.Tensor(xc, shared_memory=True))
-        req.infer()
-        return req.get_output_tensor().data.copy()
+        return _infer(request[1], x)  # one request per batch size: the least Python per call
 
     def spec(self) -> tuple:
         """How a timing worker process makes the same runner (see measure.compare_latency)."""
         return OVRunner, (Path(self._path), self._config)
+
+    def reconfigured(self, extra: dict) -> OVRunner:
+        """The same model compiled with ``extra`` OpenVINO properties over this runner's."""
+        return OVRunner(Path(self._path), {**self._config, **extra})
 
     def throughput(self, batch: int, seconds: float = 3.0) -> dict:
         """Offline (MLPerf's term): images per second through OpenVINO's own async API, the THROUGHPUT hint and the
@@ -142,18 +152,20 @@ class OVRunner:
 
     def _counters(self, x: np.ndarray, runs: int) -> dict[str, dict]:
         """Per executed layer: type, exec type, precision and ms summed over ``runs`` (performance counters, a
-        separate compile with PERF_COUNT on)."""
+        separate compile with PERF_COUNT on, warmed up first as the timing is)."""
+        import time
+
         from edgevit.profile import precision_of
 
         model = static_model(self._core, self._path, x.shape[0])
         compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        for _ in range(5):
-            request.infer({0: x})
+        t_warm = time.perf_counter() + 0.3
+        while time.perf_counter() < t_warm:  # caches and clocks as in the timed run's steady state
+            _infer(request, x)
         acc: dict[str, dict] = {}
         for _ in range(runs):
-            request.infer({0: x})
+            _infer(request, x)
             for p in request.profiling_info:
                 if str(p.status).endswith("EXECUTED"):
                     e = acc.setdefault(p.node_name, {"type": p.node_type, "exec": p.exec_type,
@@ -169,11 +181,43 @@ class OVRunner:
         return {name: e["ms"] / runs for name, e in self._counters(x, runs).items()}
 
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
-        """Per-layer time from OpenVINO's performance counters, summarised for the manifest."""
+        """Per-layer time from OpenVINO's performance counters, summarised for the manifest, with the time of a
+        call that is in no layer (:meth:`outside_layers`)."""
         from edgevit.profile import summarize
 
-        return summarize(self._counters(x, runs), runs, f"OpenVINO performance counters, {runs} runs at batch "
-                                                         f"{x.shape[0]}")
+        prof = summarize(self._counters(x, runs), runs, f"OpenVINO performance counters, {runs} runs at batch "
+                                                        f"{x.shape[0]}")
+        prof["resolution_ms"] = 0.001  # the counters count whole microseconds, each layer's truncated
+        prof["outside_layers_ms"] = self.outside_layers(x)
+        prof["outside_layers"] = ("a call's time in no layer, measured on a one-layer model of the same input "
+                                  "through the same request path and configuration: the Python call, setting the "
+                                  "input, starting and waiting for the request, copying the output")
+        return prof
+
+    def outside_layers(self, x: np.ndarray, seconds: float = 0.5) -> float:
+        """The median ms of a call on a model whose only layer reduces the input to one number, less that layer's
+        own counted time: what every inference costs besides its layers on this host (the runner's own call
+        path, threads and configuration). The dispatch between a real model's layers is not in it."""
+        import statistics
+        import time
+
+        import openvino as ov
+        from openvino import opset13 as ops
+
+        par = ops.parameter(list(x.shape), ov.Type.f32)
+        axes = ops.constant(np.arange(1, x.ndim, dtype=np.int64))
+        model = ov.Model([ops.reduce_max(par, axes, keep_dims=False)], [par])
+        compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
+        req = compiled.create_infer_request()
+        calls, layer = [], []
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(calls) < 200:
+            t0 = time.perf_counter()
+            _infer(req, x)
+            calls.append(time.perf_counter() - t0)
+            layer.append(sum(p.real_time.total_seconds() for p in req.profiling_info))
+        skip = len(calls) // 5  # warm-up
+        return round(max(statistics.median(calls[skip:]) - statistics.median(layer[skip:]), 0.0) * 1000, 4)
 
 
 class OpenVINOBackend:
