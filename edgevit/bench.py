@@ -346,18 +346,23 @@ def bench(suite_path: str, *, db_path: str = "benchmarks/results/history.sqlite"
                                 "versions": device.get("versions")}
     t0 = time.perf_counter()
     cells = []
-    with tempfile.TemporaryDirectory(prefix="edgevit-bench-", dir=work) as tmp:
-        for i, (sm, target, precision) in enumerate(grid, 1):
-            from edgevit.targets import load_target
+    from edgevit._progress import duration
+    from edgevit.targets import load_target
 
-            if precision not in load_target(target).precisions:
-                continue
-            say(f"bench [{i}/{len(grid)}] {sm.model} → {target} {precision}")
+    runnable = [(sm, t, p) for sm, t, p in grid if p in load_target(t).precisions]
+    with tempfile.TemporaryDirectory(prefix="edgevit-bench-", dir=work) as tmp:
+        for i, (sm, target, precision) in enumerate(runnable, 1):
+            say(f"bench [{i}/{len(runnable)}] {sm.model} → {target} {precision}")
+            t_cell = time.perf_counter()
             c = run_cell_isolated(sm, target, precision, suite, Path(tmp), crosscheck=crosscheck)
             if rem:
                 _profile_remote(rem, c, suite)
-            say(f"bench [{i}/{len(grid)}] {c['status']}" + (f": {c['error']}" if c.get("error") else
-                f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms"))
+            took = time.perf_counter() - t_cell
+            left = (time.perf_counter() - t0) / i * (len(runnable) - i)  # the cells so far, on average
+            say(f"bench [{i}/{len(runnable)}] {c['status']}" + (f": {c['error']}" if c.get("error") else
+                f", top-1 {c.get('top1')}, p50 {c.get('p50')} ms") + f" ({duration(took)}"
+                + (f"; about {duration(left)} for the {len(runnable) - i} cell(s) left)" if i < len(runnable)
+                   else ")"))
             cells.append(c)
         if rem:
             rem.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sqlite3
@@ -38,7 +40,11 @@ def bench_run(fmnist_dir, tiny_checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
     suite = d / "t.toml"
     suite.write_text(SUITE.format(data=f"fashion-mnist:{fmnist_dir}", weights=tiny_checkpoint))
-    run, cells = bench(str(suite), db_path=str(d / "h.sqlite"))
+    log = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(log):
+        mp.delenv("EDGEVIT_QUIET", raising=False)  # the status lines a user sees
+        run, cells = bench(str(suite), db_path=str(d / "h.sqlite"))
+    (d / "stderr.txt").write_text(log.getvalue())
     return d, run, cells
 
 
@@ -55,6 +61,9 @@ def test_every_cell_is_recorded_and_a_failing_cell_does_not_stop_the_others(benc
         bad = by[("mobilenetv3-fmnist", p)]
         assert bad["status"] == "failed" and "bogus_kwarg" in bad["error"]
     assert by[("vit-tiny-fmnist", "int8")]["executed"] == "int8"
+    said = (d / "stderr.txt").read_text()  # each cell's duration, and how long the cells left will take
+    assert re.search(r"bench \[1/4\] \w+.*\(\d+ s; about [\d.]+ (s|min) for the 3 cell\(s\) left\)", said), said
+    assert re.search(r"bench \[4/4\] \w+.*\(\d+ s\)$", said, re.M), said
     int8 = by[("vit-tiny-fmnist", "int8")]["details"]
     assert int8["offline"]["requests"] >= 1 and "AsyncInferQueue" in int8["offline"]["method"]
     prof = int8["profile"]  # where an INT8 cell's time goes, layer by layer, with what executed
