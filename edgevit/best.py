@@ -18,6 +18,14 @@ def choose_fastest(lat: dict[str, dict]) -> tuple[str, list[str]]:
     """The candidate ``--precision best`` keeps, and the candidates tied with the fastest. Ties are decided by
     :data:`BEST_ORDER` (lower precision first: the smaller artifact), so that reruns on the same host choose the same
     one where the timing noise would otherwise pick at random (0.369 vs 0.370 ms once flipped int8 and bf16)."""
+    tied = tied_with(lat)
+    ties = sorted(tied, key=lambda p: BEST_ORDER.index(p) if p in BEST_ORDER else len(BEST_ORDER))
+    return ties[0], ties
+
+
+def tied_with(lat: dict[str, dict]) -> list[str]:
+    """The candidates within the noise of the fastest (itself included): p50 within :data:`BEST_TIE`, or not slower
+    by a one-sided Mann-Whitney U test at :data:`BEST_ALPHA` on their samples."""
     from scipy.stats import mannwhitneyu
 
     fastest = min(lat, key=lambda p: lat[p]["p50"])
@@ -31,9 +39,7 @@ def choose_fastest(lat: dict[str, dict]) -> tuple[str, list[str]]:
             return False
         return float(mannwhitneyu(a, b, alternative="greater").pvalue) >= BEST_ALPHA
 
-    ties = [p for p in sorted(lat, key=lambda p: BEST_ORDER.index(p) if p in BEST_ORDER else len(BEST_ORDER))
-            if tied(p)]
-    return ties[0], ties
+    return [p for p in lat if tied(p)]
 
 
 def build_best(req, inputs: dict):

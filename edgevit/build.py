@@ -96,14 +96,22 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
             follow_qat(prep, req.qat, req.recipe, req.signed)
             return None
         with claim(req.final, "bundle", force), output_dir(req.final, "bundle", force, claimed=True) as stage:
-            with step(f"quantizing and compiling {req.precision}", stage):
-                art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
+            extra = {}
+            if req.search_recipe is not None:
+                from edgevit.recipe_search import search
+
+                with step("choosing the INT8 recipe by measurement", stage):
+                    art, gate, qat_record, calib, req, extra["recipe_search"] = search(prep, req, stage,
+                                                                                        req.search_recipe)
+            else:
+                with step(f"quantizing and compiling {req.precision}", stage):
+                    art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
             with step("the speed search", stage):
                 art = speed_stage(prep, req, req.precision, art, stage, gate)
             with step("measuring latency", stage):
                 lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
             with step("writing the bundle", stage):
-                manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat)
+                manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat, **extra)
     return BuildResult(req.final, manifest, lat.samples)
 
 
@@ -111,6 +119,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
             val_samples, qat: QATOptions, **options) -> Request:
     """Every check that needs no model or data, so a mistake costs nothing and a user's directory is refused before
     any work."""
+    from edgevit import recipe_search
     from edgevit.backends import get_backend, require
     from edgevit.models import ModelSpec, resolve_spec
     from edgevit.outputs import check_output
@@ -147,13 +156,19 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     if world > 1 and not qat.epochs:
         raise UsageError(f"build runs under torchrun with {world} processes, but only its quantization-aware "
                          "training runs data-parallel: add --qat-epochs N, or run build as one process")
-    recipe = None
+    recipe, search_first = None, None
     if quantizes:
-        if calibration is None:  # the recipe measured fastest for this family on this kind of CPU
+        if calibration is None:  # measured on this host where it can be; else the development machines' table
             calibration, why = default_recipe(tgt.backend, spec.family)
-            say(f"calibration recipe {calibration}: {why}")
+            req = Request(spec, tgt, backend, precision, final, None, qat, weights, **options)
+            searching, why_not = recipe_search.applies(req)
+            if searching:
+                search_first = calibration
+            else:
+                say(f"calibration recipe {calibration}: {why} (no search: {why_not})")
         recipe = load_recipe(calibration, calib_samples)
-    return Request(spec, tgt, backend, precision, final, recipe, qat, weights, **options)
+    return Request(spec, tgt, backend, precision, final, recipe, qat, weights, calib_samples=calib_samples,
+                   search_recipe=search_first, **options)
 
 
 def bundle_path(out: str | os.PathLike, name: str | None, default: str) -> Path:

@@ -122,6 +122,7 @@ class Manifest(TypedDict, total=False):
     accuracy_gate: dict | None  # edgevit.validate.Gate.to_dict()
     qat: dict | None
     selection: dict  # --precision best: rule, chosen, candidates
+    recipe_search: dict  # no --calibration: the recipes timed on this host, or the cache entry that chose it
     status: str
     latency_ms: LatencyRecord
     build_seconds: float
@@ -198,7 +199,7 @@ def validate_manifest(m) -> Manifest:
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise _fail("latency_ms.baselines", f"has {', '.join(map(repr, unknown))}, not one of {', '.join(BASELINES)}")
-    for k in ("calibration", "accuracy_gate", "qat", "selection", "provenance", "profile"):
+    for k in ("calibration", "accuracy_gate", "qat", "selection", "recipe_search", "provenance", "profile"):
         _get(m, k, "", dict, optional=True)
     check = _get(m, "device_check", "", dict, optional=True)
     if check is not None:

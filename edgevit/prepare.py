@@ -131,7 +131,7 @@ class Prepared:
         """The recipe's calibration images (float32 NCHW), read once per recipe."""
         from edgevit.quantize import NEEDS_IMAGES, calibration_images
 
-        key = repr(recipe)
+        key = (recipe.samples, recipe.selection, recipe.seed)  # what draws them: recipes that agree share them
         if key not in self._calib:
             if self.ds is None:
                 raise UsageError(NEEDS_IMAGES)

@@ -48,6 +48,8 @@ class Request:
     peers: bool = False
     speed_search: bool = True
     measure: str = "full"  # "quick": no speed search, no thread or host-precision sweep, shorter timing
+    calib_samples: int | None = None  # --calib-samples: every recipe tried takes this count
+    search_recipe: str | None = None  # no --calibration: search the recipes, this one (the shipped table's) first
     t_start: float = field(default_factory=time.perf_counter)
 
     @property

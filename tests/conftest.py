@@ -18,6 +18,12 @@ if "EDGEVIT_LOG_DIR" not in os.environ:
 
     os.environ["EDGEVIT_LOG_DIR"] = _tempfile.mkdtemp(prefix="test-logs-of-edgevit-")
 
+# The recipe cache (edgevit.recipe_search) of this test session, never the user's ~/.cache/edgevit.
+if "EDGEVIT_CACHE_DIR" not in os.environ:
+    import tempfile as _tempfile
+
+    os.environ["EDGEVIT_CACHE_DIR"] = _tempfile.mkdtemp(prefix="test-cache-of-edgevit-")
+
 # OpenVINO's telemetry (used by OpenVINO and NNCF) sends from a forked process; with no network its DNS lookup can
 # hang, and pytest then waits for that child at exit. Tests send nothing off this machine: decline, in this process
 # and its forks (.ci/run also opts out for the subprocesses, with `opt_in_out --opt_out`).

@@ -1,0 +1,190 @@
+"""The INT8 recipe chosen by measurement on this host: a build without ``--calibration`` quantizes every candidate
+recipe of its family from one preparation (the calibration images read once), validates each through the accuracy
+gate, times those that pass against each other in one interleaved, process-isolated run, and keeps the fastest.
+
+What a search finds is kept in a cache keyed by everything the ranking depends on (backend, this CPU's class and
+model, the OpenVINO and NNCF versions, the model and its input size): the next build of the same model here uses it
+and says so; a new CPU, a new library version or a new model measures again. ``calibration/_defaults.toml`` holds
+the recipes measured on the development machines: a ``--measure quick`` build (which searches nothing) starts from
+it, and a search tries its entry first (the winner of a tie)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgevit._progress import say, warn
+from edgevit.errors import UsageError, ValidationFailedError
+
+CACHE_FILE = "recipes.json"
+
+
+def applies(req) -> tuple[bool, str]:
+    """Whether this build searches its recipe, and why not where it does not."""
+    if req.precision != "int8":
+        return False, f"--precision {req.precision}"
+    if req.measure == "quick":
+        return False, "--measure quick searches nothing"
+    if not req.measure_latency:
+        return False, "latency is not measured"
+    if req.qat.epochs:
+        return False, "quantization-aware training starts from the first recipe"
+    if not req.backend.capabilities.speed_search:
+        return False, f"{req.backend.name} cannot time its INT8 artifact on this host"
+    return True, ""
+
+
+def candidates(backend: str, family: str, transformer: bool, first: str | None) -> list[str]:
+    """The recipes a search tries for this family, the development machines' measured choice (``first``) first."""
+    from edgevit._config import tomllib
+    from edgevit.quantize import DEFAULTS_FILE, recipes_dir
+
+    with open(recipes_dir() / DEFAULTS_FILE, "rb") as f:
+        search = tomllib.load(f).get("search", {})
+    names = list(search.get("transformer" if transformer else "other", ["default"]))
+    if first in names:
+        names.remove(first)
+        names.insert(0, first)
+    return names
+
+
+def cache_path() -> Path:
+    """``$EDGEVIT_CACHE_DIR/recipes.json`` (default ``$XDG_CACHE_HOME/edgevit``, else ``~/.cache/edgevit``)."""
+    root = os.environ.get("EDGEVIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                       Path.home() / ".cache") / "edgevit"
+    return Path(root) / CACHE_FILE
+
+
+def cache_key(req, prep) -> str:
+    """Everything the ranking of recipes depends on, as one string."""
+    from edgevit.measure import host_class, host_info, library_versions
+
+    v = library_versions(("openvino", "nncf"))
+    size = "x".join(str(s) for s in prep.pre.input_size)
+    return (f"{req.backend.name} | {host_class()} {host_info()['cpu']} | openvino {v['openvino']} nncf {v['nncf']} "
+            f"| {prep.spec.alias} {size} batch {req.target.batch}")
+
+
+def read_cache() -> dict | None:
+    """The cache ({} where there is none yet), or None where the file is damaged or not edgevit's: a damaged cache
+    costs a search, never a build, and is never overwritten."""
+    from edgevit.outputs import loads
+
+    p = cache_path()
+    try:
+        data = loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        warn(f"{p}: unreadable recipe cache ({type(e).__name__}); measuring, and leaving the file as it is "
+             "(delete it to cache again)")
+        return None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("recipe"), str)
+                                             for v in data.values()):
+        warn(f"{p} is not a recipe cache edgevit wrote; measuring, and leaving the file as it is (delete it to "
+             "cache again)")
+        return None
+    return data
+
+
+def write_cache(key: str, entry: dict, cache: dict | None) -> None:
+    from edgevit.outputs import made_dirs, write_json
+
+    if cache is None:  # damaged or foreign: left alone
+        return
+    p = cache_path()
+    try:
+        with made_dirs(p.parent):
+            write_json(p, {**cache, key: entry})
+    except OSError as e:  # a read-only home costs the next build a search, not this build
+        warn(f"could not write the recipe cache {p}: {e.strerror or e}")
+
+
+def search(prep, req, stage: Path, seed: str | None):
+    """The gated INT8 artifact of the fastest recipe, restored into ``stage``: (artifact, gate, QAT record,
+    calibration images, the request with its recipe, the search's record for the manifest)."""
+    from edgevit.quantize import load_recipe
+    from edgevit.stages import compile_gated
+
+    key = cache_key(req, prep)
+    cache = read_cache()
+    hit = (cache or {}).get(key)
+    samples = req.calib_samples
+    names = candidates(req.backend.name, prep.spec.family, prep.spec.is_transformer, seed)
+    if hit and hit["recipe"] in names:
+        rq = replace(req, recipe=load_recipe(hit["recipe"], samples))
+        say(f"calibration recipe {hit['recipe']}: measured fastest here by a build of {hit.get('measured_utc', '?')} "
+            f"({cache_path()}; {', '.join(f'{n} {ms:.3f} ms' for n, ms in hit.get('p50_ms', {}).items())})")
+        art, gate, qat, calib = compile_gated(prep, rq, "int8", stage)
+        return art, gate, qat, calib, rq, {"cached": True, "key": key, **hit}
+    say(f"calibration recipe: measuring {', '.join(names)} on this host (no measured choice for {key})")
+    built, rejected = {}, {}
+    for name in names:
+        rq = replace(req, recipe=load_recipe(name, samples))
+        sub = prep.work / f"recipe-{name}"
+        sub.mkdir()
+        try:
+            built[name] = (sub, rq, *_gated_candidate(prep, rq, sub))
+        except (ValidationFailedError, UsageError) as e:
+            rejected[name] = str(e)
+            say(f"recipe {name}: {e}")
+    if not built:  # none passes as PTQ alone: the first one, with the gate's fallbacks (or its error)
+        rq = replace(req, recipe=load_recipe(names[0], samples))
+        art, gate, qat, calib = compile_gated(prep, rq, "int8", stage)
+        return art, gate, qat, calib, rq, {"cached": False, "key": key, "rejected": rejected,
+                                           "chosen": names[0], "rule": "no candidate passed as PTQ alone: the first, "
+                                                                       "with the gate's fallbacks"}
+    chosen, p50, rule = _fastest(prep, req, {n: b[2] for n, b in built.items()}, names)
+    sub, rq, art, gate, qat, calib = built[chosen]
+    from edgevit.stages import restore_stage
+
+    restore_stage(sub, stage)
+    record = {"cached": False, "key": key, "chosen": chosen, "rule": rule, "p50_ms": p50,
+              "top1_drop": {n: b[2].validation.get("top1_drop") for n, b in built.items()}, "rejected": rejected,
+              "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if len(built) > 1:
+        write_cache(key, {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]},
+                    read_cache() if cache is not None else None)  # as it is now: another build may have written
+    return art, gate, qat, calib, rq, record
+
+
+def _gated_candidate(prep, rq, sub: Path):
+    """One candidate: quantized, compiled, validated and held to the gate as PTQ alone (no fallback: a candidate
+    over budget is left out, not repaired)."""
+    from edgevit.stages import check_candidate, compile_artifact
+    from edgevit.validate import Gate
+
+    check_candidate(prep, rq, "int8")
+    (sub / "labels.txt").write_text("\n".join(prep.classes) + "\n")
+    calib = prep.calibration(rq.recipe)
+    art = compile_artifact(prep, rq, "int8", sub, calib)
+    gate = Gate.open("int8", prep, art.validation, rq.max_drop, "PTQ")
+    if gate and not gate.passed:
+        raise ValidationFailedError(f"top-1 drop {art.validation['top1_drop']:.2f} points > --max-drop "
+                                    f"{rq.max_drop:.2f}: left out")
+    if gate:
+        gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
+    return art, gate, {}, calib
+
+
+def _fastest(prep, req, arts: dict, order: list[str]) -> tuple[str, dict, str]:
+    """The fastest candidate timed against the others in one interleaved, process-isolated run; within the noise
+    of the fastest, the earliest of ``order``."""
+    import numpy as np
+
+    from edgevit.best import BEST_TIE, tied_with
+    from edgevit.measure import compare_latency
+
+    x = np.zeros((req.target.batch, 3, *prep.pre.input_size), np.float32)
+    lat = compare_latency({n: a.runner for n, a in arts.items()}, x, desc=f"recipes: timing {len(arts)} candidates")
+    p50 = {n: lat[n]["p50"] for n in arts}
+    ties = tied_with(lat)
+    chosen = next(n for n in order if n in ties)
+    say(f"calibration recipe {chosen}: " + ", ".join(f"{n} {p50[n]:.3f} ms" for n in sorted(p50, key=p50.get))
+        + (f" (within the noise of the fastest: {', '.join(ties)}; the first in order wins)" if len(ties) > 1 else
+           " (the fastest that passed the gate)"))
+    rule = (f"fastest p50 on this host among recipes that passed the accuracy gate as PTQ; within {BEST_TIE:.0%} "
+            f"of the fastest (or not slower by a one-sided Mann-Whitney U test), the first of {' > '.join(order)}")
+    return chosen, p50, rule

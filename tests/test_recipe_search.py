@@ -1,0 +1,75 @@
+"""The INT8 recipe chosen by measurement at build time: on a CPU class no table knows, the build times every
+candidate recipe of its family and keeps the fastest that passes the gate; the next build of that model on this host
+reads the cache; a damaged cache is neither trusted nor overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TINY = dict(embed_dim=32, depth=1, num_heads=2)
+
+
+def _build(out, **kw):
+    from edgevit.build import build
+
+    return build("vit-tiny-fmnist", precision="int8", data="synthetic", out=str(out), calib_samples=32,
+                 val_samples=32, force=True, **TINY, **kw)
+
+
+def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_cache(tmp_path, monkeypatch, capsys):
+    import edgevit.measure
+    from edgevit.recipe_search import CACHE_FILE, candidates
+
+    monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen9")  # a class calibration/_defaults.toml lacks
+    m = _build(tmp_path / "a").manifest
+    rs = m["recipe_search"]
+    want = candidates("openvino", "vit", True, None)
+    assert len(want) > 1 and not rs["cached"] and "zen9" in rs["key"]
+    assert set(rs["p50_ms"]) | set(rs["rejected"]) == set(want)  # every candidate was built, and timed or refused
+    assert all(v > 0 for v in rs["p50_ms"].values()) and rs["chosen"] in rs["p50_ms"]
+    assert m["calibration"]["recipe"] == f"{rs['chosen']}.toml"
+    assert rs["p50_ms"][rs["chosen"]] <= min(rs["p50_ms"].values()) * 1.5  # the fastest, or tied with it
+    cache = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
+    assert cache[rs["key"]]["recipe"] == rs["chosen"]
+
+    again = _build(tmp_path / "a").manifest["recipe_search"]
+    assert again["cached"] is True and again["recipe"] == rs["chosen"] and again["key"] == rs["key"]
+
+    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen10")  # another class: measured again
+    assert _build(tmp_path / "a").manifest["recipe_search"]["cached"] is False
+    assert len(json.loads((tmp_path / "cache" / CACHE_FILE).read_text())) == 2
+
+
+def test_a_damaged_cache_is_not_trusted_and_not_overwritten(tmp_path, monkeypatch, capsys):
+    from edgevit.recipe_search import CACHE_FILE
+
+    cache = tmp_path / "cache" / CACHE_FILE
+    cache.parent.mkdir()
+    cache.write_text('{"openvino | x": {"recipe": 7}}')  # not what edgevit writes
+    monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(cache.parent))
+    m = _build(tmp_path / "b").manifest
+    assert m["recipe_search"]["cached"] is False and len(m["recipe_search"]["p50_ms"]) > 1
+    assert cache.read_text() == '{"openvino | x": {"recipe": 7}}'
+    assert "is not a recipe cache edgevit wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, precision, measure, why", [
+    ("cpu-x86", "int8", "quick", "--measure quick searches nothing"),
+    ("jetson-orin", "int8", "full", "tensorrt cannot time its INT8 artifact on this host"),
+    ("cpu-x86", "best", "full", "--precision best"),
+])
+def test_where_no_search_runs_the_build_says_why(tmp_path, capsys, monkeypatch, target, precision, measure, why):
+    from edgevit.build import request
+    from edgevit.qat import QATOptions
+
+    monkeypatch.delenv("EDGEVIT_QUIET", raising=False)
+    req = request("vit-tiny-fmnist", target, precision, tmp_path, None, "synthetic", None, None, None, None, None,
+                  QATOptions(), measure=measure)
+    assert req.search_recipe is None and req.recipe is not None
+    assert f"(no search: {why})" in capsys.readouterr().err
+    full = request("vit-tiny-fmnist", "cpu-x86", "int8", tmp_path, None, "synthetic", None, None, None, None, None,
+                   QATOptions())
+    assert full.search_recipe is not None
