@@ -292,7 +292,7 @@ def train_missing(suite: Suite) -> None:
 
 def _profile_remote(rem, cell: dict, suite: Suite) -> None:
     """Replace a cell's latency and throughput by the device's own (``bench --remote``)."""
-    from edgevit.remote import RemoteError
+    from edgevit.errors import RemoteError
 
     bundle = cell.get("bundle")
     if cell["status"] == "failed" or not bundle:

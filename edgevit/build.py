@@ -34,7 +34,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
           threads: int | None = None, max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False,
           qat: QATOptions | None = None, ignore_trt_rules: bool = False, measure_latency: bool = True,
           profile: bool = False, peers: bool = False, speed_search: bool = True, measure: str = "full",
-          classes: list[str] | None = None,
+          classes: list[str] | None = None, token_search: bool = False, latency_budget: float | None = None,
           mean: tuple | None = None, std: tuple | None = None, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
@@ -47,6 +47,12 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
 
     ``speed_search`` (INT8, OpenVINO): layers that run slower in INT8 than in the host precision on this CPU go
     back to it when that makes the model faster (:mod:`edgevit.speedmix`); the accuracy gate checks the result.
+
+    Without ``calibration``, an OpenVINO INT8 build measures its family's candidate recipes on this host and keeps
+    the fastest that passes the gate (:mod:`edgevit.recipe_search`; cached per host, versions and model).
+    ``token_search`` (ViT, hybrid; trained weights and labelled data) also tries smaller inputs, judged against the
+    full-size FP32 model (:mod:`edgevit.token_search`). ``latency_budget`` (ms): among the candidates that pass, the
+    most accurate within it rather than the fastest.
 
     ``measure="quick"``: no speed search and no thread or host-precision sweep, a third of the timing: a first look
     in a third of the time (the bundle says so); ``"full"`` measures everything it chooses by.
@@ -76,10 +82,12 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
 
         data = from_python(data, classes)
 
-    req = request(model, target, precision, out, name, data, weights, calibration, calib_samples, calib_data,
-                  val_samples, qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
+    req = request(model, target=target, precision=precision, out=out, name=name, data=data, weights=weights,
+                  calibration=calibration, calib_samples=calib_samples, calib_data=calib_data,
+                  val_samples=val_samples, qat=qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
                   keep_failed=keep_failed, ignore_trt_rules=ignore_trt_rules, measure_latency=measure_latency,
-                  profile=profile, peers=peers, speed_search=speed_search, measure=measure)
+                  profile=profile, peers=peers, speed_search=speed_search, measure=measure,
+                  token_search=token_search, latency_budget=latency_budget)
     follower = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
     inputs = dict(data=data, weights=weights, input_size=input_size, calib_data=calib_data, val_samples=val_samples,
                   workers=workers, reference=not follower, **model_overrides)
@@ -106,20 +114,36 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
             else:
                 with step(f"quantizing and compiling {req.precision}", stage):
                     art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
+            if req.token_search:
+                from edgevit.token_search import search as search_tokens
+
+                with step("the token search", stage):
+                    prep, art, gate, calib, extra["token_search"] = search_tokens(
+                        prep, req, stage, art, gate, calib, inputs, prepared.enter_context, req.latency_budget)
             with step("the speed search", stage):
                 art = speed_stage(prep, req, req.precision, art, stage, gate)
             with step("measuring latency", stage):
                 lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
+            if req.latency_budget is not None and lat.record.get("p50") is not None:
+                met = lat.record["p50"] <= req.latency_budget
+                extra["latency_budget"] = {"ms": req.latency_budget, "p50_ms": lat.record["p50"], "met": met}
+                if not met:
+                    from edgevit._progress import warn
+
+                    warn(f"no candidate runs within the latency budget of {req.latency_budget:g} ms here: the "
+                         f"bundle's p50 is {lat.record['p50']:.3f} ms (try --token-search, or a smaller model)")
             with step("writing the bundle", stage):
                 manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat, **extra)
     return BuildResult(req.final, manifest, lat.samples)
 
 
-def request(model: str, target: str, precision: str, out, name, data, weights, calibration, calib_samples, calib_data,
-            val_samples, qat: QATOptions, **options) -> Request:
+def request(model, *, target: str, precision: Precision, out: str | os.PathLike, name: str | None = None, data=None,
+            weights: str | None = None, calibration: str | None = None, calib_samples: int | None = None,
+            calib_data: str | None = None, val_samples: int | None = None, qat: QATOptions | None = None,
+            **options) -> Request:
     """Every check that needs no model or data, so a mistake costs nothing and a user's directory is refused before
     any work."""
-    from edgevit import recipe_search
+    from edgevit import recipe_search, token_search
     from edgevit.backends import get_backend, require
     from edgevit.models import ModelSpec, resolve_spec
     from edgevit.outputs import check_output
@@ -140,6 +164,7 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     require(backend)
     final = bundle_path(out, name, f"{spec.alias}-{tgt.name}-{precision}")
     check_output(final, "bundle", options.get("force", False))  # a user's directory is refused, not replaced
+    qat = qat or QATOptions()
     qat.check(precision)
     if qat.epochs:
         check_qat_output(final.with_name(f"{final.name}.qat.pt"), weights, options.get("force", False))
@@ -148,6 +173,8 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
     quantizes = precision in ("int8", "best")
     if precision == "int8" and not data:
         raise UsageError(NEEDS_IMAGES)
+    if options.get("latency_budget") is not None and not options["latency_budget"] > 0:
+        raise UsageError(f"--latency-budget is milliseconds above 0, not {options['latency_budget']}")
     if val_samples is not None and val_samples < 1:
         raise UsageError("--val-samples must be at least 1")
     if calib_data and not quantizes:
@@ -167,8 +194,10 @@ def request(model: str, target: str, precision: str, out, name, data, weights, c
             else:
                 say(f"calibration recipe {calibration}: {why} (no search: {why_not})")
         recipe = load_recipe(calibration, calib_samples)
-    return Request(spec, tgt, backend, precision, final, recipe, qat, weights, calib_samples=calib_samples,
-                   search_recipe=search_first, **options)
+    req = Request(spec, tgt, backend, precision, final, recipe, qat, weights, calib_samples=calib_samples,
+                  search_recipe=search_first, **options)
+    token_search.check(req, spec, data, weights)
+    return req
 
 
 def bundle_path(out: str | os.PathLike, name: str | None, default: str) -> Path:

@@ -26,11 +26,11 @@ from typing import TypedDict
 from edgevit.errors import BundleError, reading
 from edgevit.outputs import dumps, loads, sha256_file, write_text
 from edgevit.schema import Fields
+from edgevit.targets import PRECISIONS
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 STATUSES = ("ok", "failed-validation")
 MAX_SIDE = 4096  # no bundle's input is larger: the preprocessing of a damaged manifest must not allocate gigabytes
 MAX_CLASSES = 1_000_000
@@ -123,6 +123,8 @@ class Manifest(TypedDict, total=False):
     qat: dict | None
     selection: dict  # --precision best: rule, chosen, candidates
     recipe_search: dict  # no --calibration: the recipes timed on this host, or the cache entry that chose it
+    token_search: dict  # --token-search: every input size tried, its accuracy against full-size FP32 and its p50
+    latency_budget: dict  # --latency-budget: ms, the bundle's p50 here, met
     status: str
     latency_ms: LatencyRecord
     build_seconds: float
@@ -199,7 +201,8 @@ def validate_manifest(m) -> Manifest:
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise _fail("latency_ms.baselines", f"has {', '.join(map(repr, unknown))}, not one of {', '.join(BASELINES)}")
-    for k in ("calibration", "accuracy_gate", "qat", "selection", "recipe_search", "provenance", "profile"):
+    for k in ("calibration", "accuracy_gate", "qat", "selection", "recipe_search", "token_search", "latency_budget",
+              "provenance", "profile"):
         _get(m, k, "", dict, optional=True)
     check = _get(m, "device_check", "", dict, optional=True)
     if check is not None:

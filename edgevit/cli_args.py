@@ -187,6 +187,12 @@ def _add_build(sub) -> None:
                    help=f"accuracy gate: top-1 points INT8 may lose vs FP32 (default {DEFAULT_MAX_DROP}); over it, "
                         "accuracy-aware PTQ is tried (or QAT, with --qat-epochs), then the build fails")
     s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
+    s.add_argument("--token-search", action="store_true",
+                   help="INT8 ViT/hybrid with trained --weights and labelled --data: also try smaller inputs (fewer "
+                        "tokens), each judged against the full-size FP32 model by --max-drop, and ship the fastest")
+    s.add_argument("--latency-budget", type=_float_in(0, 1e6, lo_open=True), metavar="MS",
+                   help="among the candidates that pass the gate (recipes, and sizes with --token-search), ship the "
+                        "most accurate whose p50 here is within MS milliseconds, not the fastest")
     s.add_argument("--qat-epochs", type=_int_in(0, 100_000), default=0,
                    help="quantization-aware training epochs from the PTQ initialisation (int8); the checkpoint is "
                         "written to OUT/NAME.qat.pt, and --weights NAME.qat.pt rebuilds or resumes it")

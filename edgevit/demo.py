@@ -22,16 +22,12 @@ import numpy as np
 from edgevit._opencv import cv2 as _cv2
 from edgevit._opencv import opencv_has
 from edgevit._progress import say
-from edgevit.errors import UsageError
+from edgevit.errors import SourceError, UsageError
 from edgevit.sinks import DISPLAY, VIDEO_CODECS, check_sinks, display_available, open_sink
 
 __all__ = ["Capture", "FrameSource", "SourceError", "display_available", "opencv_has", "open_source", "run_demo"]
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
-
-
-class SourceError(UsageError):
-    """A camera, stream, file or directory that cannot be opened."""
 
 
 # ------------------------------------------------------------------------------------------------------ sources

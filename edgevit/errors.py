@@ -65,6 +65,42 @@ class ValidationFailedError(EdgevitError):
     """A built artifact whose measured accuracy or outputs fail a check."""
 
 
+class OutputExistsError(UsageError):
+    """The output path holds something edgevit did not write."""
+
+
+class OutputBusyError(EdgevitError):
+    """Another edgevit process is writing the same output right now."""
+
+
+class SourceError(UsageError):
+    """A camera, stream, file or directory that cannot be opened."""
+
+
+class RemoteError(EdgevitError):
+    """The device cannot be reached, or a command there failed."""
+
+
+class CudaError(EdgevitError, RuntimeError):
+    """A CUDA runtime call failed; ``code`` is the cudaError_t value."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EngineError(EdgevitError, RuntimeError):
+    """A TensorRT engine that fails to run."""
+
+
+class ToolError(EdgevitError, RuntimeError):
+    """An outside tool edgevit runs (OpenVINO's benchmark_app) that failed."""
+
+
+class MeasurementError(EdgevitError, RuntimeError):
+    """A timing worker process that could not start or run its candidate."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``systemctl stop``, ``kill``): unwinds exactly like Ctrl-C, so a build removes its staging directory
     and the demo finishes its video and JSON lines; the CLI exits 143."""

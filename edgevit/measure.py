@@ -272,7 +272,9 @@ def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_roun
         for k, (_, conn) in progress(starting, f"{desc or 'timing'}: starting", min_total=shown):
             status, *rest = conn.recv()
             if status != "ready":
-                raise RuntimeError(f"timing worker for {k} failed: {rest[0]}")
+                from edgevit.errors import MeasurementError
+
+                raise MeasurementError(f"timing worker for {k} failed: {rest[0]}")
             conn.send(("warmup", warmup))
             conn.recv()
         times: dict[str, list[float]] = {k: [] for k in fns}

@@ -35,20 +35,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgevit import failure
-from edgevit.errors import EdgevitError, UsageError
+from edgevit.errors import EdgevitError, OutputBusyError, OutputExistsError
 
 MARKER = ".edgevit.json"  # written into report/inspect directories: proof that edgevit wrote them
 OWNER = ".edgevit-owner"  # written into every temporary directory edgevit makes: who made it, for what
 _STAGING = re.compile(r"\.(?P<name>.+)\.(tmp|old)-[A-Za-z0-9_]+$")
 WORK_PREFIX = "edgevit-"  # edgevit's work directories under $TMPDIR
-
-
-class OutputExistsError(UsageError):
-    """The output path holds something edgevit did not write."""
-
-
-class OutputBusyError(EdgevitError):
-    """Another edgevit process is writing the same output right now."""
 
 
 def umask() -> int:

@@ -230,8 +230,9 @@ def ptq_init(net, calib, recipe, spec, signed: bool):
 
 def check_qat_output(path: Path, weights: str | None, force: bool) -> None:
     """The QAT checkpoint a build writes may replace only an earlier QAT checkpoint (or the one it resumes)."""
+    from edgevit.errors import OutputExistsError
     from edgevit.models import read_state_dict
-    from edgevit.outputs import OutputExistsError, check_output_file
+    from edgevit.outputs import check_output_file
 
     if force or not (path.exists() or path.is_symlink()):
         check_output_file(path, "QAT checkpoint", force=True)

@@ -113,7 +113,7 @@ def search(prep, req, stage: Path, seed: str | None):
     hit = (cache or {}).get(key)
     samples = req.calib_samples
     names = candidates(req.backend.name, prep.spec.family, prep.spec.is_transformer, seed)
-    if hit and hit["recipe"] in names:
+    if hit and hit["recipe"] in names and req.latency_budget is None:  # a budget weighs accuracy: measure
         rq = replace(req, recipe=load_recipe(hit["recipe"], samples))
         say(f"calibration recipe {hit['recipe']}: measured fastest here by a build of {hit.get('measured_utc', '?')} "
             f"({cache_path()}; {', '.join(f'{n} {ms:.3f} ms' for n, ms in hit.get('p50_ms', {}).items())})")
@@ -182,9 +182,17 @@ def _fastest(prep, req, arts: dict, order: list[str]) -> tuple[str, dict, str]:
     p50 = {n: lat[n]["p50"] for n in arts}
     ties = tied_with(lat)
     chosen = next(n for n in order if n in ties)
+    budget = req.latency_budget
+    if budget is not None and any(p <= budget for p in p50.values()):  # the most accurate within it
+        chosen = max((n for n in order if n in arts and p50[n] <= budget),
+                     key=lambda n: (arts[n].validation.get("top1") or 0, -p50[n]))
+        ties = [chosen]
     say(f"calibration recipe {chosen}: " + ", ".join(f"{n} {p50[n]:.3f} ms" for n in sorted(p50, key=p50.get))
         + (f" (within the noise of the fastest: {', '.join(ties)}; the first in order wins)" if len(ties) > 1 else
            " (the fastest that passed the gate)"))
     rule = (f"fastest p50 on this host among recipes that passed the accuracy gate as PTQ; within {BEST_TIE:.0%} "
             f"of the fastest (or not slower by a one-sided Mann-Whitney U test), the first of {' > '.join(order)}")
+    if budget is not None:
+        rule = (f"the most accurate recipe whose p50 is within the latency budget of {budget:g} ms" if
+                p50[chosen] <= budget else f"none within the latency budget of {budget:g} ms: " + rule)
     return chosen, p50, rule

@@ -15,12 +15,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from edgevit.errors import EdgevitError, UsageError, reading
+from edgevit.errors import RemoteError, UsageError, reading
 from edgevit.schema import Fields
-
-
-class RemoteError(EdgevitError):
-    """The device cannot be reached, or a command there failed."""
 
 
 class Remote:

@@ -50,6 +50,8 @@ class Request:
     measure: str = "full"  # "quick": no speed search, no thread or host-precision sweep, shorter timing
     calib_samples: int | None = None  # --calib-samples: every recipe tried takes this count
     search_recipe: str | None = None  # no --calibration: search the recipes, this one (the shipped table's) first
+    token_search: bool = False  # also smaller inputs (edgevit.token_search)
+    latency_budget: float | None = None  # ms: the most accurate candidate within it, not the fastest
     t_start: float = field(default_factory=time.perf_counter)
 
     @property

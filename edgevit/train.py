@@ -121,7 +121,7 @@ def cpu_state(model) -> dict:
 
 def _check_run_dir(out: Path) -> None:
     """``out`` may hold anything, but the checkpoints train writes there must be edgevit's own (or absent)."""
-    from edgevit.outputs import OutputExistsError
+    from edgevit.errors import OutputExistsError
 
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file; pass a directory for best.pt and last.pt")

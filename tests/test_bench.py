@@ -237,10 +237,11 @@ def test_train_missing_follows_the_suite_recipe(tmp_path):
 
 @pytest.mark.slow
 def test_quick_suite_runs(tmp_path):
-    """The CI-sized suite end to end (the shipped file, unchanged)."""
+    """The CI-sized suite end to end, by its shipped name (the file as installed, unchanged); its ViT cells only
+    (MobileNetV3 builds in test_families)."""
     from edgevit.cli import main
 
-    assert main(["bench", "--suite", "benchmarks/suites/quick.toml", "--db", str(tmp_path / "h.sqlite")]) == 0
+    assert main(["bench", "--suite", "quick", "--only", "vit-tiny", "--db", str(tmp_path / "h.sqlite")]) == 0
     assert main(["report", "--db", str(tmp_path / "h.sqlite"), "--out", str(tmp_path / "r")]) == 0
 
 
@@ -260,3 +261,19 @@ def test_crosscheck_against_benchmark_app(int8_bundle):
     assert chk["latency"]["median_ms"] > 0 and chk["throughput"]["throughput_fps"] > 0
     assert chk["p50_ratio"] > 0 and chk["throughput_ratio"] > 0 and isinstance(chk["within_tolerance"], bool)
     assert "-hint throughput" in chk["throughput"]["command"]
+
+
+def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_checkpoint, tmp_path):
+    from edgevit.build import build
+    from edgevit.report import _row
+    from edgevit.summary import summary
+
+    r = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(tmp_path), val_samples=32, peers=True, calibration="fast")
+    peer = r.manifest["latency_ms"]["baselines"]["nncf_default_int8"]
+    assert peer["p50"] > 0 and peer["executed_precision"] == "int8" and peer["threads"] >= 1
+    assert "NNCF default int8" in summary(r)
+    assert not any("peer" in f for f in r.manifest["files"])  # timed beside the artifact, never shipped
+    cell = {"p50": r.manifest["latency_ms"]["p50"], "size_bytes": 1,
+            "details": json.dumps({"latency": r.manifest["latency_ms"]})}
+    assert _row(cell)["x_peer"] == round(peer["p50"] / cell["p50"], 2)

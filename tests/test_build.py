@@ -263,22 +263,6 @@ def test_best_choice_is_stable_within_the_noise():
     assert choose_fastest(noisy) == ("int8", ["int8", "fp32"])
 
 
-def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_checkpoint, tmp_path):
-    from edgevit.build import build
-    from edgevit.report import _row
-    from edgevit.summary import summary
-
-    r = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
-              out=str(tmp_path), val_samples=32, peers=True)
-    peer = r.manifest["latency_ms"]["baselines"]["nncf_default_int8"]
-    assert peer["p50"] > 0 and peer["executed_precision"] == "int8" and peer["threads"] >= 1
-    assert "NNCF default int8" in summary(r)
-    assert not any("peer" in f for f in r.manifest["files"])  # timed beside the artifact, never shipped
-    cell = {"p50": r.manifest["latency_ms"]["p50"], "size_bytes": 1,
-            "details": json.dumps({"latency": r.manifest["latency_ms"]})}
-    assert _row(cell)["x_peer"] == round(peer["p50"] / cell["p50"], 2)
-
-
 def test_the_openvino_ir_describes_itself(int8_bundle):
     """Labels and preprocessing inside model.xml's rt_info, as OpenVINO's Model API reads a classifier."""
     import json

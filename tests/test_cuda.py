@@ -4,11 +4,10 @@ These run only where torch sees a CUDA GPU; everywhere else they skip, naming wh
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from tests._torchrun import torchrun
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (torch sees none)")
@@ -32,9 +31,7 @@ if __name__ == "__main__":
 """
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEVICE"}
-    return {**env, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1", **extra}
+ENV = {"EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1"}  # and no EDGEVIT_DEVICE: the GPUs
 
 
 def test_training_on_the_gpu_learns_like_the_cpu_and_its_checkpoint_loads_anywhere(fmnist_dir, tmp_path,
@@ -68,9 +65,8 @@ def test_torchrun_trains_one_process_per_gpu_nccl_with_several(fmnist_dir, tmp_p
     (tmp_path / "script.py").write_text(RECORD)
     rec = tmp_path / "rec"
     rec.mkdir()
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                        str(tmp_path / "script.py"), f"fashion-mnist:{fmnist_dir}", str(tmp_path / "run"), str(rec)],
-                       capture_output=True, text=True, env=_env(), timeout=600)
+    p = torchrun(n, [tmp_path / "script.py", f"fashion-mnist:{fmnist_dir}", tmp_path / "run", rec], ENV,
+                 timeout=600, drop=("EDGEVIT_DEVICE",))
     assert p.returncode == 0, p.stderr[-3000:]
     ranks = [json.loads((rec / f"rank{r}.json").read_text()) for r in range(n)]
     assert [r["device"] for r in ranks] == list(range(n))  # one GPU each
@@ -83,10 +79,9 @@ def test_torchrun_trains_one_process_per_gpu_nccl_with_several(fmnist_dir, tmp_p
 
 def test_more_processes_than_gpus_is_one_clear_error(fmnist_dir, tmp_path):
     n = torch.cuda.device_count()
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n + 1}",
-                        "-m", "edgevit", "train", "--model", "vit-tiny-fmnist", "--data", f"fashion-mnist:{fmnist_dir}",
-                        "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", str(4 * (n + 1))],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    p = torchrun(n + 1, ["-m", "edgevit", "train", "--model", "vit-tiny-fmnist", "--data",
+                         f"fashion-mnist:{fmnist_dir}", "--out", tmp_path / "run", "--epochs", "1", "--batch-size",
+                         4 * (n + 1)], ENV, timeout=300, drop=("EDGEVIT_DEVICE",))
     assert p.returncode != 0
     assert f"--nproc_per_node={n} (one process per GPU)" in p.stderr, p.stderr[-3000:]
     assert not (tmp_path / "run" / "best.pt").exists()

@@ -4,28 +4,17 @@ the CPU: disjoint data per rank, one writer, a result that loads, and the accura
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests._torchrun import RECORD_SHARDS, torchrun
+
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = """
-import json, os, sys
-import edgevit.parallel as parallel
+SCRIPT = RECORD_SHARDS + """
 import importlib
 t = importlib.import_module("edgevit.train")
-
-seen = []
-real = parallel.shard_indices
-def recording(n, epoch, rank=0, world=1, seed=0):
-    idx = real(n, epoch, rank, world, seed)
-    seen.append({"epoch": epoch, "rank": rank, "world": world, "idx": idx.tolist()})
-    return idx
-parallel.shard_indices = recording
 r = t.train("vit-tiny-fmnist", sys.argv[1], sys.argv[2], epochs=6, batch_size=32, lr=3e-3,
             embed_dim=32, depth=1, num_heads=2)
 rank = int(os.environ.get("RANK", "0"))
@@ -41,14 +30,12 @@ def test_two_processes_see_disjoint_data_and_match_one_process(fmnist_dir, tmp_p
     (tmp_path / "train_script.py").write_text(SCRIPT)
     data = f"fashion-mnist:{fmnist_dir}"
     # the CPU (gloo) path, also on a machine with GPUs: two processes need not fit its GPU count
-    env = {**os.environ, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu"}
+    env = {"EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu"}
     logs = {}
     for n in (1, 2):
         out, rec = tmp_path / f"run{n}", tmp_path / f"rec{n}"
         rec.mkdir()
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                            str(tmp_path / "train_script.py"), data, str(out), str(rec)],
-                           capture_output=True, text=True, env=env, timeout=900)
+        p = torchrun(n, [tmp_path / "train_script.py", data, out, rec], env, timeout=900)
         assert p.returncode == 0, p.stderr[-2000:]
         logs[n] = {r: json.loads((rec / f"rank{r}.json").read_text()) for r in range(n)}
         ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)  # the result loads
@@ -137,12 +124,9 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.slow
 def test_a_killed_rank_is_one_line_on_the_surviving_rank(fmnist_dir, tmp_path):
     (tmp_path / "kill.py").write_text(KILL_RANK_1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu", "EDGEVIT_LOG_DIR": str(tmp_path / "logs"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(tmp_path / "kill.py"), "12", "train", "--model", "vit-tiny-fmnist", "-q", "--data",
-                        f"fashion-mnist:{fmnist_dir}", "--epochs", "200", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, env=env, timeout=600)
+    env = {"OMP_NUM_THREADS": "1", "EDGEVIT_DEVICE": "cpu", "EDGEVIT_LOG_DIR": str(tmp_path / "logs")}
+    p = torchrun(2, [tmp_path / "kill.py", "12", "train", "--model", "vit-tiny-fmnist", "-q", "--data",
+                     f"fashion-mnist:{fmnist_dir}", "--epochs", "200", "--out", tmp_path / "run"], env, timeout=600)
     ours = [line for line in p.stderr.splitlines() if line.startswith("edgevit:")]
     assert p.returncode != 0 and len(ours) == 1, p.stderr[-3000:]
     # rank 0 meets the dead peer in its next all-reduce (gloo), unless torchrun's SIGTERM reaches it first

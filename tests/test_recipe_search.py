@@ -5,6 +5,7 @@ reads the cache; a damaged cache is neither trusted nor overwritten."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,22 +39,28 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
     again = _build(tmp_path / "a").manifest["recipe_search"]
     assert again["cached"] is True and again["recipe"] == rs["chosen"] and again["key"] == rs["key"]
 
-    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen10")  # another class: measured again
-    assert _build(tmp_path / "a").manifest["recipe_search"]["cached"] is False
-    assert len(json.loads((tmp_path / "cache" / CACHE_FILE).read_text())) == 2
+    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen10")  # another class: another key
+    from edgevit.recipe_search import cache_key
+
+    prep = SimpleNamespace(spec=SimpleNamespace(alias="vit-tiny-fmnist"), pre=SimpleNamespace(input_size=(32, 32)))
+    req = SimpleNamespace(backend=SimpleNamespace(name="openvino"), target=SimpleNamespace(batch=1))
+    assert cache_key(req, prep) != rs["key"] and cache_key(req, prep) not in cache
 
 
 def test_a_damaged_cache_is_not_trusted_and_not_overwritten(tmp_path, monkeypatch, capsys):
-    from edgevit.recipe_search import CACHE_FILE
+    from edgevit.recipe_search import CACHE_FILE, read_cache, write_cache
 
-    cache = tmp_path / "cache" / CACHE_FILE
-    cache.parent.mkdir()
-    cache.write_text('{"openvino | x": {"recipe": 7}}')  # not what edgevit writes
-    monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(cache.parent))
-    m = _build(tmp_path / "b").manifest
-    assert m["recipe_search"]["cached"] is False and len(m["recipe_search"]["p50_ms"]) > 1
-    assert cache.read_text() == '{"openvino | x": {"recipe": 7}}'
-    assert "is not a recipe cache edgevit wrote" in capsys.readouterr().err
+    monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(tmp_path))
+    assert read_cache() == {}  # none yet
+    write_cache("k", {"recipe": "plain"}, read_cache())
+    assert read_cache() == {"k": {"recipe": "plain"}}
+    for foreign in ('{"openvino | x": {"recipe": 7}}', "[1, 2]", "not json", "\udcff"):
+        (tmp_path / CACHE_FILE).write_text(foreign, errors="surrogateescape")
+        before = (tmp_path / CACHE_FILE).read_bytes()
+        assert read_cache() is None  # measured again, never trusted
+        write_cache("k2", {"recipe": "default"}, read_cache())
+        assert (tmp_path / CACHE_FILE).read_bytes() == before  # and left as it was
+        assert "recipe cache" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("target, precision, measure, why", [
@@ -63,13 +70,11 @@ def test_a_damaged_cache_is_not_trusted_and_not_overwritten(tmp_path, monkeypatc
 ])
 def test_where_no_search_runs_the_build_says_why(tmp_path, capsys, monkeypatch, target, precision, measure, why):
     from edgevit.build import request
-    from edgevit.qat import QATOptions
 
     monkeypatch.delenv("EDGEVIT_QUIET", raising=False)
-    req = request("vit-tiny-fmnist", target, precision, tmp_path, None, "synthetic", None, None, None, None, None,
-                  QATOptions(), measure=measure)
+    req = request("vit-tiny-fmnist", target=target, precision=precision, out=tmp_path, data="synthetic",
+                  measure=measure)
     assert req.search_recipe is None and req.recipe is not None
     assert f"(no search: {why})" in capsys.readouterr().err
-    full = request("vit-tiny-fmnist", "cpu-x86", "int8", tmp_path, None, "synthetic", None, None, None, None, None,
-                   QATOptions())
+    full = request("vit-tiny-fmnist", target="cpu-x86", precision="int8", out=tmp_path, data="synthetic")
     assert full.search_recipe is not None

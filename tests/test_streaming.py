@@ -18,6 +18,7 @@ import pytest
 from edgevit.data import load_dataset, preprocess_split
 from edgevit.images import Preprocessing, load_image
 from edgevit.stream import ImageStream
+from tests._torchrun import RECORD_SHARDS, torchrun
 
 from .conftest import TINY_VIT
 
@@ -90,18 +91,8 @@ def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
     assert per_image_kib < 0.5, (small, large)  # a path and a label, not 3 KiB of pixels
 
 
-QAT_SCRIPT = """
-import json, os, sys
-import edgevit.parallel as parallel
+QAT_SCRIPT = RECORD_SHARDS + """
 from edgevit.build import QATOptions, build
-
-seen = []
-real = parallel.shard_indices
-def recording(n, epoch, rank=0, world=1, seed=0):
-    idx = real(n, epoch, rank, world, seed)
-    seen.append(idx.tolist())
-    return idx
-parallel.shard_indices = recording
 r = build("vit-tiny-fmnist", precision="int8", data=sys.argv[1], weights=sys.argv[2], out=sys.argv[3],
           qat=QATOptions(epochs=1, samples=256), val_samples=64, calib_samples=32, measure_latency=False)
 rank = int(os.environ["RANK"])
@@ -115,14 +106,12 @@ def test_qat_inside_build_runs_data_parallel_under_torchrun(fmnist_dir, tiny_che
     (tmp_path / "qat.py").write_text(QAT_SCRIPT)
     out, rec = tmp_path / "out", tmp_path / "rec"
     rec.mkdir()
-    env = {**os.environ, "EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(tmp_path / "qat.py"), f"fashion-mnist:{fmnist_dir}", str(tiny_checkpoint), str(out),
-                        str(rec)], capture_output=True, text=True, env=env, timeout=900)
+    p = torchrun(2, [tmp_path / "qat.py", f"fashion-mnist:{fmnist_dir}", tiny_checkpoint, out, rec],
+                 {"EDGEVIT_QUIET": "1", "OMP_NUM_THREADS": "1"}, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     r0, r1 = (json.loads((rec / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["bundle"] and r1["bundle"] is None  # rank 0 builds; the follower returns nothing
-    a, b = set(r0["seen"][0]), set(r1["seen"][0])
+    a, b = set(r0["seen"][0]["idx"]), set(r1["seen"][0]["idx"])
     assert a and len(a) == len(b) and not a & b  # each rank trained its own half of the epoch
     assert sorted(x.name for x in out.iterdir()) == ["vit-tiny-fmnist-cpu-x86-int8",
                                                      "vit-tiny-fmnist-cpu-x86-int8.qat.pt"]
@@ -199,8 +188,6 @@ def test_a_pass_keeps_batch_buffers_out_of_the_heap():
     buffers of 1-20 MiB grow the heap by tens of MiB once the dynamic mmap threshold has risen, and by next to
     nothing inside pass_buffers_unpooled. Both run in fresh processes; the first shows the probe can see it."""
     import json
-    import os
-    import subprocess
     import sys
     from pathlib import Path
 

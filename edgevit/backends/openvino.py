@@ -360,7 +360,9 @@ def benchmark_app(xml: Path, batch: int, hint: str, threads: int, inference_prec
                  "-load_config", str(cfg)]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds * 10 + 120)
     if p.returncode:
-        raise RuntimeError(f"benchmark_app failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+        from edgevit.errors import ToolError
+
+        raise ToolError(f"benchmark_app failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
     out = p.stdout
     fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out)
     med = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", out)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.tensorrt_plan import ENGINE_FILE, LAYERS_FILE, TIMING_CACHE_FILE, engine_mismatch
-from edgevit.errors import BundleError, TargetError, ValidationFailedError
+from edgevit.errors import BundleError, CudaError, EngineError, TargetError, ValidationFailedError
 from edgevit.outputs import dumps, sha256_file
 
 
@@ -30,14 +30,6 @@ def _cudart():
     except ImportError:
         from cuda import cudart  # older cuda-python (JetPack 5's CUDA 11.4: cuda-python 11.x)
     return cudart
-
-
-class CudaError(RuntimeError):
-    """A CUDA runtime call failed; ``code`` is the cudaError_t value."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 INSUFFICIENT_DRIVER, NO_DEVICE = 35, 100  # cudaErrorInsufficientDriver, cudaErrorNoDevice
@@ -129,7 +121,7 @@ def device_info() -> dict:
     trt = import_tensorrt()
     devices = cuda_devices()
     if not devices:
-        raise RuntimeError("no CUDA device")
+        raise CudaError(100, "no CUDA device (cudaErrorNoDevice)")
     d = devices[0]
     info = {"tensorrt": trt.__version__, "device_name": d["name"], "compute_capability": d["capability"],
             "sm_count": d["sm_count"], "memory_gib": d["memory_gib"]}
@@ -372,7 +364,7 @@ class TRTRunner:
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         cuda_call(cudart.cudaMemcpyAsync(d_in, host_in.ctypes.data, x.nbytes, h2d, self._stream))
         if not self._context.execute_async_v3(stream_handle=int(self._stream)):
-            raise RuntimeError("TensorRT execution failed")
+            raise EngineError("TensorRT execution failed (IExecutionContext.execute_async_v3 returned False)")
         cuda_call(cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, d2h, self._stream))
         cuda_call(cudart.cudaStreamSynchronize(self._stream))
         return np.array(host_out)

@@ -1,0 +1,149 @@
+"""Fewer tokens, under the accuracy gate (``--token-search``): a ViT's cost grows with its token count, so the build
+also tries the model at input sizes below its own (position embeddings resampled bicubically, as timm does), each
+quantized with the recipe already chosen, validated on the same held-out images against the **full-size** FP32
+model, and timed against the full-size artifact in one interleaved, process-isolated run (each on its own input).
+The fastest that stays within ``--max-drop`` of the full-size FP32 top-1 ships; with ``latency_budget``, the most
+accurate within the budget.
+
+Sizes: whole steps of the token grid (patch size × stride of any CNN stem) keeping at least half of the tokens, at
+most :data:`MAX_SIZES` of them. MaxViT's windows and the CNN families have no such grid here: they are not searched.
+A smaller input is kept only where accuracy was measured on trained weights and labelled data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgevit._progress import say
+from edgevit.errors import UsageError, ValidationFailedError
+
+MAX_SIZES = 3
+MIN_TOKEN_SHARE = 0.5
+FAMILIES = ("vit", "hybrid")
+
+
+def check(req, spec, data, weights) -> None:
+    """Refused before any work where a smaller input could not be judged."""
+    if not req.token_search:
+        return
+    if spec.family not in FAMILIES:
+        raise UsageError(f"--token-search resizes ViT and hybrid models' token grids; {spec.alias} is a "
+                         f"{spec.family} model")
+    if not data or str(data).startswith("synthetic"):
+        raise UsageError("--token-search keeps a smaller input only where its accuracy holds: give labelled --data "
+                         "(fashion-mnist or imagefolder:DIR)")
+    if not weights and not getattr(spec, "module", None):
+        raise UsageError("--token-search judges accuracy, which random weights do not have: give --weights "
+                         "(a trained checkpoint or hf-hub:...)")
+    if req.precision != "int8":
+        raise UsageError(f"--token-search searches INT8 artifacts; --precision {req.precision} has no search")
+    if req.qat.epochs:
+        raise UsageError("--token-search and --qat-epochs: quantization-aware training runs at one input size; "
+                         "search the tokens first, then train QAT with --input-size")
+
+
+def sizes(net, size: int) -> list[int]:
+    """Input sizes below ``size`` in whole steps of the model's token grid, keeping at least
+    :data:`MIN_TOKEN_SHARE` of its tokens: at most :data:`MAX_SIZES`, spread from one step down to the fewest."""
+    pe = getattr(net, "patch_embed", None)
+    grid = getattr(pe, "grid_size", None)
+    if not grid or grid[0] < 2 or size % grid[0]:
+        return []
+    g, step = grid[0], size // grid[0]
+    k_max = max(int(g * (1 - math.sqrt(MIN_TOKEN_SHARE))), 0)
+    ks = sorted({1, (k_max + 1) // 2, k_max} - {0}) if k_max else []
+    return [size - k * step for k in ks][:MAX_SIZES]
+
+
+@dataclass
+class Candidate:
+    size: int
+    prep: object
+    art: object
+    gate: object
+    calib: object
+    stage: object
+
+
+def search(prep, req, stage, art, gate, calib, inputs: dict, enter, latency_budget: float | None = None):
+    """The artifact to ship: the full-size one in ``stage`` or a smaller input's (restored into ``stage``), its
+    preparation, gate and calibration images, and the search's record for the manifest. ``enter`` keeps a
+    candidate's preparation open until the bundle is written (an ``ExitStack.enter_context``)."""
+    from edgevit.prepare import prepare
+    from edgevit.stages import compile_artifact, restore_stage
+    from edgevit.validate import Gate
+
+    full = prep.pre.input_size[-1]
+    tried = sizes(prep.net, full)
+    record = {"full_size": full, "sizes": tried, "reference": f"PyTorch eager FP32 at {full} px",
+              "max_drop": req.max_drop, "latency_budget_ms": latency_budget, "candidates": []}
+    if not tried:
+        record["result"] = f"no smaller size keeps {MIN_TOKEN_SHARE:.0%} of {prep.spec.alias}'s tokens"
+        say(f"token search: {record['result']}")
+        return prep, art, gate, calib, record
+    say(f"token search: {prep.spec.alias} at {', '.join(f'{s} px' for s in tried)} beside {full} px")
+    cands = {full: Candidate(full, prep, art, gate, calib, None)}  # already in ``stage``
+    for s in tried:
+        p = enter(prepare(prep.spec, **{**inputs, "input_size": s, "reference": False}))
+        p.reference = prep.reference  # judged against the full-size FP32 model, on the same held-out images
+        sub = p.work / f"tokens-{s}"
+        sub.mkdir()
+        (sub / "labels.txt").write_text("\n".join(p.classes) + "\n")
+        c_calib = p.calibration(req.recipe)
+        try:
+            a = compile_artifact(p, req, "int8", sub, c_calib)
+        except (ValidationFailedError, UsageError) as e:
+            record["candidates"].append({"size": s, "rejected": str(e)})
+            continue
+        g = Gate.open("int8", p, a.validation, req.max_drop, f"PTQ at {s} px")
+        if g and not g.passed:
+            record["candidates"].append({"size": s, "top1": a.validation["top1"],
+                                         "top1_drop": a.validation["top1_drop"],
+                                         "rejected": f"top-1 drop {a.validation['top1_drop']:.2f} points against "
+                                                     f"the full-size FP32 model > --max-drop {req.max_drop:.2f}"})
+            say(f"token search: {s} px loses {a.validation['top1_drop']:.2f} points; left out")
+            continue
+        if g:
+            g.close(a.validation, a.built.details.get("kept_in_higher_precision", []))
+        cands[s] = Candidate(s, p, a, g, c_calib, sub)
+    lat = _time(cands)
+    for s, c in cands.items():
+        record["candidates"].append({"size": s, "tokens_share": round((s / full) ** 2, 3),
+                                     "top1": c.art.validation.get("top1"),
+                                     "top1_drop": c.art.validation.get("top1_drop"), "p50_ms": lat[s]})
+    chosen, rule = _choose(cands, lat, latency_budget)
+    record.update(chosen=chosen, rule=rule, speedup_vs_full=round(lat[full] / lat[chosen], 3))
+    say(f"token search: {chosen} px " + ", ".join(f"{s} px {lat[s]:.3f} ms top-1 {cands[s].art.validation['top1']}"
+                                                   for s in sorted(cands, reverse=True)) + f" ({rule})")
+    c = cands[chosen]
+    if chosen != full:
+        restore_stage(c.stage, stage)
+    return c.prep, c.art, c.gate, c.calib, record
+
+
+def _time(cands: dict) -> dict[int, float]:
+    from edgevit.measure import compare_latency
+    from edgevit.timing import OwnInput
+
+    runners = {}
+    for s, c in cands.items():
+        factory, args = c.art.runner.spec()
+        runners[str(s)] = OwnInput(factory, args, c.prep.latency_input(1))
+    first = next(iter(cands.values()))
+    lat = compare_latency(runners, first.prep.latency_input(1), desc=f"token search: timing {len(runners)} sizes")
+    return {s: lat[str(s)]["p50"] for s in cands}
+
+
+def _choose(cands: dict, lat: dict, budget: float | None) -> tuple[int, str]:
+    if budget is not None:
+        within = [s for s in cands if lat[s] <= budget]
+        if within:
+            best = max(within, key=lambda s: (cands[s].art.validation["top1"], -lat[s]))
+            return best, f"the most accurate within the latency budget of {budget:g} ms"
+        fastest = min(cands, key=lat.get)
+        return fastest, f"none within the latency budget of {budget:g} ms: the fastest that passed the gate"
+    full = max(cands)
+    fastest = min(cands, key=lat.get)
+    if lat[fastest] >= lat[full] * 0.97:  # not faster beyond the noise: the full size keeps its accuracy
+        return full, "no smaller size is 3% or more faster than the full size"
+    return fastest, "the fastest within the accuracy budget"

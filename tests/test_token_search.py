@@ -1,0 +1,67 @@
+"""Fewer tokens under the gate: smaller inputs of a trained ViT, judged against the full-size FP32 model on the
+same held-out images, timed against the full-size artifact; and the latency budget's choice."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgevit.errors import UsageError
+from tests.conftest import TINY_VIT
+
+
+def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_dir, tiny_checkpoint, tmp_path):
+    from edgevit.build import build
+    from edgevit.predict import Predictor
+
+    r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
+              out=str(tmp_path), calibration="fast", token_search=True, max_drop=100.0, latency_budget=1e6,
+              **TINY_VIT)
+    m = r.manifest
+    ts = m["token_search"]
+    assert ts["full_size"] == 32 and ts["sizes"] == [24]  # 4x4 tokens of 8 px: one step down keeps 9 of 16
+    cands = {c["size"]: c for c in ts["candidates"]}
+    assert set(cands) == {32, 24} and all(c["p50_ms"] > 0 for c in cands.values())
+    ref = {round(c["top1"] + c["top1_drop"], 2) for c in cands.values()}
+    assert len(ref) == 1  # both judged against one reference: the full-size FP32 model
+    assert ts["chosen"] == max(cands, key=lambda s: (cands[s]["top1"], -cands[s]["p50_ms"]))  # budget: most accurate
+    assert m["model"]["input_size"] == [3, ts["chosen"], ts["chosen"]]
+    assert m["preprocessing"]["input_size"][-1] == ts["chosen"]
+    assert m["latency_budget"]["met"] is True and m["latency_budget"]["p50_ms"] == m["latency_ms"]["p50"]
+    img = np.zeros((28, 28), np.uint8)
+    assert Predictor(r.bundle)(img)[0].top[0][0] in m["labels"]  # the bundle resizes to its own input size
+
+
+@pytest.mark.parametrize("model, data, weights, why", [
+    ("mobilenetv3-fmnist", "fashion-mnist", "w.pt", "resizes ViT and hybrid models' token grids"),
+    ("vit-tiny-fmnist", "synthetic", "w.pt", "give labelled --data"),
+    ("vit-tiny-fmnist", "fashion-mnist", None, "random weights do not have"),
+])
+def test_token_search_is_refused_where_accuracy_cannot_judge_it(tmp_path, model, data, weights, why):
+    from edgevit.build import request
+
+    with pytest.raises(UsageError, match=why):
+        request(model, target="cpu-x86", precision="int8", out=tmp_path, data=data, weights=weights,
+                token_search=True)
+
+
+def test_choice_among_sizes():
+    from edgevit.token_search import _choose, sizes
+
+    def c(top1):
+        return SimpleNamespace(art=SimpleNamespace(validation={"top1": top1}))
+
+    cands = {32: c(90.0), 24: c(89.5), 16: c(85.0)}
+    assert _choose(cands, {32: 1.0, 24: 0.6, 16: 0.4}, None)[0] == 16  # the fastest that passed
+    assert _choose(cands, {32: 1.0, 24: 0.6, 16: 0.4}, 0.7)[0] == 24  # the most accurate within 0.7 ms
+    assert _choose(cands, {32: 1.0, 24: 0.99, 16: 0.98}, None)[0] == 32  # not faster beyond the noise
+    assert _choose(cands, {32: 1.0, 24: 0.6, 16: 0.4}, 0.1)[0] == 16  # none within: the fastest
+
+    def net(grid):
+        return SimpleNamespace(patch_embed=SimpleNamespace(grid_size=(grid, grid)))
+
+    assert sizes(net(14), 224) == [208, 192, 160]  # ViT-Ti/16: at least half of the 196 tokens
+    assert sizes(net(4), 32) == [24]
+    assert sizes(net(2), 32) == [] and sizes(SimpleNamespace(), 64) == []
