@@ -47,7 +47,7 @@ def build_best(req, inputs: dict):
     time the rest against each other, and write the chosen one (with its full latency stage) as the bundle."""
     from edgevit.outputs import claim, output_dir
     from edgevit.prepare import prepare
-    from edgevit.stages import BuildResult, compile_gated, latency_stage, restore_stage, speed_stage, write_bundle
+    from edgevit.stages import BuildResult, compile_gated, latency_stage, speed_stage, write_bundle
 
     cands = [p for p in BEST_ORDER if p in req.target.precisions]
     with claim(req.final, "bundle", req.force), prepare(req.spec, **inputs) as prep:
@@ -57,36 +57,33 @@ def build_best(req, inputs: dict):
             stage = prep.work / f"candidate-{p}"
             stage.mkdir()
             try:
-                built[p] = (stage, *compile_gated(prep, req, p, stage))
+                built[p] = compile_gated(prep, req, p, stage)
             except (ValidationFailedError, UsageError) as e:
                 record.append({"precision": p, "rejected": str(e)})
         if not built:
             raise ValidationFailedError(f"--precision best: no candidate of {', '.join(cands)} could be built: "
                                         + "; ".join(r["rejected"] for r in record))
         _drop_duplicates(built, record)
-        chosen, lat, rule, tied = _select(prep, req, {p: b[1] for p, b in built.items()})
-        for p, (_, art, *_rest) in built.items():
-            v = art.validation
-            record.append({"precision": p, "executed": art.runner.info.get("executed_precision"),
+        chosen, lat, rule, tied = _select(prep, req, {p: c.art for p, c in built.items()})
+        for p, c in built.items():
+            v = c.art.validation
+            record.append({"precision": p, "executed": c.art.runner.info.get("executed_precision"),
                            "latency_ms_p50": lat[p]["p50"], "latency_ms_p90": lat[p]["p90"],
                            "top1": v.get("top1"), "top1_drop": v.get("top1_drop")})
         selection = {"rule": rule, "chosen": chosen, "candidates": record}
         if tied is not None:
             selection["tied_with_fastest"] = tied
-        cand_dir, art, gate, qat, calib = built[chosen]
         with output_dir(req.final, "bundle", req.force, claimed=True) as stage:
-            restore_stage(cand_dir, stage)
-            art = speed_stage(prep, req, chosen, art, stage, gate)
-            latency = latency_stage(prep, req, chosen, art, stage, calib, gate)
-            manifest = write_bundle(prep, req, chosen, stage, art, gate, qat, calib, latency,
-                                    requested_precision="best", selection=selection)
+            cand = speed_stage(prep, req, built[chosen].moved_to(stage))
+            latency = latency_stage(prep, req, cand)
+            manifest = write_bundle(prep, cand, latency, requested_precision="best", selection=selection)
     return BuildResult(req.final, manifest, latency.samples)
 
 
 def _drop_duplicates(built: dict, record: list) -> None:
     """e.g. bf16 on a CPU without native bf16 runs in fp32: the fp32 candidate again."""
     for p in list(built):
-        ran = built[p][1].runner.info.get("executed_precision")
+        ran = built[p].art.runner.info.get("executed_precision")
         if ran and ran != p and ran in built and len(built) > 1:
             say(f"--precision best: the {p} candidate executes as {ran} on this host; dropped as a duplicate")
             record.append({"precision": p, "executed": ran, "rejected": f"executes as {ran} on this host "

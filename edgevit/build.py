@@ -109,21 +109,19 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
                 from edgevit.recipe_search import search
 
                 with step("choosing the INT8 recipe by measurement", stage):
-                    art, gate, qat_record, calib, req, extra["recipe_search"] = search(prep, req, stage,
-                                                                                        req.search_recipe)
+                    cand, extra["recipe_search"] = search(prep, req, stage, req.search_recipe)
             else:
                 with step(f"quantizing and compiling {req.precision}", stage):
-                    art, gate, qat_record, calib = compile_gated(prep, req, req.precision, stage)
+                    cand = compile_gated(prep, req, req.precision, stage)
             if req.token_search:
                 from edgevit.token_search import search as search_tokens
 
                 with step("the token search", stage):
-                    prep, art, gate, calib, extra["token_search"] = search_tokens(
-                        prep, req, stage, art, gate, calib, inputs, prepared.enter_context, req.latency_budget)
+                    prep, cand, extra["token_search"] = search_tokens(prep, cand, inputs, prepared.enter_context)
             with step("the speed search", stage):
-                art = speed_stage(prep, req, req.precision, art, stage, gate)
+                cand = speed_stage(prep, req, cand)
             with step("measuring latency", stage):
-                lat = latency_stage(prep, req, req.precision, art, stage, calib, gate)
+                lat = latency_stage(prep, req, cand)
             if req.latency_budget is not None and lat.record.get("p50") is not None:
                 met = lat.record["p50"] <= req.latency_budget
                 extra["latency_budget"] = {"ms": req.latency_budget, "p50_ms": lat.record["p50"], "met": met}
@@ -133,7 +131,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
                     warn(f"no candidate runs within the latency budget of {req.latency_budget:g} ms here: the "
                          f"bundle's p50 is {lat.record['p50']:.3f} ms (try --token-search, or a smaller model)")
             with step("writing the bundle", stage):
-                manifest = write_bundle(prep, req, req.precision, stage, art, gate, qat_record, calib, lat, **extra)
+                manifest = write_bundle(prep, cand, lat, **extra)
     return BuildResult(req.final, manifest, lat.samples)
 
 

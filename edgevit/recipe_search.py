@@ -103,8 +103,8 @@ def write_cache(key: str, entry: dict, cache: dict | None) -> None:
 
 
 def search(prep, req, stage: Path, seed: str | None):
-    """The gated INT8 artifact of the fastest recipe, restored into ``stage``: (artifact, gate, QAT record,
-    calibration images, the request with its recipe, the search's record for the manifest)."""
+    """The gated INT8 candidate of the fastest recipe, in ``stage`` (its ``req`` carries the recipe), and the
+    search's record for the manifest."""
     from edgevit.quantize import load_recipe
     from edgevit.stages import compile_gated
 
@@ -117,8 +117,7 @@ def search(prep, req, stage: Path, seed: str | None):
         rq = replace(req, recipe=load_recipe(hit["recipe"], samples))
         say(f"calibration recipe {hit['recipe']}: measured fastest here by a build of {hit.get('measured_utc', '?')} "
             f"({cache_path()}; {', '.join(f'{n} {ms:.3f} ms' for n, ms in hit.get('p50_ms', {}).items())})")
-        art, gate, qat, calib = compile_gated(prep, rq, "int8", stage)
-        return art, gate, qat, calib, rq, {"cached": True, "key": key, **hit}
+        return compile_gated(prep, rq, "int8", stage), {"cached": True, "key": key, **hit}
     say(f"calibration recipe: measuring {', '.join(names)} on this host (no measured choice for {key})")
     built, rejected = {}, {}
     for name in names:
@@ -126,34 +125,29 @@ def search(prep, req, stage: Path, seed: str | None):
         sub = prep.work / f"recipe-{name}"
         sub.mkdir()
         try:
-            built[name] = (sub, rq, *_gated_candidate(prep, rq, sub))
+            built[name] = _gated_candidate(prep, rq, sub)
         except (ValidationFailedError, UsageError) as e:
             rejected[name] = str(e)
             say(f"recipe {name}: {e}")
     if not built:  # none passes as PTQ alone: the first one, with the gate's fallbacks (or its error)
         rq = replace(req, recipe=load_recipe(names[0], samples))
-        art, gate, qat, calib = compile_gated(prep, rq, "int8", stage)
-        return art, gate, qat, calib, rq, {"cached": False, "key": key, "rejected": rejected,
-                                           "chosen": names[0], "rule": "no candidate passed as PTQ alone: the first, "
-                                                                       "with the gate's fallbacks"}
-    chosen, p50, rule = _fastest(prep, req, {n: b[2] for n, b in built.items()}, names)
-    sub, rq, art, gate, qat, calib = built[chosen]
-    from edgevit.stages import restore_stage
-
-    restore_stage(sub, stage)
+        return compile_gated(prep, rq, "int8", stage), {
+            "cached": False, "key": key, "rejected": rejected, "chosen": names[0],
+            "rule": "no candidate passed as PTQ alone: the first, with the gate's fallbacks"}
+    chosen, p50, rule = _fastest(prep, req, {n: c.art for n, c in built.items()}, names)
     record = {"cached": False, "key": key, "chosen": chosen, "rule": rule, "p50_ms": p50,
-              "top1_drop": {n: b[2].validation.get("top1_drop") for n, b in built.items()}, "rejected": rejected,
+              "top1_drop": {n: c.art.validation.get("top1_drop") for n, c in built.items()}, "rejected": rejected,
               "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if len(built) > 1:
         write_cache(key, {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]},
                     read_cache() if cache is not None else None)  # as it is now: another build may have written
-    return art, gate, qat, calib, rq, record
+    return built[chosen].moved_to(stage), record
 
 
 def _gated_candidate(prep, rq, sub: Path):
     """One candidate: quantized, compiled, validated and held to the gate as PTQ alone (no fallback: a candidate
     over budget is left out, not repaired)."""
-    from edgevit.stages import check_candidate, compile_artifact
+    from edgevit.stages import Candidate, check_candidate, compile_artifact
     from edgevit.validate import Gate
 
     check_candidate(prep, rq, "int8")
@@ -166,7 +160,7 @@ def _gated_candidate(prep, rq, sub: Path):
                                     f"{rq.max_drop:.2f}: left out")
     if gate:
         gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
-    return art, gate, {}, calib
+    return Candidate("int8", sub, art, gate, {}, calib, rq)
 
 
 def _fastest(prep, req, arts: dict, order: list[str]) -> tuple[str, dict, str]:

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgevit._progress import say
@@ -59,6 +59,24 @@ class Request:
         return self.backend.capabilities.int8_signed_symmetric
 
 
+@dataclass
+class Candidate:
+    """One artifact on its way to a bundle, as every stage after compiling takes and returns it."""
+
+    precision: str
+    stage: Path  # the directory its files are in
+    art: Artifact
+    gate: Gate | None
+    qat: dict  # the QAT record ({} without QAT)
+    calib: object | None  # the calibration images (float32 NCHW) it was quantized with
+    req: Request  # what built it, with the recipe it was quantized with
+
+    def moved_to(self, stage: Path) -> Candidate:
+        """The same candidate with its files copied into ``stage`` (replacing what is there)."""
+        restore_stage(self.stage, stage)
+        return replace(self, stage=stage)
+
+
 def check_candidate(prep, req: Request, precision: str) -> None:
     """What the prepared model allows at ``precision``: a QAT checkpoint builds only INT8, for the quantizers it was
     trained with; INT8 needs calibration images."""
@@ -99,9 +117,8 @@ def compile_artifact(prep, req: Request, precision: str, stage: Path, calib=None
     return Artifact(built, runner, validate(prep, runner, f"{precision} ({req.backend.name})"))
 
 
-def compile_gated(prep, req: Request, precision: str, stage: Path) -> tuple[Artifact, Gate | None, dict, object]:
-    """The artifact for ``precision`` in ``stage``, held to the accuracy gate: (artifact, gate, QAT record,
-    calibration images)."""
+def compile_gated(prep, req: Request, precision: str, stage: Path) -> Candidate:
+    """The artifact for ``precision`` in ``stage``, held to the accuracy gate (with its fallbacks)."""
     check_candidate(prep, req, precision)
     (stage / "labels.txt").write_text("\n".join(prep.classes) + "\n")
     calib = None
@@ -126,7 +143,7 @@ def compile_gated(prep, req: Request, precision: str, stage: Path) -> tuple[Arti
 
         say(f"warning: {precision} was asked for but {req.backend.name} executes {executed} on this host "
             f"({host_info()['cpu']}); the manifest records what ran")
-    return art, gate, record, calib
+    return Candidate(precision, stage, art, gate, record, calib, req)
 
 
 def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat: QATStage, calib) -> Artifact:
@@ -187,9 +204,14 @@ def _qat_meta(prep, req: Request) -> dict:
             "preprocessing": prep.pre.to_dict()}
 
 
-def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, gate: Gate | None) -> Artifact:
+def speed_stage(prep, req: Request, cand: Candidate) -> Candidate:
     """Mixed precision by speed (:mod:`edgevit.speedmix`): INT8 layers that run slower than in the host precision go
     back to it when that makes the model faster here; the accuracy gate checks the result like any artifact."""
+    art = _speed_search(prep, req, cand.precision, cand.art, cand.stage, cand.gate)
+    return cand if art is cand.art else replace(cand, art=art)
+
+
+def _speed_search(prep, req: Request, precision: str, art: Artifact, stage: Path, gate: Gate | None) -> Artifact:
     from edgevit.validate import validate
 
     if precision != "int8" or not req.speed_search or not req.measure_latency or req.measure == "quick" \
@@ -214,11 +236,11 @@ def speed_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, 
     return Artifact(art.built, runner, art.revalidated(v))
 
 
-def latency_stage(prep, req: Request, precision: str, art: Artifact, stage: Path, calib,
-                  gate: Gate | None = None):
+def latency_stage(prep, req: Request, cand: Candidate):
     """The latency stage; a host precision other than the one validated is kept only if its accuracy holds."""
     from edgevit.latency import Latency, measure_build
 
+    precision, art, stage, calib, gate = cand.precision, cand.art, cand.stage, cand.calib, cand.gate
     if not req.measure_latency and not art.runner.info.get("proxy_for"):
         from edgevit.measure import host_info
 
@@ -247,13 +269,14 @@ def _stage_seconds() -> dict:
     return dict(DURATIONS)
 
 
-def write_bundle(prep, req: Request, precision: str, stage: Path, art: Artifact, gate: Gate | None, qat: dict,
-                 calib, lat, **extra) -> dict:
-    """The manifest of the artifact in ``stage`` (checksummed and checked against the schema by
-    :func:`edgevit.bundle.write_manifest`)."""
+def write_bundle(prep, cand: Candidate, lat, **extra) -> dict:
+    """The manifest of the candidate's artifact in its stage directory (checksummed and checked against the schema
+    by :func:`edgevit.bundle.write_manifest`)."""
     from edgevit import __version__
     from edgevit.bundle import write_manifest
 
+    req, precision, stage, art, gate, qat, calib = (cand.req, cand.precision, cand.stage, cand.art, cand.gate,
+                                                    cand.qat, cand.calib)
     manifest = {
         "edgevit_version": __version__,
         "model": prep.model_record(),

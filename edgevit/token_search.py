@@ -12,7 +12,6 @@ A smaller input is kept only where accuracy was measured on trained weights and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError
@@ -55,34 +54,25 @@ def sizes(net, size: int) -> list[int]:
     return [size - k * step for k in ks][:MAX_SIZES]
 
 
-@dataclass
-class Candidate:
-    size: int
-    prep: object
-    art: object
-    gate: object
-    calib: object
-    stage: object
-
-
-def search(prep, req, stage, art, gate, calib, inputs: dict, enter, latency_budget: float | None = None):
-    """The artifact to ship: the full-size one in ``stage`` or a smaller input's (restored into ``stage``), its
-    preparation, gate and calibration images, and the search's record for the manifest. ``enter`` keeps a
-    candidate's preparation open until the bundle is written (an ``ExitStack.enter_context``)."""
+def search(prep, cand, inputs: dict, enter):
+    """The candidate to ship: the full-size one or a smaller input's (copied into the full-size one's stage
+    directory), with its preparation, and the search's record for the manifest. ``enter`` keeps a smaller input's
+    preparation open until the bundle is written (an ``ExitStack.enter_context``)."""
     from edgevit.prepare import prepare
-    from edgevit.stages import compile_artifact, restore_stage
+    from edgevit.stages import Candidate, compile_artifact
     from edgevit.validate import Gate
 
+    req, budget = cand.req, cand.req.latency_budget
     full = prep.pre.input_size[-1]
     tried = sizes(prep.net, full)
     record = {"full_size": full, "sizes": tried, "reference": f"PyTorch eager FP32 at {full} px",
-              "max_drop": req.max_drop, "latency_budget_ms": latency_budget, "candidates": []}
+              "max_drop": req.max_drop, "latency_budget_ms": budget, "candidates": []}
     if not tried:
         record["result"] = f"no smaller size keeps {MIN_TOKEN_SHARE:.0%} of {prep.spec.alias}'s tokens"
         say(f"token search: {record['result']}")
-        return prep, art, gate, calib, record
+        return prep, cand, record
     say(f"token search: {prep.spec.alias} at {', '.join(f'{s} px' for s in tried)} beside {full} px")
-    cands = {full: Candidate(full, prep, art, gate, calib, None)}  # already in ``stage``
+    cands = {full: (prep, cand)}
     for s in tried:
         p = enter(prepare(prep.spec, **{**inputs, "input_size": s, "reference": False}))
         p.reference = prep.reference  # judged against the full-size FP32 model, on the same held-out images
@@ -105,40 +95,42 @@ def search(prep, req, stage, art, gate, calib, inputs: dict, enter, latency_budg
             continue
         if g:
             g.close(a.validation, a.built.details.get("kept_in_higher_precision", []))
-        cands[s] = Candidate(s, p, a, g, c_calib, sub)
+        cands[s] = (p, Candidate("int8", sub, a, g, {}, c_calib, req))
     lat = _time(cands)
-    for s, c in cands.items():
-        record["candidates"].append({"size": s, "tokens_share": round((s / full) ** 2, 3),
-                                     "top1": c.art.validation.get("top1"),
+    top1 = {s: c.art.validation.get("top1") for s, (_, c) in cands.items()}
+    for s, (_, c) in cands.items():
+        record["candidates"].append({"size": s, "tokens_share": round((s / full) ** 2, 3), "top1": top1[s],
                                      "top1_drop": c.art.validation.get("top1_drop"), "p50_ms": lat[s]})
-    chosen, rule = _choose(cands, lat, latency_budget)
+    chosen, rule = _choose(top1, lat, budget)
     record.update(chosen=chosen, rule=rule, speedup_vs_full=round(lat[full] / lat[chosen], 3))
-    say(f"token search: {chosen} px " + ", ".join(f"{s} px {lat[s]:.3f} ms top-1 {cands[s].art.validation['top1']}"
-                                                   for s in sorted(cands, reverse=True)) + f" ({rule})")
-    c = cands[chosen]
-    if chosen != full:
-        restore_stage(c.stage, stage)
-    return c.prep, c.art, c.gate, c.calib, record
+    say(f"token search: {chosen} px; " + ", ".join(f"{s} px {lat[s]:.3f} ms top-1 {top1[s]}"
+                                                    for s in sorted(cands, reverse=True)) + f" ({rule})")
+    p, c = cands[chosen]
+    return p, (c if chosen == full else c.moved_to(cand.stage)), record
 
 
 def _time(cands: dict) -> dict[int, float]:
+    """Each size's p50, timed against the others in one interleaved, process-isolated run on its own input."""
     from edgevit.measure import compare_latency
     from edgevit.timing import OwnInput
 
     runners = {}
-    for s, c in cands.items():
+    for s, (p, c) in cands.items():
         factory, args = c.art.runner.spec()
-        runners[str(s)] = OwnInput(factory, args, c.prep.latency_input(1))
-    first = next(iter(cands.values()))
-    lat = compare_latency(runners, first.prep.latency_input(1), desc=f"token search: timing {len(runners)} sizes")
+        runners[str(s)] = OwnInput(factory, args, p.latency_input(c.req.target.batch))
+    x = next(iter(cands.values()))[0].latency_input(1)  # each runs on its own input; this one is not used
+    lat = compare_latency(runners, x, desc=f"token search: timing {len(runners)} sizes")
     return {s: lat[str(s)]["p50"] for s in cands}
 
 
-def _choose(cands: dict, lat: dict, budget: float | None) -> tuple[int, str]:
+def _choose(top1: dict, lat: dict, budget: float | None) -> tuple[int, str]:
+    """The size to ship: with a budget, the most accurate within it; else the fastest, where it is at least 3%
+    faster than the full size (the largest)."""
+    cands = top1
     if budget is not None:
         within = [s for s in cands if lat[s] <= budget]
         if within:
-            best = max(within, key=lambda s: (cands[s].art.validation["top1"], -lat[s]))
+            best = max(within, key=lambda s: (top1[s] or 0, -lat[s]))
             return best, f"the most accurate within the latency budget of {budget:g} ms"
         fastest = min(cands, key=lat.get)
         return fastest, f"none within the latency budget of {budget:g} ms: the fastest that passed the gate"

@@ -50,10 +50,7 @@ def test_token_search_is_refused_where_accuracy_cannot_judge_it(tmp_path, model,
 def test_choice_among_sizes():
     from edgevit.token_search import _choose, sizes
 
-    def c(top1):
-        return SimpleNamespace(art=SimpleNamespace(validation={"top1": top1}))
-
-    cands = {32: c(90.0), 24: c(89.5), 16: c(85.0)}
+    cands = {32: 90.0, 24: 89.5, 16: 85.0}  # top-1 by size
     assert _choose(cands, {32: 1.0, 24: 0.6, 16: 0.4}, None)[0] == 16  # the fastest that passed
     assert _choose(cands, {32: 1.0, 24: 0.6, 16: 0.4}, 0.7)[0] == 24  # the most accurate within 0.7 ms
     assert _choose(cands, {32: 1.0, 24: 0.99, 16: 0.98}, None)[0] == 32  # not faster beyond the noise
