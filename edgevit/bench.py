@@ -232,7 +232,9 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
         cell["build_seconds"] = round(time.perf_counter() - t0, 1)
         cell["status"] = "passed" if m["status"] == "ok" else "failed-validation"
         cell["size_bytes"] = sum(f["bytes"] for f in m["files"].values())
-        runner = get_backend(m["backend"]["name"]).load(r.bundle, m)
+        from edgevit.backends import LoadSpec
+
+        runner = get_backend(m["backend"]["name"]).load(r.bundle, LoadSpec.of_manifest(m))
         cell["executed"] = runner.info.get("executed_precision")
         if "top1" in v:  # measured by the build through the artifact's runtime, on the suite's validation images
             cell.update(top1=v["top1"], top5=v["top5"], top1_drop=v["top1_drop"])

@@ -231,8 +231,7 @@ def _validate_target_and_backend(m: dict) -> None:
             _get(target, name, "target", kinds)
     _get(target, "name", "target", str)
     try:
-        Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in target.items()
-                  if k in Target.__dataclass_fields__})
+        Target.from_dict(target)
     except (TypeError, ValueError, Exception) as e:  # TargetError names the field
         raise _fail("target", f"is not a valid target profile ({e})") from None
 

@@ -32,8 +32,7 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     if not ok:
         raise BackendUnavailableError(f"cannot compile here: {why}")
     load(bundle, m)  # a bundle without its check images is refused before any build
-    target = Target(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["target"].items()
-                       if k in Target.__dataclass_fields__})
+    target = Target.from_dict(m["target"])
     with output_dir(bundle, "bundle") as stage:
         shutil.copytree(bundle, stage, dirs_exist_ok=True)  # beside the stage's owner record
         plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]),

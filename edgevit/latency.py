@@ -42,6 +42,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
 
     ``quick`` (``--measure quick``): every candidate at one thread count (the target's, else all cores), the first
     host precision only, and a third of the timing: for a first look and CI, not for choosing between close ones."""
+    from edgevit.backends import LoadSpec
     from edgevit.measure import THREADS_TIE, compare_latency, host_info, thread_counts, torch_runner, without_samples
 
     runner = art.runner
@@ -59,8 +60,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     name = {hp: "artifact" if i == 0 else f"artifact-{hp}" for i, hp in enumerate(hps)}
     cands = {}
     for i, hp in enumerate(hps):
-        details = {**art.built.details, **({"host_precision": hp} if hp else {})}
-        loaded = {"precision": precision, "target": target.to_dict(), "backend": details}
+        loaded = LoadSpec(precision, target, {**art.built.details, **({"host_precision": hp} if hp else {})})
         cands.update({f"{name[hp]}@{n}": (runner if i == 0 and (runner.info.get("threads") == n or not sweep)
                                           else backend.load(stage, loaded, n)) for n in art_counts})
     cands.update({f"torch@{n}": torch_runner(prep.net, n) for n in torch_counts})

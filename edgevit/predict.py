@@ -128,7 +128,9 @@ def load_checked(backend, path: Path, manifest: dict, threads: int | None = None
     shape = (1, *manifest["model"]["input_size"])
     classes = manifest["model"]["num_classes"]
     try:
-        runner = backend.load(path, manifest, threads)
+        from edgevit.backends import LoadSpec
+
+        runner = backend.load(path, LoadSpec.of_manifest(manifest), threads)
         out = np.asarray(runner(np.zeros(shape, np.float32)))
     except (EdgevitError, ImportError):
         raise

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgevit._progress import say
+from edgevit.backends import LoadSpec
 from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
 from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES
@@ -112,8 +113,7 @@ def compile_artifact(prep, req: Request, precision: str, stage: Path, calib=None
         model=model, onnx_path=prep.onnx_path, precision=precision, target=req.target, out_dir=stage,
         quantizer=quantizer, qat=qdq is not None, calibration=calib, allow_rule_violations=req.ignore_trt_rules,
         metadata=onnx_metadata(prep.classes, prep.pre.to_dict(), prep.spec.alias)))
-    loaded = {"precision": precision, "target": req.target.to_dict(), "backend": built.details}
-    runner = req.backend.load(stage, loaded, req.threads)
+    runner = req.backend.load(stage, LoadSpec(precision, req.target, built.details), req.threads)
     return Artifact(built, runner, validate(prep, runner, f"{precision} ({req.backend.name})"))
 
 
@@ -219,7 +219,7 @@ def _speed_search(prep, req: Request, precision: str, art: Artifact, stage: Path
         return art
     kept_first = snapshot_stage(stage, prep.work)
     x = prep.latency_input(req.target.batch)
-    loaded = {"precision": precision, "target": req.target.to_dict(), "backend": art.built.details}
+    loaded = LoadSpec(precision, req.target, art.built.details)
     rec = req.backend.mix_for_speed(stage, loaded, prep.onnx_path, x, prep.work, say)
     art.built.details["speed_search"] = rec
     if not rec or not rec.get("kept"):

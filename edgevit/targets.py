@@ -80,6 +80,11 @@ class Target:
         if precision not in self.precisions:
             raise UnknownNameError(f"precision for target {self.name}", precision, self.precisions)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Target:
+        """The target a manifest records (:meth:`to_dict`), checked as a profile is."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in cls.__dataclass_fields__})
+
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "backend": self.backend, "device": self.device,
                 "precisions": list(self.precisions), "host_precision": self.host_precision,

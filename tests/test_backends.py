@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit.backends import BACKENDS, BuildJob, Built, Capabilities, get_backend
+from edgevit.backends import BACKENDS, BuildJob, Built, Capabilities, LoadSpec, get_backend
 from edgevit.errors import UsageError
 
 from .conftest import TINY_VIT
@@ -84,7 +84,7 @@ def test_builds_loads_and_runs_what_it_lists(backend, exported, precision, tmp_p
     assert all((stage / f).is_file() for f in built.files)
     assert backend.required_files(stage, manifest) <= set(built.files)
     assert (quantizer is None) == (precision != "int8")
-    runner = backend.load(stage, manifest, 1)
+    runner = backend.load(stage, LoadSpec.of_manifest(manifest), 1)
     assert runner.info["backend"] and isinstance(runner.info, dict)
     got = np.concatenate([runner(x[i:i + 4]) for i in range(0, len(x), 4)])
     assert got.shape == ref.shape and np.isfinite(got).all()
@@ -120,10 +120,11 @@ def test_speed_search_only_where_declared(backend, exported, tmp_path):
     _, onnx_path, x, ref = exported
     stage = tmp_path / "stage"
     _, built, manifest, _ = _build(backend, exported, "int8", stage)
-    rec = backend.mix_for_speed(stage, manifest, onnx_path, x[:1], tmp_path, log=lambda s: None)
+    rec = backend.mix_for_speed(stage, LoadSpec.of_manifest(manifest), onnx_path, x[:1], tmp_path,
+                                log=lambda s: None)
     if not backend.capabilities.speed_search:
         assert rec is None
         return
     assert "groups" in rec and "result" in rec and "xml" not in rec
-    got = backend.load(stage, manifest, 1)(x[:4])
+    got = backend.load(stage, LoadSpec.of_manifest(manifest), 1)(x[:4])
     assert got.shape == (4, ref.shape[1]) and np.isfinite(got).all()

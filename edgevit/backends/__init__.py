@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from edgevit._registry import BACKENDS
 from edgevit.errors import BackendUnavailableError, UnknownNameError
+
+if TYPE_CHECKING:
+    from edgevit.targets import Target
 
 __all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "RuntimeDecides", "get_backend",
            "host_support"]
@@ -25,6 +28,26 @@ class Capabilities:
     accuracy_control: bool = False  # NNCF's accuracy-aware PTQ works on this backend's model format
     engine_on_device: bool = False  # the artifact is finished on the device (`edgevit compile`), not on this host
     speed_search: bool = False  # INT8 layers slower than the host precision can go back to it (mix_for_speed)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What a backend loads an artifact by: its precision, its target and what the backend recorded when it built
+    it (threads, host precision, compile config, engine, plan: a manifest's ``backend`` section). Made once from
+    a build's record or a bundle's manifest."""
+
+    precision: str
+    target: Target
+    details: dict = field(default_factory=dict)
+
+    @classmethod
+    def of_manifest(cls, m: dict) -> LoadSpec:
+        from edgevit.targets import Target
+
+        return cls(m["precision"], Target.from_dict(m["target"]), m["backend"])
+
+    def with_details(self, **more) -> LoadSpec:
+        return LoadSpec(self.precision, self.target, {**self.details, **more})
 
 
 @dataclass
@@ -66,7 +89,7 @@ class Backend(Protocol):
         """The ONNX file as the model this backend quantizes and compiles (``openvino.Model``, ``onnx.ModelProto``)."""
         ...
     def build(self, job: BuildJob) -> Built: ...
-    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner: ...
+    def load(self, bundle_dir: Path, spec: LoadSpec, threads: int | None = None) -> Runner: ...
     def device_support(self, target) -> tuple[bool, str]:
         """Can this host run ``target``'s artifacts (for TensorRT: build and run its engines)? (ok, reason)."""
         ...
@@ -79,7 +102,7 @@ class Backend(Protocol):
         other by the build (the first is what it was validated at); [None] where the backend has no such choice.
         The manifest's ``backend.host_precision`` records the one chosen, and :meth:`load` honours it."""
         ...
-    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
+    def mix_for_speed(self, bundle_dir: Path, spec: LoadSpec, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
                       log=print) -> dict | None:
         """Mixed precision by speed (where ``capabilities.speed_search``): put the INT8 layers that run slower than
         in the host precision back in it, in the artifact in ``bundle_dir``, when that makes the model faster on this

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
+from edgevit.backends import BuildJob, Built, Capabilities, LoadSpec, RuntimeDecides
 
 
 class ORTRunner:
@@ -110,9 +110,8 @@ class ONNXRuntimeBackend(RuntimeDecides):
 
         return {"model.onnx", *onnx_external_files(bundle_dir, manifest, "model.onnx")}
 
-    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
-        return ORTRunner(Path(bundle_dir) / "model.onnx",
-                         threads or manifest["backend"].get("threads") or manifest["target"].get("threads"))
+    def load(self, bundle_dir: Path, spec: LoadSpec, threads: int | None = None):
+        return ORTRunner(Path(bundle_dir) / "model.onnx", threads or spec.details.get("threads") or spec.target.threads)
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
         return ORTRunner(onnx_path, threads)

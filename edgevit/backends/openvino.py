@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends import BuildJob, Built, Capabilities
+from edgevit.backends import BuildJob, Built, Capabilities, LoadSpec
 
 HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution")
@@ -284,24 +284,21 @@ class OpenVINOBackend:
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         return {"model.xml", "model.bin"}
 
-    def _runtime_config(self, manifest: dict, threads: int | None = None) -> dict:
+    def _runtime_config(self, spec: LoadSpec, threads: int | None = None) -> dict:
         """The compile config a bundle runs with: its precision, host precision and threads."""
-        from edgevit.targets import Target
+        return self._config(spec.precision, spec.target, threads or spec.details.get("threads"),
+                            spec.details.get("host_precision"))
 
-        target = Target(**{k: v for k, v in manifest["target"].items() if k in Target.__dataclass_fields__})
-        return self._config(manifest["precision"], target, threads or manifest["backend"].get("threads"),
-                            manifest["backend"].get("host_precision"))
+    def load(self, bundle_dir: Path, spec: LoadSpec, threads: int | None = None):
+        return OVRunner(Path(bundle_dir) / "model.xml", self._runtime_config(spec, threads))
 
-    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
-        return OVRunner(Path(bundle_dir) / "model.xml", self._runtime_config(manifest, threads))
-
-    def mix_for_speed(self, bundle_dir: Path, manifest: dict, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
+    def mix_for_speed(self, bundle_dir: Path, spec: LoadSpec, fp32_onnx: Path, x: np.ndarray, work_dir: Path,
                       log=print) -> dict:
         import shutil
 
         from edgevit.speedmix import search
 
-        cfg = self._runtime_config(manifest)
+        cfg = self._runtime_config(spec)
         rec = search(Path(bundle_dir) / "model.xml", fp32_onnx, lambda p: OVRunner(p, cfg), x, Path(work_dir), log)
         mixed = rec.pop("xml", None)
         if mixed:

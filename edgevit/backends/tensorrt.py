@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 
 from edgevit._progress import say
-from edgevit.backends import BuildJob, Built, Capabilities, RuntimeDecides
+from edgevit.backends import BuildJob, Built, Capabilities, LoadSpec, RuntimeDecides
 from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support, import_tensorrt
 from edgevit.backends.tensorrt_plan import ASSUMED_TENSORRT, ENGINE_FILE, ONNX_FILE, PLAN_FILE, engine_plan, write_plan
 from edgevit.errors import BackendUnavailableError, ValidationFailedError
@@ -137,8 +137,8 @@ class TensorRTBackend(RuntimeDecides):
             need.add(ENGINE_FILE)
         return need
 
-    def load(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
-        engine = manifest["backend"].get("engine", {})
+    def load(self, bundle_dir: Path, spec: LoadSpec, threads: int | None = None):
+        engine = spec.details.get("engine", {})
         if (Path(bundle_dir) / ENGINE_FILE).is_file() and engine.get("status") != "pending":
             ok, why = engine_support()
             if not ok:
@@ -147,7 +147,7 @@ class TensorRTBackend(RuntimeDecides):
             from edgevit.device_check import require_validated
 
             require_validated(Path(bundle_dir), engine)
-            return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, manifest["backend"].get("plan"))
+            return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, spec.details.get("plan"))
         ok, why = self.available()
         if not ok:
             raise BackendUnavailableError(f"{bundle_dir} holds no engine yet: run `edgevit compile {bundle_dir}` on "
