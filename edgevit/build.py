@@ -34,7 +34,8 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
           threads: int | None = None, max_drop: float | None = DEFAULT_MAX_DROP, keep_failed: bool = False,
           qat: QATOptions | None = None, ignore_trt_rules: bool = False, measure_latency: bool = True,
           profile: bool = False, peers: bool = False, speed_search: bool = True, measure: str = "full",
-          classes: list[str] | None = None, token_search: bool = False, latency_budget: float | None = None,
+          classes: list[str] | None = None, token_search: bool = False, token_finetune: int = 0,
+          latency_budget: float | None = None,
           mean: tuple | None = None, std: tuple | None = None, **model_overrides) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
@@ -51,8 +52,9 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     Without ``calibration``, an OpenVINO INT8 build measures its family's candidate recipes on this host and keeps
     the fastest that passes the gate (:mod:`edgevit.recipe_search`; cached per host, versions and model).
     ``token_search`` (ViT, hybrid; trained weights and labelled data) also tries smaller inputs, judged against the
-    full-size FP32 model (:mod:`edgevit.token_search`). ``latency_budget`` (ms): among the candidates that pass, the
-    most accurate within it rather than the fastest.
+    full-size FP32 model (:mod:`edgevit.token_search`), each fine-tuned at its size for ``token_finetune``
+    epochs. ``latency_budget`` (ms): among the candidates that pass, the most accurate within it rather than the
+    fastest.
 
     ``measure="quick"``: no speed search and no thread or host-precision sweep, a third of the timing: a first look
     in a third of the time (the bundle says so); ``"full"`` measures everything it chooses by.
@@ -87,7 +89,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
                   val_samples=val_samples, qat=qat or QATOptions(), force=force, threads=threads, max_drop=max_drop,
                   keep_failed=keep_failed, ignore_trt_rules=ignore_trt_rules, measure_latency=measure_latency,
                   profile=profile, peers=peers, speed_search=speed_search, measure=measure,
-                  token_search=token_search, latency_budget=latency_budget)
+                  token_search=token_search, token_finetune=token_finetune, latency_budget=latency_budget)
     follower = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
     inputs = dict(data=data, weights=weights, input_size=input_size, calib_data=calib_data, val_samples=val_samples,
                   workers=workers, reference=not follower, **model_overrides)
@@ -113,6 +115,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
             else:
                 with step(f"quantizing and compiling {req.precision}", stage):
                     cand = compile_gated(prep, req, req.precision, stage)
+            full = prep
             if req.token_search:
                 from edgevit.token_search import search as search_tokens
 
@@ -121,7 +124,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
             with step("the speed search", stage):
                 cand = speed_stage(prep, req, cand)
             with step("measuring latency", stage):
-                lat = latency_stage(prep, req, cand)
+                lat = latency_stage(prep, req, cand, base=full if prep is not full else None)
             if req.latency_budget is not None and lat.record.get("p50") is not None:
                 met = lat.record["p50"] <= req.latency_budget
                 extra["latency_budget"] = {"ms": req.latency_budget, "p50_ms": lat.record["p50"], "met": met}

@@ -111,7 +111,7 @@ def _cmd_build(a) -> int:
               input_size=a.input_size, threads=a.threads, name=a.name, max_drop=a.max_drop,
               keep_failed=a.keep_failed, qat=qat, ignore_trt_rules=a.ignore_trt_rules,
               speed_search=not a.no_speed_search, measure=a.measure, force=a.force, profile=a.profile,
-              calib_data=a.calib_data, workers=a.workers, token_search=a.token_search,
+              calib_data=a.calib_data, workers=a.workers, token_search=a.token_search, token_finetune=a.token_finetune,
               latency_budget=a.latency_budget)
     if r is None:  # a torchrun follower of a data-parallel QAT build: rank 0 reports
         return 0

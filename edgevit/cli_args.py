@@ -190,6 +190,9 @@ def _add_build(sub) -> None:
     s.add_argument("--token-search", action="store_true",
                    help="INT8 ViT/hybrid with trained --weights and labelled --data: also try smaller inputs (fewer "
                         "tokens), each judged against the full-size FP32 model by --max-drop, and ship the fastest")
+    s.add_argument("--token-finetune", type=_int_in(0, 100), default=0, metavar="EPOCHS",
+                   help="with --token-search: fine-tune the model at each smaller input for EPOCHS on the training "
+                        "split (at most 20,000 images an epoch, the hold-out never among them) before quantizing it")
     s.add_argument("--latency-budget", type=_float_in(0, 1e6, lo_open=True), metavar="MS",
                    help="among the candidates that pass the gate (recipes, and sizes with --token-search), ship the "
                         "most accurate whose p50 here is within MS milliseconds, not the fastest")

@@ -8,16 +8,21 @@ OpenMP on all cores of a loaded host: 2.2x slower) is no baseline. The baselines
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgevit._progress import say
 from edgevit.bundle import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
+
+if TYPE_CHECKING:
+    from edgevit.backends import Runner
+
 
 
 @dataclass
 class Latency:
     record: LatencyRecord  # the manifest's latency_ms
     samples: dict | None = None  # raw per-call times (ms) of what was timed, kept out of the manifest
-    runner: object | None = None  # the artifact's runner at its chosen thread count
+    runner: Runner | None = None  # the artifact's runner at its chosen thread count
     profile: dict | None = None  # per-layer time (--profile)
 
 
@@ -32,7 +37,8 @@ def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
 
 
 def measure_build(prep, backend, target, art, stage, precision: str, threads: int | None, calib=None,
-                  peers: bool = False, profile: bool = False, accept=None, quick: bool = False) -> Latency:
+                  peers: bool = False, profile: bool = False, accept=None, quick: bool = False,
+                  base=None, base_calib=None) -> Latency:
     """Time the artifact in ``stage`` against PyTorch eager, the backend's defaults on the FP32 export and (``peers``)
     NNCF's one-line INT8, each at its fastest thread count, in one interleaved run.
 
@@ -41,7 +47,11 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     ``accept(host_precision, runner)`` says its accuracy holds, else the next fastest.
 
     ``quick`` (``--measure quick``): every candidate at one thread count (the target's, else all cores), the first
-    host precision only, and a third of the timing: for a first look and CI, not for choosing between close ones."""
+    host precision only, and a third of the timing: for a first look and CI, not for choosing between close ones.
+
+    ``base`` (the token search's full-size preparation, when the artifact takes a smaller input): the baselines are
+    the user's model as given (PyTorch, the backend's defaults, NNCF's one-line INT8 on ``base_calib``), each on
+    its own input, so that the ratios say what the whole search bought."""
     from edgevit.backends import LoadSpec
     from edgevit.measure import THREADS_TIE, compare_latency, host_info, thread_counts, torch_runner, without_samples
 
@@ -51,7 +61,20 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         lat["skipped"] = (f"the {runner.info['proxy_for']} engine runs on the device ({target.device}); "
                           "`edgevit compile BUNDLE` there builds it and measures its latency")
         return Latency(lat, runner=runner)
-    x = prep.latency_input(target.batch)
+    base = base or prep
+    x = base.latency_input(target.batch)
+    if base is not prep:  # the artifact on its own (smaller) input, the baselines on the full-size one
+        from edgevit.timing import OwnInput
+
+        own_x = prep.latency_input(target.batch)
+
+        def own(r):
+            return OwnInput(*r.spec(), own_x)
+
+        calib = base_calib
+    else:
+        def own(r):
+            return r
     counts = thread_counts()[-1:] if quick else thread_counts()
     sweep = not threads and not target.threads and not backend.capabilities.engine_on_device and not quick
     art_counts = counts if sweep else [runner.info.get("threads")]
@@ -61,11 +84,11 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     cands = {}
     for i, hp in enumerate(hps):
         loaded = LoadSpec(precision, target, {**art.built.details, **({"host_precision": hp} if hp else {})})
-        cands.update({f"{name[hp]}@{n}": (runner if i == 0 and (runner.info.get("threads") == n or not sweep)
-                                          else backend.load(stage, loaded, n)) for n in art_counts})
-    cands.update({f"torch@{n}": torch_runner(prep.net, n) for n in torch_counts})
-    plain = cands["default"] = backend.load_default(prep.onnx_path, threads)
-    peer = backend.peer_int8(prep.onnx_path, calib, prep.work) if peers and calib is not None else None
+        cands.update({f"{name[hp]}@{n}": own(runner if i == 0 and (runner.info.get("threads") == n or not sweep)
+                                             else backend.load(stage, loaded, n)) for n in art_counts})
+    cands.update({f"torch@{n}": torch_runner(base.net, n) for n in torch_counts})
+    plain = cands["default"] = backend.load_default(base.onnx_path, threads)
+    peer = backend.peer_int8(base.onnx_path, calib, base.work) if peers and calib is not None else None
     peer_counts = art_counts if peer else []
     cands.update({f"peer@{n}": backend.load_default(peer, n) for n in peer_counts})
     say(f"measuring latency at batch {target.batch}" + (f" (threads {', '.join(map(str, counts))} for the "
@@ -80,6 +103,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     rejected = []
     for hp in order:
         runner = cands[f"{name[hp]}@{by_hp[hp][0]}"]
+        runner = getattr(runner, "inner", runner)  # the runner itself, not the wrapper that fed it its own input
         if hp == hps[0] or accept is None or accept(hp, runner):
             break
         rejected.append(hp)
@@ -115,6 +139,9 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
             **without_samples(res[NNCF_DEFAULT]), "threads": p_n,
             "executed_precision": cands[f"peer@{p_n}"].info.get("executed_precision"),
             "recipe": "nncf.quantize(model, dataset), every option at its default"}
+    if base is not prep:
+        lat["baselines_on"] = (f"the full-size model ({base.pre.input_size[-1]} px); the artifact takes "
+                               f"{prep.pre.input_size[-1]} px")
     where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
     lat.update(artifact=without_samples(res["artifact"]), baselines=baselines,
                method=f"interleaved rounds, {where}, same input; wall clock per call",
@@ -125,5 +152,5 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         from edgevit.timing import beside_p50, profile_runs
 
         p50 = res["artifact"]["p50"]
-        layers = beside_p50(runner.profile(x, runs=profile_runs(p50)), p50)
+        layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
     return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)

@@ -8,10 +8,15 @@ import datetime
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = 0) -> np.ndarray:
@@ -109,7 +114,7 @@ class Parallel:
     rank: int
     world: int
     local_batch: int
-    device: object
+    device: torch.device
 
     def steps_per_epoch(self, n: int) -> int:
         """Steps of one epoch over ``n`` images: each rank's equal shard (:func:`shard_indices`) in local batches."""

@@ -9,11 +9,22 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit._progress import say
 from edgevit.errors import UsageError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgevit.data import Dataset, Split
+    from edgevit.hub import HubWeights
+    from edgevit.images import Preprocessing
+    from edgevit.models import ModelSpec
+    from edgevit.stream import ImageStream
+
 
 
 @dataclass
@@ -25,7 +36,7 @@ class Weights:
     state: dict
     meta: dict
     edgevit: dict  # edgevit's training metadata ({} for foreign weights)
-    hub: object | None = None  # edgevit.hub.HubWeights for pretrained weights
+    hub: HubWeights | None = None  # pretrained weights
 
 
 def read_weights(weights: str, spec) -> Weights:
@@ -91,22 +102,23 @@ CHECK_IMAGES = 16  # held-out images kept decoded: the export check, the latency
 
 @dataclass
 class Prepared:
-    spec: object  # edgevit.models.ModelSpec
+    spec: ModelSpec
     weights: Weights | None
     overrides: dict
-    ds: object | None  # edgevit.data.Dataset
-    unlabelled: object | None  # --calib-data images (a Split without labels)
+    ds: Dataset | None
+    unlabelled: Split | None  # --calib-data images (a Split without labels)
     calib_source: str | None
     classes: list[str]
-    pre: object  # edgevit.images.Preprocessing
-    net: object  # the FP32 torch model
-    qmodel: object | None  # the QAT checkpoint's quantized torch model, when --weights is one
+    pre: Preprocessing
+    net: torch.nn.Module  # the FP32 model
+    qmodel: torch.nn.Module | None  # the QAT checkpoint's quantized model, when --weights is one
     work: Path
     onnx_path: Path
     export_diff: float
     check_x: np.ndarray  # a few normalised validation images (random ones without data)
-    val_split: object | None = None
-    val_u8: object | None = None  # the validation images, streamed
+    finetuned: dict | None = None  # the token search fine-tuned ``net`` at this input size (edgevit.token_search)
+    val_split: Split | None = None
+    val_u8: ImageStream | None = None  # the validation images, streamed
     reference: np.ndarray | None = None  # FP32 PyTorch logits on them
     _calib: dict = field(default_factory=dict)
 
@@ -146,7 +158,11 @@ class Prepared:
         from edgevit.models import sha256_file
 
         w = self.weights
-        if w is None and self.spec.module is not None:  # the caller's module: its weights as they were given
+        if self.finetuned:  # weights of this build's own making: named by what made them
+            base = ((w.hub.source if w.hub else Path(w.arg).name) if w else f"torch.nn.Module {self.spec.timm_name}")
+            source = f"{base} fine-tuned at {self.finetuned['input_size']} px for {self.finetuned['epochs']} epoch(s)"
+            digest = _state_sha256(self.net)
+        elif w is None and self.spec.module is not None:  # the caller's module: its weights as they were given
             source, digest = f"torch.nn.Module {self.spec.timm_name}", _state_sha256(self.net)
         else:
             source = (w.hub.source if w.hub else Path(w.arg).name) if w else None

@@ -19,11 +19,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit._progress import library_output, say
 from edgevit.errors import UsageError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
 
 QAT_LR_FACTOR = 0.02  # QAT's peak learning rate: this fraction of the model's training learning rate
 DISTILL_TEMPERATURE = 2.0
@@ -33,7 +38,7 @@ QAT_HOLDOUT = 2000  # hold-out training images scored after every QAT epoch
 
 @dataclass
 class QATResult:
-    model: object  # the torch model with NNCF fake quantizers
+    model: torch.nn.Module  # with NNCF fake quantizers
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
     seconds: float = 0.0

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgevit._progress import say
 from edgevit.backends import LoadSpec
@@ -18,6 +19,15 @@ from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
 from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES
 from edgevit.validate import DEFAULT_MAX_DROP, Artifact, Gate
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgevit.backends import Backend
+    from edgevit.models import ModelSpec
+    from edgevit.quantize import Recipe
+    from edgevit.targets import Target
+
 
 
 @dataclass
@@ -31,12 +41,12 @@ class BuildResult:
 class Request:
     """A build request, checked before any work: what every stage reads."""
 
-    spec: object  # edgevit.models.ModelSpec
-    target: object  # edgevit.targets.Target
-    backend: object  # edgevit.backends.Backend
+    spec: ModelSpec
+    target: Target
+    backend: Backend
     precision: str
     final: Path  # out/<name>
-    recipe: object | None  # edgevit.quantize.Recipe (int8)
+    recipe: Recipe | None  # int8
     qat: QATOptions
     weights: str | None
     force: bool = False
@@ -52,6 +62,7 @@ class Request:
     calib_samples: int | None = None  # --calib-samples: every recipe tried takes this count
     search_recipe: str | None = None  # no --calibration: search the recipes, this one (the shipped table's) first
     token_search: bool = False  # also smaller inputs (edgevit.token_search)
+    token_finetune: int = 0  # epochs of fine-tuning at each smaller input
     latency_budget: float | None = None  # ms: the most accurate candidate within it, not the fastest
     t_start: float = field(default_factory=time.perf_counter)
 
@@ -69,7 +80,7 @@ class Candidate:
     art: Artifact
     gate: Gate | None
     qat: dict  # the QAT record ({} without QAT)
-    calib: object | None  # the calibration images (float32 NCHW) it was quantized with
+    calib: np.ndarray | None  # the calibration images (float32 NCHW) it was quantized with
     req: Request  # what built it, with the recipe it was quantized with
 
     def moved_to(self, stage: Path) -> Candidate:
@@ -236,8 +247,9 @@ def _speed_search(prep, req: Request, precision: str, art: Artifact, stage: Path
     return Artifact(art.built, runner, art.revalidated(v))
 
 
-def latency_stage(prep, req: Request, cand: Candidate):
-    """The latency stage; a host precision other than the one validated is kept only if its accuracy holds."""
+def latency_stage(prep, req: Request, cand: Candidate, base=None):
+    """The latency stage; a host precision other than the one validated is kept only if its accuracy holds.
+    ``base``: the full-size preparation the baselines run, where the token search chose a smaller input."""
     from edgevit.latency import Latency, measure_build
 
     precision, art, stage, calib, gate = cand.precision, cand.art, cand.stage, cand.calib, cand.gate
@@ -258,8 +270,10 @@ def latency_stage(prep, req: Request, cand: Candidate):
         art.validation = art.revalidated(v)
         return True
 
+    base_calib = base.calibration(cand.req.recipe) if base is not None and req.peers else None
     return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
-                         peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick")
+                         peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick",
+                         base=base, base_calib=base_calib)
 
 
 def _stage_seconds() -> dict:

@@ -8,10 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit.errors import UsageError
+
+if TYPE_CHECKING:
+    from edgevit.backends import Runner
+
 
 
 class OwnInput:
@@ -36,7 +41,7 @@ class OwnInput:
 class Item:
     name: str
     path: Path
-    runner: object
+    runner: Runner
     x: np.ndarray
     manifest: dict | None = None  # a bundle's (None: a plain model file)
     record: dict = field(default_factory=dict)

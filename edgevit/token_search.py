@@ -19,11 +19,15 @@ from edgevit.errors import UsageError, ValidationFailedError
 MAX_SIZES = 3
 MIN_TOKEN_SHARE = 0.5
 FAMILIES = ("vit", "hybrid")
+FINETUNE_IMAGES = 20_000  # training images per fine-tune epoch at a new size (the hold-out never among them)
+FINETUNE_LR = 0.3  # of the model's training learning rate
 
 
 def check(req, spec, data, weights) -> None:
     """Refused before any work where a smaller input could not be judged."""
     if not req.token_search:
+        if req.token_finetune:
+            raise UsageError("--token-finetune fine-tunes the smaller inputs of --token-search: add --token-search")
         return
     if spec.family not in FAMILIES:
         raise UsageError(f"--token-search resizes ViT and hybrid models' token grids; {spec.alias} is a "
@@ -66,7 +70,8 @@ def search(prep, cand, inputs: dict, enter):
     full = prep.pre.input_size[-1]
     tried = sizes(prep.net, full)
     record = {"full_size": full, "sizes": tried, "reference": f"PyTorch eager FP32 at {full} px",
-              "max_drop": req.max_drop, "latency_budget_ms": budget, "candidates": []}
+              "max_drop": req.max_drop, "latency_budget_ms": budget, "finetune_epochs": req.token_finetune,
+              "candidates": []}
     if not tried:
         record["result"] = f"no smaller size keeps {MIN_TOKEN_SHARE:.0%} of {prep.spec.alias}'s tokens"
         say(f"token search: {record['result']}")
@@ -76,6 +81,8 @@ def search(prep, cand, inputs: dict, enter):
     for s in tried:
         p = enter(prepare(prep.spec, **{**inputs, "input_size": s, "reference": False}))
         p.reference = prep.reference  # judged against the full-size FP32 model, on the same held-out images
+        if req.token_finetune:
+            finetune(p, req.token_finetune)
         sub = p.work / f"tokens-{s}"
         sub.mkdir()
         (sub / "labels.txt").write_text("\n".join(p.classes) + "\n")
@@ -107,6 +114,39 @@ def search(prep, cand, inputs: dict, enter):
                                                     for s in sorted(cands, reverse=True)) + f" ({rule})")
     p, c = cands[chosen]
     return p, (c if chosen == full else c.moved_to(cand.stage)), record
+
+
+def finetune(p, epochs: int) -> None:
+    """Fine-tune the preparation's FP32 model at its (smaller) input size for ``epochs`` on the training split less
+    its hold-out (at most :data:`FINETUNE_IMAGES` images an epoch), then export it again: what a resampled position
+    embedding alone loses, a short fine-tune mostly wins back. The model's record says it was fine-tuned."""
+    import numpy as np
+    import torch
+
+    from edgevit.data import holdout_split
+    from edgevit.export import check_onnx, export_onnx
+    from edgevit.models import TrainDefaults
+    from edgevit.train import fit_epoch
+
+    d = p.spec.train or TrainDefaults()
+    tr_idx, _ = holdout_split(len(p.ds.train))
+    x_tr = p.ds.stream(p.ds.train.subset(tr_idx[:FINETUNE_IMAGES]), p.pre)
+    steps = -(-len(x_tr) // d.batch_size)
+    lr = d.lr * FINETUNE_LR
+    opt = torch.optim.AdamW(p.net.parameters(), lr=lr, weight_decay=d.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2,
+                                                anneal_strategy="cos")
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=d.label_smoothing)
+    size = p.pre.input_size[-1]
+    for epoch in range(epochs):
+        fit_epoch(p.net, x_tr, p.pre, opt, sched, loss_fn, d.batch_size, 0,
+                  desc=f"token search: fine-tuning at {size} px, epoch {epoch + 1}/{epochs}",
+                  order=np.random.default_rng(epoch).permutation(len(x_tr)))
+    p.net.eval()
+    export_onnx(p.net, p.pre.input_size, p.onnx_path)
+    p.export_diff = check_onnx(p.onnx_path, p.net, p.check_x)
+    p.finetuned = {"input_size": size, "epochs": epochs, "images_per_epoch": len(x_tr), "lr": lr,
+                   "from": "the build's --weights, position embeddings resampled bicubically"}
 
 
 def _time(cands: dict) -> dict[int, float]:

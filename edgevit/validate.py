@@ -7,10 +7,15 @@ asked for) the fallbacks run, and choosing between artifacts looks only at a hol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit._progress import say
+
+if TYPE_CHECKING:
+    from edgevit.backends import Built, Runner
+
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points an INT8 build may lose against FP32 before the gate acts
 GATE_HOLDOUT = 1000  # hold-out training images accuracy-aware PTQ ranks layers on and the gate chooses by
@@ -20,8 +25,8 @@ GATE_HOLDOUT = 1000  # hold-out training images accuracy-aware PTQ ranks layers 
 class Artifact:
     """One compiled candidate: what the backend built, the runner that executes it, and its validation record."""
 
-    built: object  # edgevit.backends.Built
-    runner: object  # edgevit.backends.Runner
+    built: Built
+    runner: Runner
     validation: dict
 
     def revalidated(self, validation: dict) -> dict:

@@ -17,8 +17,8 @@ def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_d
     from edgevit.predict import Predictor
 
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
-              out=str(tmp_path), calibration="fast", token_search=True, max_drop=100.0, latency_budget=1e6,
-              **TINY_VIT)
+              out=str(tmp_path), calibration="fast", token_search=True, token_finetune=1, max_drop=100.0,
+              latency_budget=1e6, **TINY_VIT)
     m = r.manifest
     ts = m["token_search"]
     assert ts["full_size"] == 32 and ts["sizes"] == [24]  # 4x4 tokens of 8 px: one step down keeps 9 of 16
@@ -30,6 +30,12 @@ def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_d
     assert m["model"]["input_size"] == [3, ts["chosen"], ts["chosen"]]
     assert m["preprocessing"]["input_size"][-1] == ts["chosen"]
     assert m["latency_budget"]["met"] is True and m["latency_budget"]["p50_ms"] == m["latency_ms"]["p50"]
+    assert ts["finetune_epochs"] == 1
+    if ts["chosen"] == 24:  # what ships was fine-tuned here, and is timed against the model as given
+        assert "fine-tuned at 24 px for 1 epoch(s)" in m["model"]["weights"]
+        assert m["latency_ms"]["baselines_on"].startswith("the full-size model (32 px)")
+    else:
+        assert m["model"]["weights"] == tiny_checkpoint.name and "baselines_on" not in m["latency_ms"]
     img = np.zeros((28, 28), np.uint8)
     assert Predictor(r.bundle)(img)[0].top[0][0] in m["labels"]  # the bundle resizes to its own input size
 
@@ -45,6 +51,14 @@ def test_token_search_is_refused_where_accuracy_cannot_judge_it(tmp_path, model,
     with pytest.raises(UsageError, match=why):
         request(model, target="cpu-x86", precision="int8", out=tmp_path, data=data, weights=weights,
                 token_search=True)
+
+
+def test_token_finetune_needs_the_token_search(tmp_path):
+    from edgevit.build import request
+
+    with pytest.raises(UsageError, match="add --token-search"):
+        request("vit-tiny-fmnist", target="cpu-x86", precision="int8", out=tmp_path, data="fashion-mnist",
+                weights="w.pt", token_finetune=1)
 
 
 def test_choice_among_sizes():

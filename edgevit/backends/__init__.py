@@ -58,7 +58,7 @@ class BuildJob:
     model: object  # what the backend's :meth:`Backend.read` returned, quantized for int8
     onnx_path: Path  # the FP32 ONNX export (opset 17, dynamic batch) it was read from
     precision: str
-    target: object  # edgevit.targets.Target
+    target: Target
     out_dir: Path  # the bundle's temporary directory; write files here
     quantizer: str | None = None  # how ``model`` was quantized, for the manifest (None: not quantized)
     qat: bool = False  # ``model`` came from quantization-aware training (a Q/DQ ONNX), not from PTQ here
