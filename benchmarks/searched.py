@@ -4,6 +4,7 @@ NNCF's one-line INT8 (`nncf.quantize(model, dataset)` under OpenVINO's defaults)
 
     python benchmarks/searched.py                                  # this host's CPU class
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/searched.py          # the same host as an AVX2-only CPU
+    python benchmarks/searched.py vit-tiny-fmnist                  # these models again, the others' cells kept
 
 Models are trained here when their weights are missing (runs/searched/<model>/best.pt, a short recipe: the point is
 the comparison between artifacts of one trained model, not the best Fashion-MNIST accuracy). The recipe cache is a
@@ -29,6 +30,7 @@ MODELS = [  # (model, training options, token search)
 ]
 VAL_SAMPLES = 2000
 MAX_DROP = 1.0
+FINETUNE = 1  # epochs at each smaller input (--token-finetune)
 
 
 def weights_of(model: str, train_opts: dict) -> Path:
@@ -46,7 +48,8 @@ def cell(model: str, weights: Path, out: str, token_search: bool) -> dict:
 
     t0 = time.perf_counter()
     r = build(model, precision="int8", data="fashion-mnist", weights=str(weights), out=out, val_samples=VAL_SAMPLES,
-              max_drop=MAX_DROP, peers=True, token_search=token_search, force=True,
+              max_drop=MAX_DROP, peers=True, token_search=token_search, token_finetune=FINETUNE if token_search else 0,
+              force=True,
               name=f"{model}-{'tokens' if token_search else 'default'}")
     m = r.manifest
     lat, v = m["latency_ms"], m["validation"]
@@ -57,7 +60,7 @@ def cell(model: str, weights: Path, out: str, token_search: bool) -> dict:
             "fp32_top1": v["reference_top1"], "top1": v["top1"], "top1_drop": v["top1_drop"],
             "p50": lat["p50"], "threads": lat["threads"], "nncf_one_line_p50": peer["p50"],
             "nncf_one_line_ran": peer.get("executed_precision"), "x_nncf": round(peer["p50"] / lat["p50"], 3),
-            "torch_eager_p50": lat["baselines"]["torch_eager_fp32"]["p50"],
+            "torch_eager_p50": lat["baselines"]["torch_eager_fp32"]["p50"], "baselines_on": lat.get("baselines_on"),
             "recipes_p50": rs.get("p50_ms"), "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected"))
                                                        for c in ts.get("candidates", [])],
             "stage_seconds": m.get("stage_seconds"), "build_seconds": round(time.perf_counter() - t0, 1)}
@@ -127,6 +130,10 @@ def main() -> int:
     res = ROOT / "benchmarks/results"
     res.mkdir(parents=True, exist_ok=True)
     stem = res / f"searched-{cls}"
+    if only and stem.with_suffix(".json").is_file():  # the other models' cells of the last run stay
+        kept = [c for c in json.loads(stem.with_suffix(".json").read_text())["cells"] if c["model"] not in only]
+        order = [m for m, _, _ in MODELS]
+        cells = sorted(kept + cells, key=lambda c: (order.index(c["model"]), c["variant"]))
     stem.with_suffix(".json").write_text(json.dumps({"host": host, "class": cls, "versions": versions,
                                                      "cells": cells}, indent=1))
     stem.with_suffix(".md").write_text(markdown(host, cls, versions, cells))

@@ -27,9 +27,10 @@ CPU_RUNTIMES = ("openvino", "onnxruntime")
 RUNTIME_MODULES = (
     "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._malloc", "edgevit._onnx_wire", "edgevit._opencv",
     "edgevit._progress", "edgevit._registry", "edgevit.backends", "edgevit.backends.onnxruntime",
-    "edgevit.backends.openvino", "edgevit.backends.tensorrt", "edgevit.backends.tensorrt_engine",
-    "edgevit.backends.tensorrt_plan", "edgevit.bundle", "edgevit.cli", "edgevit.cli_args", "edgevit.compile",
-    "edgevit.demo", "edgevit.device_check", "edgevit.errors", "edgevit.failure", "edgevit.images", "edgevit.measure",
+    "edgevit.backends.openvino", "edgevit.backends.openvino.backend", "edgevit.backends.tensorrt",
+    "edgevit.backends.tensorrt.backend", "edgevit.backends.tensorrt.compile", "edgevit.backends.tensorrt.engine",
+    "edgevit.backends.tensorrt.plan", "edgevit.bundle", "edgevit.cli", "edgevit.cli_args", "edgevit.demo",
+    "edgevit.device_check", "edgevit.errors", "edgevit.failure", "edgevit.images", "edgevit.measure",
     "edgevit.outputs", "edgevit.predict", "edgevit.profile", "edgevit.schema", "edgevit.sinks", "edgevit.targets",
     "edgevit.timing",
     # imported for one constant (cli_args: --max-drop's default) and for a guarded probe of torch's GPUs (env)

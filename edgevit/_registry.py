@@ -2,7 +2,7 @@
 :func:`edgevit.backends.get_backend`). Target profiles check their ``backend`` against it without importing any."""
 
 BACKENDS = {
-    "openvino": "edgevit.backends.openvino:OpenVINOBackend",
+    "openvino": "edgevit.backends.openvino.backend:OpenVINOBackend",
     "onnxruntime": "edgevit.backends.onnxruntime:ONNXRuntimeBackend",
-    "tensorrt": "edgevit.backends.tensorrt:TensorRTBackend",
+    "tensorrt": "edgevit.backends.tensorrt.backend:TensorRTBackend",
 }

@@ -193,7 +193,7 @@ def crosscheck_benchmark_app(bundle: Path, manifest: dict, runner, p50: float, t
                              batch: int) -> dict:
     """Our SingleStream median and Offline throughput against OpenVINO's benchmark_app on the same IR, same threads
     and precision: each within ``CROSSCHECK_TOLERANCE`` or the check says by how much it is off."""
-    from edgevit.backends.openvino import benchmark_app
+    from edgevit.backends.openvino.backend import benchmark_app
 
     threads = int(runner.info.get("threads") or os.cpu_count() or 1)
     prec = runner.info.get("inference_precision", "f32")

@@ -4,7 +4,7 @@ request (checked before any work) → prepare (model, data, ONNX export, FP32 re
 quantize + compile (:func:`edgevit.quantize.quantize_for`, the backend) → validate and gate (:mod:`edgevit.validate`,
 QAT in :mod:`edgevit.qat`) → latency (:mod:`edgevit.latency`) → manifest and bundle (:mod:`edgevit.bundle`).
 ``--precision best`` compiles every candidate from one preparation (:mod:`edgevit.best`); a TensorRT bundle is
-finished on the device (:mod:`edgevit.compile`)."""
+finished on the device (:mod:`edgevit.backends.tensorrt.compile`)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     builds every precision the target allows from one preparation and keeps the fastest that passes.
 
     ``speed_search`` (INT8, OpenVINO): layers that run slower in INT8 than in the host precision on this CPU go
-    back to it when that makes the model faster (:mod:`edgevit.speedmix`); the accuracy gate checks the result.
+    back to it when that makes the model faster (:mod:`edgevit.backends.openvino.speedmix`); the accuracy gate
+    checks the result.
 
     Without ``calibration``, an OpenVINO INT8 build measures its family's candidate recipes on this host and keeps
     the fastest that passes the gate (:mod:`edgevit.recipe_search`; cached per host, versions and model).

@@ -130,7 +130,7 @@ def _cmd_build(a) -> int:
 
 
 def _cmd_compile(a) -> int:
-    from edgevit.compile import compile_bundle
+    from edgevit.backends.tensorrt.compile import compile_bundle
 
     m = compile_bundle(a.bundle, log=lambda s: print(s, file=sys.stderr))
     e, lat = m["backend"]["engine"], m["latency_ms"]
@@ -238,7 +238,7 @@ def environment_report() -> dict:
     """What this host is and which versions edgevit runs with (``edgevit env``; ``bench --remote`` asks the device)."""
     import platform
 
-    from edgevit.backends.tensorrt_engine import board_model, engine_support
+    from edgevit.backends.tensorrt.engine import board_model, engine_support
     from edgevit.measure import host_info, library_versions
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",
@@ -258,7 +258,7 @@ def _gpus() -> list[dict]:
         return cuda_devices()
     except ImportError:
         pass
-    from edgevit.backends.tensorrt_engine import cuda_devices as runtime_devices
+    from edgevit.backends.tensorrt.engine import cuda_devices as runtime_devices
 
     try:
         return runtime_devices()

@@ -45,7 +45,7 @@ def board_from_gpu(capability: str, sm_count: int, memory_gib: float) -> str | N
 def detect_target(root: Path = Path("/")) -> tuple[str, str]:
     """(profile name, the reason in words) for this host; ``root`` lets tests stand in a board's file system.
     ``EDGEVIT_BOARD`` names the board where the device tree is hidden (Docker masks it)."""
-    from edgevit.backends.tensorrt_engine import board_source
+    from edgevit.backends.tensorrt.engine import board_source
 
     model, source = board_source(root) or ("", "")
     tegra = _read(root / "etc/nv_tegra_release").splitlines()
@@ -55,7 +55,7 @@ def detect_target(root: Path = Path("/")) -> tuple[str, str]:
             if key in model.lower():
                 return name, where
         if not model:  # in a container: the GPU still tells the boards apart
-            from edgevit.backends.tensorrt_engine import cuda_devices
+            from edgevit.backends.tensorrt.engine import cuda_devices
 
             try:
                 gpu = cuda_devices()[0]
@@ -68,7 +68,7 @@ def detect_target(root: Path = Path("/")) -> tuple[str, str]:
                               "be sure)")
         raise TargetError(f"this is a Jetson ({where}) that edgevit has no profile for; pass --target with one of "
                           f"{', '.join(n for _, n in JETSON_BOARDS)} that matches it, or a profile .toml of your own")
-    from edgevit.backends.tensorrt_engine import engine_support
+    from edgevit.backends.tensorrt.engine import engine_support
 
     ok, why = engine_support()
     if ok:

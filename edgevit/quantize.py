@@ -158,7 +158,7 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
     fake quantizers inserted: the starting point of quantization-aware training.
 
     ``signed_symmetric``: symmetric activations, as TensorRT needs (the mixed preset makes them asymmetric). NNCF still
-    picks uint8 after ReLUs; :func:`edgevit.trt_rules.unsigned_to_signed` turns those into int8."""
+    picks uint8 after ReLUs; :func:`edgevit.backends.tensorrt.rules.unsigned_to_signed` turns those into int8."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 

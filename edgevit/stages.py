@@ -216,8 +216,9 @@ def _qat_meta(prep, req: Request) -> dict:
 
 
 def speed_stage(prep, req: Request, cand: Candidate) -> Candidate:
-    """Mixed precision by speed (:mod:`edgevit.speedmix`): INT8 layers that run slower than in the host precision go
-    back to it when that makes the model faster here; the accuracy gate checks the result like any artifact."""
+    """Mixed precision by speed (:mod:`edgevit.backends.openvino.speedmix`): INT8 layers that run slower than in the
+    host precision go back to it when that makes the model faster here; the accuracy gate checks the result like
+    any artifact."""
     art = _speed_search(prep, req, cand.precision, cand.art, cand.stage, cand.gate)
     return cand if art is cand.art else replace(cand, art=art)
 
@@ -326,8 +327,8 @@ def _device_check(prep, stage: Path, manifest: dict, runner) -> None:
     """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.device_check`); an engine
     built here is judged now, by the same rule."""
     from edgevit import device_check
-    from edgevit.backends.tensorrt import onnx_proxy
-    from edgevit.backends.tensorrt_plan import ONNX_FILE
+    from edgevit.backends.tensorrt.backend import onnx_proxy
+    from edgevit.backends.tensorrt.plan import ONNX_FILE
     from edgevit.measure import torch_runner
 
     source = (f"{len(prep.check_x[:device_check.SAMPLES])} held-out images of {prep.ds.spec} ({prep.ds.val_name})"

@@ -60,7 +60,7 @@ def load_item(path: str | os.PathLike, batch: int | None, threads: int | None) -
         return Item(p.name, p, pred.runner, np.zeros((n, *m["model"]["input_size"]), np.float32), m)
     if p.suffix not in (".xml", ".onnx") or not p.is_file():
         raise UsageError(f"{p}: give a bundle directory or an OpenVINO .xml / .onnx model file")
-    from edgevit.backends.openvino import OVRunner
+    from edgevit.backends.openvino.backend import OVRunner
     from edgevit.errors import BundleError, reading
 
     with reading(f"{p} as an OpenVINO model", BundleError):

@@ -83,7 +83,7 @@ def test_tampered_or_truncated_bundle_is_refused(int8_bundle, tmp_path):
 def test_failed_build_leaves_nothing_and_keeps_old_bundle(int8_bundle, fmnist_dir, tiny_checkpoint, monkeypatch):
     out = int8_bundle.parent
     before = (int8_bundle / "manifest.json").read_bytes()
-    from edgevit.backends.openvino import OpenVINOBackend
+    from edgevit.backends.openvino.backend import OpenVINOBackend
 
     def boom(self, job):
         (job.out_dir / "model.xml").write_text("half")

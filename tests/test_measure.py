@@ -51,7 +51,7 @@ def test_torch_baseline_timed_beside_openvino_matches_torch_alone(tmp_path):
 
     import torch
 
-    from edgevit.backends.openvino import OVRunner
+    from edgevit.backends.openvino.backend import OVRunner
     from edgevit.export import export_onnx
     from edgevit.measure import TorchRunner, compare_latency
     from edgevit.models import create_model, resolve_spec
@@ -140,7 +140,7 @@ def test_host_precision_within_the_noise_stays_as_validated(monkeypatch):
 
 
 def test_openvino_offers_bf16_only_where_the_cpu_has_it(monkeypatch):
-    from edgevit.backends.openvino import OpenVINOBackend
+    from edgevit.backends.openvino.backend import OpenVINOBackend
     from edgevit.measure import host_info
     from edgevit.targets import load_target
 

@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino")
 def int8_ir(tmp_path_factory):
     import torch
 
-    from edgevit.backends.openvino import OpenVINOBackend
+    from edgevit.backends.openvino.backend import OpenVINOBackend
     from edgevit.export import export_onnx
     from edgevit.models import create_model, resolve_spec
     from edgevit.quantize import load_recipe, quantize_for
@@ -34,7 +34,7 @@ def int8_ir(tmp_path_factory):
 
 
 def test_roles_group_layers_across_blocks():
-    from edgevit.speedmix import _role
+    from edgevit.backends.openvino.speedmix import _role
 
     assert _role("/blocks/blocks.11/mlp/fc2/MatMul") == "/blocks/blocks.*/mlp/fc2/MatMul"
     assert _role("/stages/stages.2/blocks/blocks.0/attn_grid/qkv/MatMul") == \
@@ -43,7 +43,7 @@ def test_roles_group_layers_across_blocks():
 
 
 def test_a_reverted_group_runs_in_the_host_precision(int8_ir):
-    from edgevit.speedmix import quantized_groups, without_activation_quantizers
+    from edgevit.backends.openvino.speedmix import quantized_groups, without_activation_quantizers
 
     xml, _, x, ref = int8_ir
     model = ov.Core().read_model(str(xml))
@@ -64,7 +64,7 @@ def test_a_reverted_group_runs_in_the_host_precision(int8_ir):
 
 
 def test_candidates_are_groups_int8_does_not_make_clearly_faster():
-    from edgevit.speedmix import group_costs
+    from edgevit.backends.openvino.speedmix import group_costs
 
     groups = {"fast": ["a"], "slow": ["b"], "even": ["c"]}
     int8 = {"a": 0.2, "b": 0.9, "b/fq": 0.3, "c": 0.95}
@@ -75,8 +75,8 @@ def test_candidates_are_groups_int8_does_not_make_clearly_faster():
 
 
 def test_search_records_what_it_tried(int8_ir, tmp_path):
-    from edgevit.backends.openvino import OVRunner
-    from edgevit.speedmix import search
+    from edgevit.backends.openvino.backend import OVRunner
+    from edgevit.backends.openvino.speedmix import search
 
     xml, onnx, x, _ = int8_ir
     cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit import trt_rules
-from edgevit.backends.tensorrt_plan import engine_mismatch, engine_plan
+from edgevit.backends.tensorrt import rules as trt_rules
+from edgevit.backends.tensorrt.plan import engine_mismatch, engine_plan
 from edgevit.errors import TargetError
 from edgevit.targets import list_targets, load_target
 from tests.conftest import TINY_VIT
@@ -210,7 +210,7 @@ def test_cross_host_bundle_predicts_through_onnxruntime(orin_bundle, png):
 
 
 def test_compile_without_tensorrt_says_what_is_missing(orin_bundle, capsys):
-    from edgevit.backends.tensorrt_engine import engine_support
+    from edgevit.backends.tensorrt.engine import engine_support
     from edgevit.cli import main
 
     if engine_support()[0]:
@@ -220,7 +220,7 @@ def test_compile_without_tensorrt_says_what_is_missing(orin_bundle, capsys):
 
 
 def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, monkeypatch):
-    from edgevit import trt_rules as rules
+    from edgevit.backends.tensorrt import rules
     from edgevit.build import build
     from edgevit.errors import ValidationFailedError
 
@@ -253,9 +253,9 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'edgevit[tensorrt]')")
     import shutil
 
-    from edgevit.backends.tensorrt_engine import engine_support
+    from edgevit.backends.tensorrt.compile import compile_bundle
+    from edgevit.backends.tensorrt.engine import engine_support
     from edgevit.build import build
-    from edgevit.compile import compile_bundle
 
     ok, why = engine_support()
     if not ok:
@@ -283,7 +283,7 @@ def test_best_for_a_remote_target_follows_the_documented_rule(fmnist_dir, tiny_c
 
 
 def test_layer_summary_reads_the_inspector_json():
-    from edgevit.backends.tensorrt_engine import layer_summary
+    from edgevit.backends.tensorrt.engine import layer_summary
 
     layers = {"Layers": [{"Name": "conv", "LayerType": "CaskConvolution",
                           "Outputs": [{"Format/Datatype": "Channel major INT8 format where channel % 32 == 0"}]},
@@ -329,7 +329,7 @@ def _trtexec_flags(script: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(list_targets()))
 def test_build_engine_sh_matches_the_plan_for_every_profile(name):
-    from edgevit.backends.tensorrt_plan import build_script
+    from edgevit.backends.tensorrt.plan import build_script
 
     t = load_target(name)
     if t.backend != "tensorrt":
@@ -380,7 +380,7 @@ class _ProfileContext:
 
 
 def test_runner_splits_batches_to_the_engine_profile_and_checks_the_shape():
-    from edgevit.backends.tensorrt_engine import TRTRunner
+    from edgevit.backends.tensorrt.engine import TRTRunner
     from edgevit.errors import ValidationFailedError
 
     r = object.__new__(TRTRunner)
@@ -418,7 +418,7 @@ class _RefusingConfig:
 
 
 def test_timing_cache_from_another_device_is_replaced_not_trusted(tmp_path):
-    from edgevit.backends.tensorrt_engine import apply_timing_cache
+    from edgevit.backends.tensorrt.engine import apply_timing_cache
 
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"from another device")
@@ -488,7 +488,7 @@ def test_layernorm_is_decomposed_exactly_for_tensorrt_before_8_6(tmp_path):
 def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(fmnist_dir, tmp_path):
     import onnx
 
-    from edgevit.backends.tensorrt_plan import build_script
+    from edgevit.backends.tensorrt.plan import build_script
     from edgevit.build import build
 
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
@@ -626,7 +626,7 @@ def _known_flags(version: str) -> set:
 
 @pytest.mark.parametrize("version", ["8.5", "8.6", "10.3", "10.7", "11.1", "11.4"])
 def test_every_emitted_trtexec_flag_is_one_that_tensorrt_version_accepts(version):
-    from edgevit.backends.tensorrt_plan import build_script
+    from edgevit.backends.tensorrt.plan import build_script
 
     checked = 0
     for name in sorted(list_targets()):
@@ -660,7 +660,7 @@ def test_no_layer_name_or_version_reaches_the_shell_unquoted(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from edgevit.backends.tensorrt_plan import build_script
+    from edgevit.backends.tensorrt.plan import build_script
 
     t = load_target("jetson-xavier-nx")
     fake = tmp_path / "trtexec"

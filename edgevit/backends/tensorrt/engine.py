@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.tensorrt_plan import ENGINE_FILE, LAYERS_FILE, TIMING_CACHE_FILE, engine_mismatch
+from edgevit.backends.tensorrt.plan import ENGINE_FILE, LAYERS_FILE, TIMING_CACHE_FILE, engine_mismatch
 from edgevit.errors import BundleError, CudaError, EngineError, TargetError, ValidationFailedError
 from edgevit.outputs import dumps, sha256_file
 

@@ -296,7 +296,7 @@ class OpenVINOBackend:
                       log=print) -> dict:
         import shutil
 
-        from edgevit.speedmix import search
+        from edgevit.backends.openvino.speedmix import search
 
         cfg = self._runtime_config(spec)
         rec = search(Path(bundle_dir) / "model.xml", fp32_onnx, lambda p: OVRunner(p, cfg), x, Path(work_dir), log)

@@ -16,8 +16,8 @@ from edgevit.errors import BackendUnavailableError, BundleError
 def compile_bundle(bundle: str | Path, log=print) -> dict:
     """Finish a TensorRT bundle on the device: build the engine from its checked ONNX with the plan re-derived for
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
-    from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support
-    from edgevit.backends.tensorrt_plan import ENGINE_FILE, ONNX_FILE, SCRIPT_FILE, engine_plan, write_plan
+    from edgevit.backends.tensorrt.engine import TRTRunner, build_engine, device_info, engine_support
+    from edgevit.backends.tensorrt.plan import ENGINE_FILE, ONNX_FILE, SCRIPT_FILE, engine_plan, write_plan
     from edgevit.bundle import read_manifest, write_manifest
     from edgevit.device_check import check_engine, load
     from edgevit.measure import compare_latency, host_info, without_samples

@@ -1,11 +1,11 @@
 """TensorRT for Jetson boards and NVIDIA GPUs.
 
-Two halves. Everything up to the engine runs on any host: a Q/DQ INT8 ONNX (NNCF, symmetric signed INT8) that passes
-:mod:`edgevit.trt_rules`, its accuracy through ONNX Runtime on the CPU, and the engine build plan derived from the
-target profile. The engine itself is built where TensorRT and the GPU are, because an engine is bound to the device,
-the TensorRT version and the build flags: at the end of ``edgevit build`` when this host is that device, otherwise
-with ``edgevit compile BUNDLE`` on the device. The plan is :mod:`edgevit.backends.tensorrt_plan`;
-the engine code (TensorRT's Python API with cuda-python) is :mod:`edgevit.backends.tensorrt_engine`.
+Two halves. Everything up to the engine runs on any host: a Q/DQ INT8 ONNX (NNCF, symmetric signed INT8) that
+passes :mod:`edgevit.backends.tensorrt.rules`, its accuracy through ONNX Runtime on the CPU, and the engine build plan
+derived from the target profile. The engine itself is built where TensorRT and the GPU are, because an engine is
+bound to the device, the TensorRT version and the build flags: at the end of ``edgevit build`` when this host is that
+device, otherwise with ``edgevit compile BUNDLE`` on the device. The plan is :mod:`edgevit.backends.tensorrt.plan`;
+the engine code (TensorRT's Python API with cuda-python) is :mod:`edgevit.backends.tensorrt.engine`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edgevit._progress import say
 from edgevit.backends import BuildJob, Built, Capabilities, LoadSpec, RuntimeDecides
-from edgevit.backends.tensorrt_engine import TRTRunner, build_engine, device_info, engine_support, import_tensorrt
-from edgevit.backends.tensorrt_plan import ASSUMED_TENSORRT, ENGINE_FILE, ONNX_FILE, PLAN_FILE, engine_plan, write_plan
+from edgevit.backends.tensorrt.engine import TRTRunner, build_engine, device_info, engine_support, import_tensorrt
+from edgevit.backends.tensorrt.plan import ASSUMED_TENSORRT, ENGINE_FILE, ONNX_FILE, PLAN_FILE, engine_plan, write_plan
 from edgevit.errors import BackendUnavailableError, ValidationFailedError
 
 
@@ -44,7 +44,7 @@ class TensorRTBackend(RuntimeDecides):
     def build(self, job: BuildJob) -> Built:
         import onnx
 
-        from edgevit import trt_rules
+        from edgevit.backends.tensorrt import rules as trt_rules
         from edgevit.export import INPUT_NAME, clean_onnx
 
         details: dict = {"quantizer": job.quantizer} if job.quantizer else {}
