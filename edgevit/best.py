@@ -45,7 +45,8 @@ def tied_with(lat: dict[str, dict]) -> list[str]:
 def build_best(req, inputs: dict):
     """Compile each candidate into the preparation's work directory, drop those that execute as another candidate,
     time the rest against each other, and write the chosen one (with its full latency stage) as the bundle."""
-    from edgevit.outputs import claim, output_dir
+    from edgevit.bundle import bundle_dir
+    from edgevit.outputs import claim
     from edgevit.prepare import prepare
     from edgevit.stages import BuildResult, compile_gated, latency_stage, speed_stage, write_bundle
 
@@ -73,7 +74,7 @@ def build_best(req, inputs: dict):
         selection = {"rule": rule, "chosen": chosen, "candidates": record}
         if tied is not None:
             selection["tied_with_fastest"] = tied
-        with output_dir(req.final, "bundle", req.force, claimed=True) as stage:
+        with bundle_dir(req.final, req.force, claimed=True) as stage:
             cand = speed_stage(prep, req, built[chosen].moved_to(stage))
             latency = latency_stage(prep, req, cand)
             manifest = write_bundle(prep, cand, latency, requested_precision="best", selection=selection)

@@ -70,9 +70,10 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     normalisation; ImageNet's otherwise), and ``data`` your own images: ``(images, labels)`` uint8 arrays, a
     map-style ``Dataset`` or ``DataLoader`` of ``(image, label)``, or ``{"train": ..., "val": ...}`` of those
     (:func:`edgevit.data.from_python`; ``classes`` names the labels)."""
+    from edgevit.bundle import bundle_dir
     from edgevit.failure import DURATIONS
     from edgevit.failure import stage as step
-    from edgevit.outputs import claim, output_dir
+    from edgevit.outputs import claim
     from edgevit.prepare import prepare
 
     DURATIONS.clear()  # this build's stages only
@@ -106,7 +107,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
 
             follow_qat(prep, req.qat, req.recipe, req.signed)
             return None
-        with claim(req.final, "bundle", force), output_dir(req.final, "bundle", force, claimed=True) as stage:
+        with claim(req.final, "bundle", force), bundle_dir(req.final, force, claimed=True) as stage:
             extra = {}
             if req.search_recipe is not None:
                 from edgevit.recipe_search import search

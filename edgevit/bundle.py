@@ -133,6 +133,14 @@ class Manifest(TypedDict, total=False):
     files: dict[str, dict]  # relative path -> {sha256, bytes}
 
 
+def bundle_dir(final: str | os.PathLike, force: bool = False, claimed: bool = False):
+    """:func:`edgevit.outputs.output_dir` for a bundle: the finished bundle is read back by :func:`read_manifest`
+    (the reader verify and predict use) before it is swapped in."""
+    from edgevit.outputs import output_dir
+
+    return output_dir(final, "bundle", force, claimed=claimed, check=read_manifest)
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def _fail(field: str, why: str) -> BundleError:
     return BundleError(f"damaged bundle: manifest field {field!r} {why}; rebuild the bundle")

@@ -48,9 +48,9 @@ def die_with_parent(parent: int) -> None:
 
 def _main(conn, parent: int, fn, args, kwargs) -> None:
     die_with_parent(parent)
-    from edgevit.cli import _terminate
+    from edgevit.errors import raise_terminated
 
-    signal.signal(signal.SIGTERM, _terminate)  # unwinds like Ctrl-C: the child's own staging folders are removed
+    signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C: the child's own staging folders are removed
     try:
         result = (True, fn(*args, **kwargs))
     except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it

@@ -340,16 +340,12 @@ RUN = {"models": _cmd_models, "targets": _cmd_targets, "train": _cmd_train, "bui
        "verify": _cmd_verify}
 
 
-def _terminate(signum, _frame):
-    from edgevit.errors import Terminated
-
-    raise Terminated(signum)  # unwinds like Ctrl-C: staging directories are removed, demo outputs finished
-
-
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    from edgevit.errors import raise_terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return _main(argv)
     finally:  # once the command is over, SIGTERM is SIGTERM again (not an exception in interpreter shutdown)

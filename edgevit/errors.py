@@ -101,6 +101,12 @@ class MeasurementError(EdgevitError, RuntimeError):
     """A timing worker process that could not start or run its candidate."""
 
 
+def raise_terminated(signum, _frame) -> None:
+    """The SIGTERM handler of the CLI and of its child processes: :class:`Terminated` unwinds like Ctrl-C, so staging
+    directories are removed and the demo's outputs finished."""
+    raise Terminated(signum)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``systemctl stop``, ``kill``): unwinds exactly like Ctrl-C, so a build removes its staging directory
     and the demo finishes its video and JSON lines; the CLI exits 143."""

@@ -186,3 +186,20 @@ def _read_image(p: Path, decode: bool) -> Image.Image | None:
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return to_rgb8(img, f"image {p}")
+
+
+def as_image(x):
+    """A PIL image from what a caller may hand :meth:`edgevit.predict.Predictor.__call__` (see there); ImageError
+    otherwise."""
+    if isinstance(x, (str, os.PathLike)):
+        return load_image(x)
+    if isinstance(x, Image.Image):
+        check_image_size(*x.size, what="the image")
+        return to_rgb8(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or not (x.ndim == 2 or x.ndim == 3 and x.shape[2] in (3, 4)):
+            raise ImageError(f"an array image must be uint8 (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {x.dtype} "
+                             f"{x.shape}")
+        check_image_size(x.shape[1], x.shape[0], what="the array image")
+        return to_rgb8(Image.fromarray(np.ascontiguousarray(x)))
+    raise ImageError(f"cannot classify a {type(x).__name__}: pass a PIL image, a uint8 numpy array or a file path")

@@ -324,11 +324,12 @@ def _commit(stage: Path, final: Path) -> None:
 
 @contextlib.contextmanager
 def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
-               claimed: bool = False) -> Iterator[Path]:
+               claimed: bool = False, check=None) -> Iterator[Path]:
     """Claim ``final`` (checked, locked), yield a staging directory beside it, swap it in on success.
 
     On any error (Ctrl-C and SIGTERM included) the staging directory is removed and ``final`` is left untouched.
-    ``claimed``: the caller already holds the lock (:func:`claim`) and ran the check."""
+    ``claimed``: the caller already holds the lock (:func:`claim`) and ran the check. ``check(stage)``: read the
+    finished output back before it is swapped in (a bundle: :func:`edgevit.bundle.bundle_dir`)."""
     final = Path(final)
     with contextlib.ExitStack() as stack:
         if not claimed:
@@ -340,10 +341,8 @@ def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
             (stage / OWNER).unlink(missing_ok=True)  # the output itself carries no temporary-directory record
             if kind != "bundle":
                 write_json(stage / MARKER, {"kind": kind})
-            else:  # read back by the reader verify/predict use, before anyone is told "ok"
-                from edgevit.bundle import read_manifest
-
-                read_manifest(stage)
+            if check is not None:  # read back by the reader its users use, before anyone is told "ok"
+                check(stage)
             check_output(final, kind, force)  # still ours? (anything else appearing meanwhile is refused)
             _commit(stage, final)
         except BaseException as e:

@@ -55,6 +55,8 @@ class Predictor:
         """Classify one image or many: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or
         image file paths, a list of those, or a uint8 batch (N, H, W) / (N, H, W, C); through the bundle's own
         runtime and preprocessing; the ``k`` best labels of each, one Prediction per image."""
+        from edgevit.images import as_image
+
         batch = isinstance(images, (list, tuple)) or isinstance(images, np.ndarray) and (
             images.ndim == 4 or images.ndim == 3 and images.shape[-1] not in (3, 4))  # (N,H,W[,C]): N images
         items = list(images) if batch else [images]
@@ -92,27 +94,6 @@ class Predictor:
             probs = self.probabilities([load_image(p) for p in chunk])
             out += [Prediction(str(p), self.top(row, k)) for p, row in zip(chunk, probs)]
         return out
-
-
-def as_image(x):
-    """A PIL image from what a caller may hand :meth:`Predictor.__call__` (see there); ImageError otherwise."""
-    from PIL import Image
-
-    from edgevit.errors import ImageError
-    from edgevit.images import check_image_size, load_image, to_rgb8
-
-    if isinstance(x, (str, os.PathLike)):
-        return load_image(x)
-    if isinstance(x, Image.Image):
-        check_image_size(*x.size, what="the image")
-        return to_rgb8(x)
-    if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or not (x.ndim == 2 or x.ndim == 3 and x.shape[2] in (3, 4)):
-            raise ImageError(f"an array image must be uint8 (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {x.dtype} "
-                             f"{x.shape}")
-        check_image_size(x.shape[1], x.shape[0], what="the array image")
-        return to_rgb8(Image.fromarray(np.ascontiguousarray(x)))
-    raise ImageError(f"cannot classify a {type(x).__name__}: pass a PIL image, a uint8 numpy array or a file path")
 
 
 def load(bundle: str | os.PathLike, threads: int | None = None) -> Predictor:

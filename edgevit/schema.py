@@ -7,10 +7,13 @@ which would break ``labels.txt``, a shell line or a report row)."""
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Callable
 
 from edgevit.errors import EdgevitError
+
+TENSORRT_VERSION = re.compile(r"\d+(\.\d+){0,3}")  # what a TensorRT version looks like: 10, 10.3, 8.5.2.2
 
 _KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "a boolean"}

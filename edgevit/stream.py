@@ -64,7 +64,7 @@ def item_image(item) -> Image.Image:
     or a uint8 tensor (C, H, W), or a file path. edgevit applies the model's preprocessing itself, so a float
     (already normalised) tensor is refused rather than guessed at."""
     from edgevit.errors import DatasetError
-    from edgevit.predict import as_image
+    from edgevit.images import as_image
 
     x = item[0] if isinstance(item, (tuple, list)) else item
     if type(x).__module__.startswith("torch"):

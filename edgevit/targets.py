@@ -43,8 +43,7 @@ class Target:
     def __post_init__(self) -> None:
         import re
 
-        from edgevit.backends.tensorrt.plan import TENSORRT_VERSION
-        from edgevit.schema import bad_char
+        from edgevit.schema import TENSORRT_VERSION, bad_char
 
         texts = [("name", self.name), ("description", self.description), ("device", self.device),
                  *(("arch", a) for a in self.arch)]

@@ -18,10 +18,9 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
     from edgevit.backends.tensorrt.engine import TRTRunner, build_engine, device_info, engine_support
     from edgevit.backends.tensorrt.plan import ENGINE_FILE, ONNX_FILE, SCRIPT_FILE, engine_plan, write_plan
-    from edgevit.bundle import read_manifest, write_manifest
+    from edgevit.bundle import bundle_dir, read_manifest, write_manifest
     from edgevit.device_check import check_engine, load
     from edgevit.measure import compare_latency, host_info, without_samples
-    from edgevit.outputs import output_dir
     from edgevit.targets import Target
 
     bundle = Path(bundle)
@@ -33,7 +32,7 @@ def compile_bundle(bundle: str | Path, log=print) -> dict:
         raise BackendUnavailableError(f"cannot compile here: {why}")
     load(bundle, m)  # a bundle without its check images is refused before any build
     target = Target.from_dict(m["target"])
-    with output_dir(bundle, "bundle") as stage:
+    with bundle_dir(bundle) as stage:
         shutil.copytree(bundle, stage, dirs_exist_ok=True)  # beside the stage's owner record
         plan = engine_plan(target, m["precision"], device_info()["tensorrt"], tuple(m["model"]["input_size"]),
                            fp32_layers=m["backend"].get("plan", {}).get("fp32_layers", []))

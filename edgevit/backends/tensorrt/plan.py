@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgevit.errors import TargetError
 from edgevit.outputs import dumps
-from edgevit.schema import bad_char
+from edgevit.schema import TENSORRT_VERSION, bad_char
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "engine_plan.json"
@@ -19,7 +19,6 @@ LAYERS_FILE = "engine_layers.json"
 PROFILE_FILE = "engine_profile.json"
 SCRIPT_FILE = "build_engine.sh"
 ASSUMED_TENSORRT = "10.3"  # JetPack 6's TensorRT, for plans written where TensorRT is not installed
-TENSORRT_VERSION = re.compile(r"\d+(\.\d+){0,3}")  # what a TensorRT version looks like: 10, 10.3, 8.5.2.2
 
 
 # ---------------------------------------------------------------------------------------------------- pure logic
