@@ -299,10 +299,12 @@ def _profile_remote(rem, cell: dict, suite: Suite) -> None:
     bundle = cell.get("bundle")
     if cell["status"] == "failed" or not bundle:
         return
+    from edgevit.backends import get_backend
     from edgevit.targets import load_target
 
     try:
-        r = rem.profile(Path(bundle), compile_engine=load_target(cell["target"]).backend == "tensorrt",
+        on_device = get_backend(load_target(cell["target"]).backend).capabilities.engine_on_device
+        r = rem.profile(Path(bundle), compile_engine=on_device,
                         throughput_batch=suite.throughput_batch)
     except RemoteError as e:
         cell.update(status="failed", error=f"on {rem.host}: {e}")
