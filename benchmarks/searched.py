@@ -5,6 +5,7 @@ NNCF's one-line INT8 (`nncf.quantize(model, dataset)` under OpenVINO's defaults)
     python benchmarks/searched.py                                  # this host's CPU class
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/searched.py          # the same host as an AVX2-only CPU
     python benchmarks/searched.py vit-tiny-fmnist                  # these models again, the others' cells kept
+    python benchmarks/searched.py --redraw benchmarks/results/searched-avx2.json   # the chart again
 
 Models are trained here when their weights are missing (runs/searched/<model>/best.pt, a short recipe: the point is
 the comparison between artifacts of one trained model, not the best Fashion-MNIST accuracy). The recipe cache is a
@@ -82,6 +83,12 @@ def chart(cells: list[dict], title: str, path: Path) -> None:
         ax.annotate(f"{c['model'].replace('-fmnist', '')} {c['input']}px" + (" (tokens)" if marker == "*" else ""),
                     (c["p50"], c["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
+    ax.tick_params(labelsize=10)
     ax.set_xlabel("p50 latency, ms (batch 1, log scale)", fontsize=11)
     ax.set_ylabel("top-1 on Fashion-MNIST test images, %", fontsize=11)
     ax.set_title(title, fontsize=11)
@@ -109,6 +116,12 @@ def markdown(host: dict, cls: str, versions: dict, cells: list[dict]) -> str:
     return "\n".join(lines + [""])
 
 
+def redraw(json_path: Path) -> None:
+    """The chart again from a results JSON (``--redraw``)."""
+    d = json.loads(json_path.read_text())
+    chart(d["cells"], f"INT8 on {d['host']['cpu']} ({d['class']}): top-1 vs p50", json_path.with_suffix(".png"))
+
+
 def main() -> int:
     from edgevit.measure import host_class, host_info, library_versions
 
@@ -116,6 +129,10 @@ def main() -> int:
     os.chdir(ROOT)
     cls, host = host_class(), host_info()
     versions = library_versions(("openvino", "nncf", "torch"))
+    if sys.argv[1:2] == ["--redraw"]:
+        for p in sys.argv[2:]:
+            redraw(Path(p))
+        return 0
     only = set(sys.argv[1:])
     cells = []
     with tempfile.TemporaryDirectory(prefix="edgevit-searched-") as out:
