@@ -108,36 +108,44 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
             follow_qat(prep, req.qat, req.recipe, req.signed)
             return None
         with claim(req.final, "bundle", force), bundle_dir(req.final, force, claimed=True) as stage:
-            extra = {}
-            if req.search_recipe is not None:
-                from edgevit.recipe_search import search
-
-                with step("choosing the INT8 recipe by measurement", stage):
-                    cand, extra["recipe_search"] = search(prep, req, stage, req.search_recipe)
-            else:
-                with step(f"quantizing and compiling {req.precision}", stage):
-                    cand = compile_gated(prep, req, req.precision, stage)
-            full = prep
-            if req.token_search:
-                from edgevit.token_search import search as search_tokens
-
-                with step("the token search", stage):
-                    prep, cand, extra["token_search"] = search_tokens(prep, cand, inputs, prepared.enter_context)
-            with step("the speed search", stage):
-                cand = speed_stage(prep, req, cand)
-            with step("measuring latency", stage):
-                lat = latency_stage(prep, req, cand, base=full if prep is not full else None)
-            if req.latency_budget is not None and lat.record.get("p50") is not None:
-                met = lat.record["p50"] <= req.latency_budget
-                extra["latency_budget"] = {"ms": req.latency_budget, "p50_ms": lat.record["p50"], "met": met}
-                if not met:
-                    from edgevit._progress import warn
-
-                    warn(f"no candidate runs within the latency budget of {req.latency_budget:g} ms here: the "
-                         f"bundle's p50 is {lat.record['p50']:.3f} ms (try --token-search, or a smaller model)")
-            with step("writing the bundle", stage):
-                manifest = write_bundle(prep, cand, lat, **extra)
+            manifest, lat = _stages(prep, req, stage, inputs, prepared.enter_context)
     return BuildResult(req.final, manifest, lat.samples)
+
+
+def _stages(prep, req: Request, stage: Path, inputs: dict, enter) -> tuple[dict, object]:
+    """The stages of one INT8/FP build into ``stage``, each timed (:func:`edgevit.failure.stage`): the recipe (by
+    measurement) or the given one, the token search, the speed search, latency, the bundle's manifest."""
+    from edgevit.failure import stage as step
+
+    extra = {}
+    if req.search_recipe is not None:
+        from edgevit.recipe_search import search
+
+        with step("choosing the INT8 recipe by measurement", stage):
+            cand, extra["recipe_search"] = search(prep, req, stage, req.search_recipe)
+    else:
+        with step(f"quantizing and compiling {req.precision}", stage):
+            cand = compile_gated(prep, req, req.precision, stage)
+    full = prep
+    if req.token_search:
+        from edgevit.token_search import search as search_tokens
+
+        with step("the token search", stage):
+            prep, cand, extra["token_search"] = search_tokens(prep, cand, inputs, enter)
+    with step("the speed search", stage):
+        cand = speed_stage(prep, req, cand)
+    with step("measuring latency", stage):
+        lat = latency_stage(prep, req, cand, base=full if prep is not full else None)
+    if req.latency_budget is not None and lat.record.get("p50") is not None:
+        met = lat.record["p50"] <= req.latency_budget
+        extra["latency_budget"] = {"ms": req.latency_budget, "p50_ms": lat.record["p50"], "met": met}
+        if not met:
+            from edgevit._progress import warn
+
+            warn(f"no candidate runs within the latency budget of {req.latency_budget:g} ms here: the bundle's p50 "
+                 f"is {lat.record['p50']:.3f} ms (try --token-search, or a smaller model)")
+    with step("writing the bundle", stage):
+        return write_bundle(prep, cand, lat, **extra), lat
 
 
 def request(model, *, target: str, precision: Precision, out: str | os.PathLike, name: str | None = None, data=None,

@@ -96,19 +96,8 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         + (f"; host precisions {', '.join(hps)}" if len(hps) > 1 else ""))
     timed = compare_latency(cands, x, desc=f"latency: timing {len(cands)} candidates",
                             **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
-    by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
-    p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
-    tied = [hp for hp in hps if p50[hp] <= min(p50.values()) * (1 + THREADS_TIE)]
-    order = tied + sorted((hp for hp in hps if hp not in tied), key=p50.get)
-    rejected = []
-    for hp in order:
-        runner = cands[f"{name[hp]}@{by_hp[hp][0]}"]
-        runner = getattr(runner, "inner", runner)  # the runner itself, not the wrapper that fed it its own input
-        if hp == hps[0] or accept is None or accept(hp, runner):
-            break
-        rejected.append(hp)
+    hp, runner, by_hp, p50, rejected = _host_precision(timed, cands, name, hps, art_counts, accept)
     a_n, a_sweep = by_hp[hp]
-    t_n, t_sweep = fastest_of(timed, "torch", torch_counts)
     if hp:
         art.built.details["host_precision"] = hp
         art.built.details.setdefault("compile_config", {})["INFERENCE_PRECISION_HINT"] = hp
@@ -124,8 +113,52 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         if "INFERENCE_NUM_THREADS" in art.built.details.get("compile_config", {}):  # what the bundle runs with
             art.built.details["compile_config"]["INFERENCE_NUM_THREADS"] = runner.info.get("threads")
         lat["threads_sweep"] = a_sweep
-    res = {"artifact": timed[f"{name[hp]}@{a_n}"], TORCH_EAGER: timed[f"torch@{t_n}"],
-           BACKEND_DEFAULT: timed["default"]}
+    res, baselines = _baselines(timed, cands, backend, plain, f"{name[hp]}@{a_n}", torch_counts, peer_counts)
+    if base is not prep:
+        lat["baselines_on"] = (f"the full-size model ({base.pre.input_size[-1]} px); the artifact takes "
+                               f"{prep.pre.input_size[-1]} px")
+    where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
+    lat.update(artifact=without_samples(res["artifact"]), baselines=baselines,
+               method=f"interleaved rounds, {where}, {'same input' if base is prep else 'each on its own input'}; "
+                      "wall clock per call",
+               p50=res["artifact"]["p50"], p90=res["artifact"]["p90"])
+    layers = None
+    if profile:
+        say("profiling per-layer time (--profile)")
+        from edgevit.timing import beside_p50, profile_runs
+
+        p50 = res["artifact"]["p50"]
+        layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
+    return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)
+
+
+def _host_precision(timed: dict, cands: dict, name: dict, hps: list, art_counts: list, accept):
+    """The host precision kept for what stays unquantized: the fastest (within the tie, the one validated first)
+    that ``accept`` lets through, its runner at its fastest thread count, and the sweep's figures: (host precision,
+    runner, thread sweep by host precision, p50 by host precision, those rejected for accuracy)."""
+    from edgevit.measure import THREADS_TIE
+
+    by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
+    p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
+    tied = [hp for hp in hps if p50[hp] <= min(p50.values()) * (1 + THREADS_TIE)]
+    order = tied + sorted((hp for hp in hps if hp not in tied), key=p50.get)
+    rejected = []
+    for hp in order:
+        runner = cands[f"{name[hp]}@{by_hp[hp][0]}"]
+        runner = getattr(runner, "inner", runner)  # the runner itself, not the wrapper that fed it its own input
+        if hp == hps[0] or accept is None or accept(hp, runner):
+            break
+        rejected.append(hp)
+    return hp, runner, by_hp, p50, rejected
+
+
+def _baselines(timed: dict, cands: dict, backend, plain, artifact: str, torch_counts: list, peer_counts: list):
+    """The artifact's timing and the baselines' (each at its fastest thread count) as the manifest records them:
+    (timings by key, with raw samples; the manifest's ``baselines``)."""
+    from edgevit.measure import without_samples
+
+    t_n, t_sweep = fastest_of(timed, "torch", torch_counts)
+    res = {"artifact": timed[artifact], TORCH_EAGER: timed[f"torch@{t_n}"], BACKEND_DEFAULT: timed["default"]}
     torch_base = {**without_samples(res[TORCH_EAGER]), "executed_precision": "fp32", "threads": t_n}
     if len(torch_counts) > 1:
         torch_base["threads_sweep"] = t_sweep
@@ -139,18 +172,4 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
             **without_samples(res[NNCF_DEFAULT]), "threads": p_n,
             "executed_precision": cands[f"peer@{p_n}"].info.get("executed_precision"),
             "recipe": "nncf.quantize(model, dataset), every option at its default"}
-    if base is not prep:
-        lat["baselines_on"] = (f"the full-size model ({base.pre.input_size[-1]} px); the artifact takes "
-                               f"{prep.pre.input_size[-1]} px")
-    where = "each candidate in its own process" if res["artifact"]["isolated"] else "same process"
-    lat.update(artifact=without_samples(res["artifact"]), baselines=baselines,
-               method=f"interleaved rounds, {where}, same input; wall clock per call",
-               p50=res["artifact"]["p50"], p90=res["artifact"]["p90"])
-    layers = None
-    if profile:
-        say("profiling per-layer time (--profile)")
-        from edgevit.timing import beside_p50, profile_runs
-
-        p50 = res["artifact"]["p50"]
-        layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
-    return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)
+    return res, baselines
