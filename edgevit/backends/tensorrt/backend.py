@@ -50,8 +50,8 @@ class TensorRTBackend(RuntimeDecides):
         details: dict = {"quantizer": job.quantizer} if job.quantizer else {}
         model = job.model
         target = job.target
-        ok, why = engine_support()
-        here = ok and _is_target_device(target)
+        not_here = device_mismatch(target)
+        here = not_here is None
         # the plan is for the TensorRT that will build the engine: this host's when it is the device, else the
         # target's (JetPack's), never the workstation's
         version = device_info()["tensorrt"] if here else (target.tensorrt or ASSUMED_TENSORRT)
@@ -107,22 +107,14 @@ class TensorRTBackend(RuntimeDecides):
             details["engine"] = {k: v for k, v in record.items() if k != "plan"}
             files += record["files"]
         else:
-            if target.arch and platform.machine() not in target.arch:
-                why = f"this host ({platform.machine()}) is not a {target.device}"
-            elif ok:
-                why = f"this host's GPU is not a {target.device} (sm {target.compute_capability})"
-            details["engine"] = {"status": "pending", "why": why,
+            details["engine"] = {"status": "pending", "why": not_here,
                                  "next": f"on the {target.device}: edgevit compile BUNDLE"}
         return Built(files=files, details=details)
 
     def device_support(self, target) -> tuple[bool, str]:
-        """Engines build and run here when TensorRT and a CUDA device are, of the target's compute capability."""
-        ok, why = engine_support()
-        if ok and target.compute_capability:
-            have = device_info()["compute_capability"]
-            if have != target.compute_capability:
-                return False, f"needs a GPU of compute capability {target.compute_capability}; this host has {why}"
-        return ok, why
+        """Engines build and run here when this host is the target's device (:func:`device_mismatch`)."""
+        not_here = device_mismatch(target)
+        return (True, engine_support()[1]) if not_here is None else (False, not_here)
 
     def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
         from edgevit.backends import onnx_external_files
@@ -167,13 +159,21 @@ def onnx_proxy(onnx_path: Path, threads: int | None):
     return r
 
 
-def _is_target_device(target) -> bool:
-    """Is this host the device the target describes? (engines are only built where they will run)"""
+def device_mismatch(target) -> str | None:
+    """Why this host is not the device ``target`` describes, or None where it is: the one test of "is this the
+    device?" (engines are built only where they will run). The CPU architecture, TensorRT and a CUDA device, the
+    GPU's compute capability."""
     if target.arch and platform.machine() not in target.arch:
-        return False
+        return f"this host ({platform.machine()}) is not a {target.device}"
+    ok, why = engine_support()
+    if not ok:
+        return why
     if target.compute_capability:
         try:
-            return device_info()["compute_capability"] == target.compute_capability
-        except Exception:
-            return False
-    return True
+            have = device_info()["compute_capability"]
+        except Exception as e:  # a driver that answers nothing is not the device
+            return f"cannot read this host's GPU ({type(e).__name__}: {e})"
+        if have != target.compute_capability:
+            return (f"this host's GPU (sm {have}) is not a {target.device} (sm {target.compute_capability}): needs "
+                    f"a GPU of compute capability {target.compute_capability}")
+    return None
