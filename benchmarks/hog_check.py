@@ -21,7 +21,7 @@ def ratio(model: str, overrides: dict, out: str, precision: str) -> tuple[float,
     from edgevit.build import build
 
     r = build(model, precision=precision, data="synthetic", out=out, name=f"{model}-{precision}", force=True,
-              val_samples=50, calibration="fast", **overrides)
+              val_samples=50, calibration="fast", overrides=overrides)
     lat = r.manifest["latency_ms"]
     torch = lat["baselines"]["torch_eager_fp32"]
     return torch["p50"] / lat["artifact"]["p50"], {"artifact_ms": lat["artifact"]["p50"],

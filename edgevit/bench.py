@@ -225,7 +225,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             raise UsageError(f"weights not found: {sm.weights}; train them or run bench with --train-missing")
         r = build(sm.model, target=target, precision=precision, data=suite.dataset, weights=sm.weights or None,
                   out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
-                  peers=suite.peers, measure=suite.measure, **sm.overrides)
+                  peers=suite.peers, measure=suite.measure, overrides=sm.overrides)
         m = r.manifest
         cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
         v, lat = m["validation"], m["latency_ms"]

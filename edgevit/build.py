@@ -36,7 +36,8 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
           profile: bool = False, peers: bool = False, speed_search: bool = True, measure: str = "full",
           classes: list[str] | None = None, token_search: bool = False, token_finetune: int = 0,
           latency_budget: float | None = None,
-          mean: tuple | None = None, std: tuple | None = None, **model_overrides) -> BuildResult | None:
+          mean: tuple | None = None, std: tuple | None = None,
+          overrides: dict | None = None) -> BuildResult | None:
     """Build ``model`` for ``target`` at ``precision`` into ``out/<name>``: a verified, self-describing bundle.
 
     INT8 is NNCF post-training quantization calibrated on ``data`` (or ``calib_data``); ``qat`` adds
@@ -66,6 +67,8 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     Under ``torchrun`` (with ``qat.epochs``), QAT runs data-parallel: every process trains its shard, rank 0 alone
     builds, validates and writes; the other ranks return None.
 
+    ``overrides``: keyword arguments for the model's constructor (timm), e.g. ``{"depth": 6}``.
+
     From Python, ``model`` may be your own ``torch.nn.Module`` (with ``input_size=``, and ``mean``/``std`` of its
     normalisation; ImageNet's otherwise), and ``data`` your own images: ``(images, labels)`` uint8 arrays, a
     map-style ``Dataset`` or ``DataLoader`` of ``(image, label)``, or ``{"train": ..., "val": ...}`` of those
@@ -94,7 +97,7 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
                   token_search=token_search, token_finetune=token_finetune, latency_budget=latency_budget)
     follower = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
     inputs = dict(data=data, weights=weights, input_size=input_size, calib_data=calib_data, val_samples=val_samples,
-                  workers=workers, reference=not follower, **model_overrides)
+                  workers=workers, reference=not follower, **(overrides or {}))
     if req.precision == "best":
         from edgevit.best import build_best
 

@@ -123,3 +123,13 @@ def test_the_readme_example_runs_as_written(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("Prediction(") == 3
     assert (tmp_path / "build" / "visiontransformer-cpu-x86-int8" / "manifest.json").is_file()
+
+
+def test_a_mistyped_option_is_a_type_error_not_a_model_argument(tmp_path):
+    """Model constructor arguments travel in ``overrides``; a misspelt build option stops at the call, before any
+    work, instead of reaching timm as a model argument."""
+    import edgevit
+
+    with pytest.raises(TypeError, match="toke_search"):
+        edgevit.build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), toke_search=True)
+    assert not any(tmp_path.iterdir())

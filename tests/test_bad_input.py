@@ -335,9 +335,9 @@ def test_rebuild_replaces_its_own_bundle(tmp_path):
     out.mkdir()
     (out / "b.txt").write_text("mine")  # a user's file beside the bundle: never touched
     first = build("vit-tiny-fmnist", precision="fp32", out=str(out), name="b", measure_latency=False,
-                  embed_dim=32, depth=1, num_heads=2)
+                  overrides=dict(embed_dim=32, depth=1, num_heads=2))
     second = build("vit-tiny-fmnist", precision="fp32", out=str(out), name="b", measure_latency=False,
-                   embed_dim=32, depth=1, num_heads=2)
+                   overrides=dict(embed_dim=32, depth=1, num_heads=2))
     assert first.bundle == second.bundle
     assert sorted(p.name for p in out.iterdir()) == ["b", "b.txt"]
     assert (out / "b.txt").read_text() == "mine"

@@ -188,7 +188,7 @@ def test_random_init_is_the_same_model_every_build(tmp_path):
     from edgevit.build import build
 
     a, b = (build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path / n), measure_latency=False,
-                  embed_dim=32, depth=1, num_heads=2) for n in ("a", "b"))
+                  overrides=dict(embed_dim=32, depth=1, num_heads=2)) for n in ("a", "b"))
     assert a.manifest["files"]["model.bin"]["sha256"] == b.manifest["files"]["model.bin"]["sha256"]
 
 

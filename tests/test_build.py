@@ -105,7 +105,7 @@ def test_onnxruntime_int8_and_fp32_without_data(fmnist_dir, tiny_checkpoint, tmp
     g = onnx.load(str(r.bundle / "model.onnx")).graph
     assert any(n.op_type == "QuantizeLinear" for n in g.node)
     assert r.manifest["validation"]["top1"] > 50
-    r2 = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), measure_latency=False, **TINY_VIT)
+    r2 = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), measure_latency=False, overrides=TINY_VIT)
     assert r2.manifest["model"]["random_init"] is True
     assert "skipped" in r2.manifest["validation"]
     assert r2.manifest["backend"]["runtime"]["inference_precision"] == "f32"
@@ -113,9 +113,9 @@ def test_onnxruntime_int8_and_fp32_without_data(fmnist_dir, tiny_checkpoint, tmp
 
 def test_int8_needs_data_and_precision_must_fit_target(tmp_path):
     with pytest.raises(UsageError, match="needs images"):
-        build("vit-tiny-fmnist", precision="int8", out=str(tmp_path), **TINY_VIT)
+        build("vit-tiny-fmnist", precision="int8", out=str(tmp_path), overrides=TINY_VIT)
     with pytest.raises(UsageError, match="precision for target cpu-onnxruntime"):
-        build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="bf16", out=str(tmp_path), **TINY_VIT)
+        build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="bf16", out=str(tmp_path), overrides=TINY_VIT)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -177,7 +177,7 @@ def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_ch
     assert sorted(p.name for p in tmp_path.iterdir()) == [r.bundle.name]
     # without data the int8 candidate cannot be calibrated: it is rejected with the reason, fp32 is kept
     r2 = build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="best", out=str(tmp_path),
-               embed_dim=32, depth=1, num_heads=2)
+               overrides=dict(embed_dim=32, depth=1, num_heads=2))
     cands = {c["precision"]: c for c in r2.manifest["selection"]["candidates"]}
     assert "needs images" in cands["int8"]["rejected"] and r2.manifest["precision"] == "fp32"
 
@@ -188,7 +188,8 @@ def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
     from edgevit.build import build
     from edgevit.predict import Predictor
 
-    r = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path), embed_dim=32, depth=1, num_heads=2)
+    r = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path),
+              overrides=dict(embed_dim=32, depth=1, num_heads=2))
     sweep = r.manifest["latency_ms"]["threads_sweep"]
     cores = os.cpu_count() or 1
     if cores == 1:

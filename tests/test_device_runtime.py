@@ -127,7 +127,7 @@ def orin_bundle(fmnist_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("orin")
     return build("vit-tiny-fmnist", target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
-                 out=str(out), calibration="fast", val_samples=40, **TINY_VIT).bundle
+                 out=str(out), calibration="fast", val_samples=40, overrides=TINY_VIT).bundle
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def ort_bundle(fmnist_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("ort")
     return build("vit-tiny-fmnist", target="cpu-onnxruntime", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
-                 out=str(out), calibration="fast", val_samples=40, **TINY_VIT).bundle
+                 out=str(out), calibration="fast", val_samples=40, overrides=TINY_VIT).bundle
 
 
 def _copy(bundle: Path, tmp_path: Path, name: str = "b") -> Path:

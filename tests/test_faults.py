@@ -84,7 +84,7 @@ def test_a_users_directories_named_like_edgevits_leftovers_are_kept(tmp_path):
         (out / name / "notes.txt").write_text("mine")
     before = snapshot(out)
     build("vit-tiny-fmnist", precision="fp32", out=str(out), name="b", measure_latency=False,
-          embed_dim=32, depth=1, num_heads=2)
+          overrides=dict(embed_dim=32, depth=1, num_heads=2))
     after = snapshot(out)
     assert {k: v for k, v in after.items() if not k.startswith("b")} == before
 

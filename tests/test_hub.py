@@ -45,7 +45,7 @@ def test_build_from_cached_hub_weights_records_revision_labels_and_preprocessing
     from edgevit.models import sha256_file
 
     r = build("vit-tiny", weights=f"hf-hub:{REPO}", precision="fp32", input_size=32, out=str(tmp_path / "out"),
-              measure_latency=False, **TINY_VIT)
+              measure_latency=False, overrides=TINY_VIT)
     m = r.manifest["model"]
     assert m["weights"] == f"hf-hub:{REPO}@{COMMIT}" and not m["random_init"]
     assert m["weights_sha256"] == sha256_file(hub_cache / "model.safetensors")

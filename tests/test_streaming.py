@@ -126,7 +126,7 @@ def test_build_under_torchrun_without_qat_is_refused(monkeypatch, fmnist_dir, tm
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="--qat-epochs"):
-        build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path), **TINY_VIT)
+        build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path), overrides=TINY_VIT)
     assert not list(tmp_path.iterdir())
 
 

@@ -227,7 +227,7 @@ def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, 
     fake = [rules.Violation("zero-point", "some_q", "non-zero zero-point")]
     monkeypatch.setattr(rules, "check", lambda model, **kw: fake)
     kw = dict(target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
-              out=str(tmp_path), **TINY_VIT)
+              out=str(tmp_path), overrides=TINY_VIT)
     with pytest.raises(ValidationFailedError, match=r"(?s)\[zero-point\] some_q.*--ignore-trt-rules"):
         build("vit-tiny-fmnist", **kw)
     assert not any(tmp_path.iterdir())
@@ -261,7 +261,7 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
     if not ok:
         pytest.skip(why)
     b = build("vit-tiny-fmnist", target="nvidia-gpu", precision="int8", data="synthetic", out=str(tmp_path),
-              calibration="fast", **TINY_VIT).bundle
+              calibration="fast", overrides=TINY_VIT).bundle
     if not (b / "model.engine").is_file():  # prepared only: finish it as a user on the device would
         compile_bundle(b)
     shutil.copytree(b, tmp_path / "copy")
@@ -492,7 +492,7 @@ def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(
     from edgevit.build import build
 
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
-              out=str(tmp_path), calibration="fast", val_samples=40, **TINY_VIT)
+              out=str(tmp_path), calibration="fast", val_samples=40, overrides=TINY_VIT)
     model = onnx.load(str(r.bundle / "model.onnx"))
     plan = r.manifest["backend"]["plan"]
     assert plan["tensorrt"] == "8.5" and not any(n.op_type == "LayerNormalization" for n in model.graph.node)
@@ -703,7 +703,7 @@ def test_xavier_gets_no_int8_softmax_and_the_bundle_says_why(fmnist_dir, tmp_pat
     from edgevit.build import build
 
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
-              calibration="fast", out=str(tmp_path), val_samples=20, **TINY_VIT)
+              calibration="fast", out=str(tmp_path), val_samples=20, overrides=TINY_VIT)
     att = r.manifest["backend"]["attention_qdq"]
     assert att["matmuls"] == 0 and list(att["not_fused"].values()) == ["sm 7.2 has no fused INT8 attention (SM 7.5 "
                                                                        "and later)"] * TINY_VIT["depth"]
