@@ -97,8 +97,8 @@ def _host_precision_run(monkeypatch, p50: dict, accept_ok: bool):
         def host_precisions(self, precision, target):
             return ["f32", "bf16"]
 
-        def load(self, stage, manifest, n):
-            return Runner(manifest["backend"].get("host_precision", "f32"), n)
+        def load(self, stage, spec, n):
+            return Runner(spec.details.get("host_precision", "f32"), n)
 
         def load_default(self, path, n):
             return Runner(None, n)
