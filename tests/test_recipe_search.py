@@ -16,7 +16,8 @@ def _build(out, **kw):
     from edgevit.build import build
 
     return build("vit-tiny-fmnist", precision="int8", data="synthetic", out=str(out), calib_samples=32,
-                 val_samples=32, force=True, threads=1, overrides=TINY, **kw)  # threads: no sweep to time
+                 val_samples=32, force=True, threads=1, speed_search=False, overrides=TINY,
+                 **kw)  # one thread and no speed search: nothing this test checks, timed
 
 
 def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_cache(tmp_path, monkeypatch, capsys):
