@@ -108,6 +108,9 @@ def search(prep, req, stage: Path, seed: str | None):
     from edgevit.quantize import load_recipe
     from edgevit.stages import compile_gated
 
+    if prep.qmodel is not None:  # a QAT checkpoint is rebuilt with the quantizers it was trained with
+        return compile_gated(prep, req, "int8", stage), {"searched": False,
+                                                          "why": "a QAT checkpoint keeps its trained quantizers"}
     key = cache_key(req, prep)
     cache = read_cache()
     hit = (cache or {}).get(key)
@@ -125,10 +128,17 @@ def search(prep, req, stage: Path, seed: str | None):
         sub = prep.work / f"recipe-{name}"
         sub.mkdir()
         try:
-            built[name] = _gated_candidate(prep, rq, sub)
+            cand = compile_gated(prep, rq, "int8", sub, fallback=False)  # over budget: left out, not repaired
         except (ValidationFailedError, UsageError) as e:
             rejected[name] = str(e)
             say(f"recipe {name}: {e}")
+            continue
+        if cand.gate and not cand.gate.passed:
+            rejected[name] = (f"top-1 drop {cand.art.validation['top1_drop']:.2f} points > --max-drop "
+                              f"{rq.max_drop:.2f}: left out")
+            say(f"recipe {name}: {rejected[name]}")
+        else:
+            built[name] = cand
     if not built:  # none passes as PTQ alone: the first one, with the gate's fallbacks (or its error)
         rq = replace(req, recipe=load_recipe(names[0], samples))
         return compile_gated(prep, rq, "int8", stage), {
@@ -142,25 +152,6 @@ def search(prep, req, stage: Path, seed: str | None):
         write_cache(key, {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]},
                     read_cache() if cache is not None else None)  # as it is now: another build may have written
     return built[chosen].moved_to(stage), record
-
-
-def _gated_candidate(prep, rq, sub: Path):
-    """One candidate: quantized, compiled, validated and held to the gate as PTQ alone (no fallback: a candidate
-    over budget is left out, not repaired)."""
-    from edgevit.stages import Candidate, check_candidate, compile_artifact
-    from edgevit.validate import Gate
-
-    check_candidate(prep, rq, "int8")
-    (sub / "labels.txt").write_text("\n".join(prep.classes) + "\n")
-    calib = prep.calibration(rq.recipe)
-    art = compile_artifact(prep, rq, "int8", sub, calib)
-    gate = Gate.open("int8", prep, art.validation, rq.max_drop, "PTQ")
-    if gate and not gate.passed:
-        raise ValidationFailedError(f"top-1 drop {art.validation['top1_drop']:.2f} points > --max-drop "
-                                    f"{rq.max_drop:.2f}: left out")
-    if gate:
-        gate.close(art.validation, art.built.details.get("kept_in_higher_precision", []))
-    return Candidate("int8", sub, art, gate, {}, calib, rq)
 
 
 def _fastest(prep, req, arts: dict, order: list[str]) -> tuple[str, dict, str]:

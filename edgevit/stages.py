@@ -128,8 +128,11 @@ def compile_artifact(prep, req: Request, precision: str, stage: Path, calib=None
     return Artifact(built, runner, validate(prep, runner, f"{precision} ({req.backend.name})"))
 
 
-def compile_gated(prep, req: Request, precision: str, stage: Path) -> Candidate:
-    """The artifact for ``precision`` in ``stage``, held to the accuracy gate (with its fallbacks)."""
+def compile_gated(prep, req: Request, precision: str, stage: Path, fallback: bool = True,
+                  method: str = "PTQ") -> Candidate:
+    """The artifact for ``precision`` in ``stage``, held to the accuracy gate with its fallbacks (QAT, accuracy-aware
+    PTQ). Without ``fallback`` (a candidate of a search), one over budget is returned as it is, its gate not
+    passed, for the caller to leave out. ``method``: what the gate calls plain PTQ here."""
     check_candidate(prep, req, precision)
     (stage / "labels.txt").write_text("\n".join(prep.classes) + "\n")
     calib = None
@@ -140,8 +143,8 @@ def compile_gated(prep, req: Request, precision: str, stage: Path) -> Candidate:
                    _qat_meta(prep, req), req.threads) if precision == "int8" else None
     qdq = qat.qdq(0, req.signed) if qat and prep.qmodel is not None else None  # a QAT checkpoint, as it is
     art = compile_artifact(prep, req, precision, stage, calib, qdq=qdq)
-    gate = Gate.open(precision, prep, art.validation, req.max_drop, "QAT checkpoint" if qdq else "PTQ")
-    if gate and (req.qat.epochs or not gate.passed):
+    gate = Gate.open(precision, prep, art.validation, req.max_drop, "QAT checkpoint" if qdq else method)
+    if fallback and gate and (req.qat.epochs or not gate.passed):
         art = _fallback(prep, req, stage, art, gate, qat, calib)
     record = qat.record if qat else {}
     if record and gate and gate.kept == "PTQ":

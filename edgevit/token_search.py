@@ -63,8 +63,7 @@ def search(prep, cand, inputs: dict, enter):
     directory), with its preparation, and the search's record for the manifest. ``enter`` keeps a smaller input's
     preparation open until the bundle is written (an ``ExitStack.enter_context``)."""
     from edgevit.prepare import prepare
-    from edgevit.stages import Candidate, compile_artifact
-    from edgevit.validate import Gate
+    from edgevit.stages import compile_gated
 
     req, budget = cand.req, cand.req.latency_budget
     full = prep.pre.input_size[-1]
@@ -85,24 +84,20 @@ def search(prep, cand, inputs: dict, enter):
             finetune(p, req.token_finetune)
         sub = p.work / f"tokens-{s}"
         sub.mkdir()
-        (sub / "labels.txt").write_text("\n".join(p.classes) + "\n")
-        c_calib = p.calibration(req.recipe)
         try:
-            a = compile_artifact(p, req, "int8", sub, c_calib)
+            c = compile_gated(p, req, "int8", sub, fallback=False, method=f"PTQ at {s} px")
         except (ValidationFailedError, UsageError) as e:
             record["candidates"].append({"size": s, "rejected": str(e)})
             continue
-        g = Gate.open("int8", p, a.validation, req.max_drop, f"PTQ at {s} px")
-        if g and not g.passed:
+        a = c.art
+        if c.gate and not c.gate.passed:
             record["candidates"].append({"size": s, "top1": a.validation["top1"],
                                          "top1_drop": a.validation["top1_drop"],
                                          "rejected": f"top-1 drop {a.validation['top1_drop']:.2f} points against "
                                                      f"the full-size FP32 model > --max-drop {req.max_drop:.2f}"})
             say(f"token search: {s} px loses {a.validation['top1_drop']:.2f} points; left out")
             continue
-        if g:
-            g.close(a.validation, a.built.details.get("kept_in_higher_precision", []))
-        cands[s] = (p, Candidate("int8", sub, a, g, {}, c_calib, req))
+        cands[s] = (p, c)
     lat = _time(cands)
     top1 = {s: c.art.validation.get("top1") for s, (_, c) in cands.items()}
     for s, (_, c) in cands.items():

@@ -66,6 +66,19 @@ def test_qat_checkpoint_rebuilds_without_training(qat_build, fmnist_dir, tmp_pat
         np.testing.assert_allclose(a.probabilities(x), b.probabilities(x), atol=1e-5)
 
 
+def test_qat_checkpoint_rebuild_with_latency_keeps_its_quantizers(qat_build, fmnist_dir, tmp_path):
+    """Without --calibration an OpenVINO build searches its recipe; a QAT checkpoint has none to search: it is
+    rebuilt as it was trained, never re-quantized by PTQ."""
+    from edgevit.build import build
+
+    _, out = qat_build
+    m = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", threads=1, speed_search=False,
+              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), val_samples=50).manifest
+    assert m["recipe_search"] == {"searched": False, "why": "a QAT checkpoint keeps its trained quantizers"}
+    assert m["qat"]["rebuilt_from_checkpoint"] is True and m["calibration"] is None
+    assert [t["method"] for t in m["accuracy_gate"]["tried"]][0] == "QAT checkpoint"
+
+
 def test_qat_resumes_from_its_checkpoint(qat_build, fmnist_dir, tmp_path):
     from edgevit.build import QATOptions, build
 
