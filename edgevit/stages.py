@@ -206,8 +206,24 @@ def snapshot_stage(stage: Path, work: Path) -> Path:
 
 
 def restore_stage(snapshot: Path, stage: Path) -> None:
-    shutil.rmtree(stage)
-    shutil.copytree(snapshot, stage)
+    """Replace what ``stage`` holds with ``snapshot``'s files. The directory itself stays, with its mode and its
+    owner record (:data:`edgevit.outputs.OWNER`), so a staging directory is still known as edgevit's after it."""
+    from edgevit.outputs import OWNER
+
+    for entry in stage.iterdir():
+        if entry.name == OWNER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in snapshot.iterdir():  # entry by entry: copytree of the whole would give ``stage`` its mode
+        if entry.name == OWNER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, stage / entry.name)
+        else:
+            shutil.copy2(entry, stage / entry.name)
 
 
 def _qat_meta(prep, req: Request) -> dict:

@@ -277,3 +277,23 @@ def test_the_openvino_ir_describes_itself(int8_bundle):
     mean = [float(v) for v in model.get_rt_info(["model_info", "mean_values"]).astype(str).split()]
     assert mean == pytest.approx([x * 255 for x in m["preprocessing"]["mean"]], rel=1e-4)
     assert json.loads(model.get_rt_info(["edgevit", "labels"]).astype(str)) == m["labels"]
+
+
+def test_restoring_a_stage_keeps_the_directory_and_its_owner_record(tmp_path):
+    """A candidate restored into a bundle's staging directory replaces its files, not the directory: its owner
+    record stays, so a build killed afterwards leaves a directory the next run knows as edgevit's."""
+    from edgevit.outputs import OWNER, owner_of, temp_dir
+    from edgevit.stages import restore_stage
+
+    stage = temp_dir(tmp_path, ".b.tmp-", "b")
+    (stage / "old.xml").write_text("old")
+    (stage / "sub").mkdir()
+    cand = tmp_path / "candidate"
+    (cand / "d").mkdir(parents=True)
+    (cand / "model.xml").write_text("new")
+    (cand / "d" / "f").write_text("x")
+    before = (stage / OWNER).read_bytes(), stage.stat().st_mode
+    restore_stage(cand, stage)
+    assert sorted(p.name for p in stage.iterdir()) == sorted([OWNER, "model.xml", "d"])
+    assert ((stage / OWNER).read_bytes(), stage.stat().st_mode) == before and owner_of(stage) is not None
+    assert (stage / "model.xml").read_text() == "new" and (stage / "d" / "f").read_text() == "x"
