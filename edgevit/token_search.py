@@ -159,18 +159,18 @@ def _time(cands: dict) -> dict[int, float]:
 
 
 def _choose(top1: dict, lat: dict, budget: float | None) -> tuple[int, str]:
-    """The size to ship: with a budget, the most accurate within it; else the fastest, where it is at least 3%
-    faster than the full size (the largest)."""
-    cands = top1
+    """The size to ship: with a budget, the most accurate within it; else the fastest, where it is faster than the
+    full size (the largest) beyond the noise that ties candidates (:data:`edgevit.best.BEST_TIE`)."""
+    from edgevit.best import BEST_TIE
+
+    fastest = min(top1, key=lat.get)
     if budget is not None:
-        within = [s for s in cands if lat[s] <= budget]
+        within = [s for s in top1 if lat[s] <= budget]
         if within:
             best = max(within, key=lambda s: (top1[s] or 0, -lat[s]))
             return best, f"the most accurate within the latency budget of {budget:g} ms"
-        fastest = min(cands, key=lat.get)
         return fastest, f"none within the latency budget of {budget:g} ms: the fastest that passed the gate"
-    full = max(cands)
-    fastest = min(cands, key=lat.get)
-    if lat[fastest] >= lat[full] * 0.97:  # not faster beyond the noise: the full size keeps its accuracy
-        return full, "no smaller size is 3% or more faster than the full size"
+    full = max(top1)
+    if lat[fastest] >= lat[full] * (1 - BEST_TIE):  # not faster beyond the noise: the full size keeps its accuracy
+        return full, f"no smaller size is {BEST_TIE:.0%} or more faster than the full size"
     return fastest, "the fastest within the accuracy budget"
