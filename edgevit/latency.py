@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from edgevit.backends import Runner
 
 
-
 @dataclass
 class Latency:
     record: LatencyRecord  # the manifest's latency_ms

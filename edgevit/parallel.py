@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def shard_indices(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = 0) -> np.ndarray:
     """This rank's training images for ``epoch``, from torch's ``DistributedSampler``: one permutation of the ``n``
     images, the same on every rank (seeded by ``seed`` and the epoch), cut into ``world`` disjoint equal parts (the

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from edgevit.stream import ImageStream
 
 
-
 @dataclass
 class Weights:
     """A checkpoint as read: its tensors, its metadata, and where it came from."""

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from edgevit.targets import Target
 
 
-
 @dataclass
 class BuildResult:
     bundle: Path

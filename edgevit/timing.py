@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from edgevit.backends import Runner
 
 
-
 class OwnInput:
     """A runner that always runs on its own input, so candidates of different input sizes can be timed in one
     interleaved run (``compare_latency`` hands every candidate the same array). Made again in a timing worker from
