@@ -189,7 +189,7 @@ def _peak_rss_mb() -> float:
 CROSSCHECK_TOLERANCE = 0.10
 
 
-def crosscheck_benchmark_app(bundle: Path, manifest: dict, runner, p50: float, throughput: float,
+def crosscheck_benchmark_app(bundle: Path, runner, p50: float, throughput: float,
                              batch: int) -> dict:
     """Our SingleStream median and Offline throughput against OpenVINO's benchmark_app on the same IR, same threads
     and precision: each within ``CROSSCHECK_TOLERANCE`` or the check says by how much it is off."""
@@ -214,7 +214,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
     from edgevit.backends import get_backend
     from edgevit.build import build
-    from edgevit.bundle import BACKEND_DEFAULT, TORCH_EAGER
+    from edgevit.manifest import BACKEND_DEFAULT, TORCH_EAGER
     from edgevit.measure import offline_throughput
 
     cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
@@ -228,13 +228,13 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
                   peers=suite.peers, measure=suite.measure, overrides=sm.overrides)
         m = r.manifest
         cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
-        v, lat = m["validation"], m["latency_ms"]
+        v, lat = m.validation, m.latency
         cell["build_seconds"] = round(time.perf_counter() - t0, 1)
-        cell["status"] = "passed" if m["status"] == "ok" else "failed-validation"
-        cell["size_bytes"] = sum(f["bytes"] for f in m["files"].values())
+        cell["status"] = "passed" if m.status == "ok" else "failed-validation"
+        cell["size_bytes"] = sum(f["bytes"] for f in m.files.values())
         from edgevit.backends import LoadSpec
 
-        runner = get_backend(m["backend"]["name"]).load(r.bundle, LoadSpec.of_manifest(m))
+        runner = get_backend(m.backend.name).load(r.bundle, LoadSpec.of_manifest(m))
         cell["executed"] = runner.info.get("executed_precision")
         if "top1" in v:  # measured by the build through the artifact's runtime, on the suite's validation images
             cell.update(top1=v["top1"], top5=v["top5"], top1_drop=v["top1_drop"])
@@ -243,18 +243,18 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             base = lat["baselines"]
             cell["torch_p50"] = base[TORCH_EAGER]["p50"]
             cell["default_p50"] = base[BACKEND_DEFAULT]["p50"]
-            cell["throughput"], offline = offline_throughput(runner, suite.throughput_batch, m)
+            cell["throughput"], offline = offline_throughput(runner, suite.throughput_batch, m.model.input_size)
             if profile_layers and precision == "int8":  # why an INT8 model is (not) fast: per-layer time
-                x1 = np.zeros((1, *m["model"]["input_size"]), np.float32)
+                x1 = np.zeros((1, *m.model.input_size), np.float32)
                 cell_profile = runner.profile(x1)
-            if crosscheck and m["backend"]["name"] == "openvino":
-                check = crosscheck_benchmark_app(r.bundle, m, runner, lat["artifact"]["p50"], cell["throughput"],
+            if crosscheck and m.backend.name == "openvino":
+                check = crosscheck_benchmark_app(r.bundle, runner, lat["artifact"]["p50"], cell["throughput"],
                                                  suite.throughput_batch)
         cell["details"] = {"latency": lat, "validation": v, "samples": (r.samples or {}).get("artifact"),
                            "offline": offline, "profile": cell_profile, "benchmark_app": check,
                            "random_weights": not sm.weights,
-                           "backend": {k: m["backend"].get(k) for k in
-                                                                         ("name", "version", "quantizer")},
+                           "backend": {"name": m.backend.name, "version": m.backend.version,
+                                       "quantizer": m.backend.details.get("quantizer")},
                            "throughput_batch": suite.throughput_batch,
                            "weights": Path(sm.weights).name if sm.weights else "random (accuracy meaningless)"}
     except Exception as e:  # one failing cell never stops the others

@@ -21,9 +21,9 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-from typing import TypedDict
 
 from edgevit.errors import BundleError, reading
+from edgevit.manifest import BASELINES, SECTIONS, Manifest
 from edgevit.outputs import dumps, loads, sha256_file, write_text
 from edgevit.schema import Fields
 from edgevit.targets import PRECISIONS
@@ -35,104 +35,6 @@ STATUSES = ("ok", "failed-validation")
 MAX_SIDE = 4096  # no bundle's input is larger: the preprocessing of a damaged manifest must not allocate gigabytes
 MAX_CLASSES = 1_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# The baselines a build times beside its artifact, by explicit key (``latency_ms.baselines``)
-TORCH_EAGER = "torch_eager_fp32"  # PyTorch eager FP32 at its fastest thread count
-BACKEND_DEFAULT = "backend_default_fp32"  # the backend with its own defaults on the FP32 export ("backend" names it)
-NNCF_DEFAULT = "nncf_default_int8"  # NNCF's one-line INT8 of the same export (peers)
-BASELINES = (TORCH_EAGER, BACKEND_DEFAULT, NNCF_DEFAULT)
-
-
-# ------------------------------------------------------------------------------------------- schema, as types
-# What ``manifest.json`` holds; :func:`validate_manifest` checks the same at run time. Every reader goes through
-# :func:`read_manifest`, which returns a :class:`Manifest`.
-class ModelRecord(TypedDict):
-    alias: str
-    timm_name: str
-    family: str
-    num_classes: int
-    input_size: list[int]  # [3, H, W]
-    weights: str | None
-    weights_sha256: str | None
-    random_init: bool
-    overrides: dict
-
-
-class Timing(TypedDict, total=False):
-    p50: float  # ms
-    p90: float
-    p99: float
-    isolated: bool  # timed in its own process
-    threads: int
-    executed_precision: str | None
-    backend: str  # BACKEND_DEFAULT: which backend's defaults
-    threads_sweep: dict
-    recipe: str  # NNCF_DEFAULT: the call that made it
-
-
-class Baselines(TypedDict, total=False):
-    torch_eager_fp32: Timing
-    backend_default_fp32: Timing
-    nncf_default_int8: Timing
-
-
-class LatencyRecord(TypedDict, total=False):
-    host: dict  # cpu, isa, cores (+ gpu after `edgevit compile`)
-    threads: int | None
-    batch: int
-    artifact: Timing
-    baselines: Baselines
-    threads_sweep: dict
-    method: str
-    p50: float
-    p90: float
-    skipped: str  # why nothing was timed
-
-
-class Validation(TypedDict, total=False):
-    dataset: str
-    split: str
-    samples: int
-    reference: str
-    reference_top1: float
-    top1: float
-    top5: float
-    top1_drop: float  # points lost against FP32 PyTorch
-    max_abs_logit_diff: float
-    argmax_agreement: float
-    measured_with: str
-    note: str
-    qdq_onnx: dict
-    skipped: str  # why accuracy was not measured
-
-
-class Manifest(TypedDict, total=False):
-    schema_version: int
-    edgevit_version: str
-    model: ModelRecord
-    preprocessing: dict  # edgevit.images.Preprocessing.to_dict()
-    labels: list[str]
-    target: dict  # edgevit.targets.Target.to_dict()
-    precision: str
-    requested_precision: str  # "best"
-    backend: dict  # name, version, runtime, and what the backend recorded (plan, engine, quantizer...)
-    export: dict
-    calibration: dict | None
-    validation: Validation
-    device_check: dict  # edgevit.device_check: the images and FP32 logits a device judges its engine by
-    accuracy_gate: dict | None  # edgevit.validate.Gate.to_dict()
-    qat: dict | None
-    selection: dict  # --precision best: rule, chosen, candidates
-    recipe_search: dict  # no --calibration: the recipes timed on this host, or the cache entry that chose it
-    token_search: dict  # --token-search: every input size tried, its accuracy against full-size FP32 and its p50
-    latency_budget: dict  # --latency-budget: ms, the bundle's p50 here, met
-    status: str
-    latency_ms: LatencyRecord
-    build_seconds: float
-    provenance: dict
-    profile: dict | None
-    files: dict[str, dict]  # relative path -> {sha256, bytes}
-
-
 def bundle_dir(final: str | os.PathLike, force: bool = False, claimed: bool = False):
     """:func:`edgevit.outputs.output_dir` for a bundle: the finished bundle is read back by :func:`read_manifest`
     (the reader verify and predict use) before it is swapped in."""
@@ -150,7 +52,7 @@ _F = Fields(_fail)
 _get, _int, _numbers, _choice = _F.get, _F.int, _F.numbers, _F.choice
 
 
-def validate_manifest(m) -> Manifest:
+def validate_manifest(m) -> dict:
     """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
     from edgevit.images import INTERPOLATIONS
 
@@ -223,13 +125,16 @@ def validate_manifest(m) -> Manifest:
             v = _get(b, k, "device_check.bounds", (int, float))
             if not math.isfinite(v) or v < 0:
                 raise _fail(f"device_check.bounds.{k}", f"is {v!r}, not a finite number >= 0")
+    unknown = sorted(set(m) - set(SECTIONS))
+    if unknown:
+        raise _fail(unknown[0], f"is not a manifest section (this edgevit writes {', '.join(SECTIONS)})")
     _choice(m, "status", "", STATUSES, optional=True)
     _choice(m, "requested_precision", "", ("best",), optional=True)
     return m
 
 def _validate_target_and_backend(m: dict) -> None:
     """The target profile is a valid Target, allows the precision, and names the manifest's backend."""
-    from edgevit.backends import BACKENDS
+    from edgevit._registry import BACKENDS
     from edgevit.targets import Target
 
     target = _get(m, "target", "", dict)
@@ -306,22 +211,23 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifes
     with reading(f"{mp}: damaged bundle", BundleError, "rebuild the bundle"):
         m = loads(mp.read_text())
         validate_manifest(m)
-    listed = set(m["files"])
+    m = Manifest(m)
+    listed = set(m.files)
     for rel in sorted(listed):
         safe_member(d, rel)
     extra = _unlisted(d, listed)
     if extra:
         raise BundleError(f"damaged bundle: {d.name} holds {', '.join(extra[:3])}, which its manifest does not list; "
                           "rebuild the bundle (or remove what was added)")
-    from edgevit.backends import get_backend
+    from edgevit._registry import get_backend
 
-    need = {LABELS, *get_backend(m["backend"]["name"]).required_files(d, m)}
+    need = {LABELS, *get_backend(m.backend.name).required_files(d, m)}
     missing = sorted(need - listed)
     if missing:
         raise BundleError(f"damaged bundle: the runtime loads {', '.join(missing)}, which the manifest does not list; "
                           "rebuild the bundle")
     if verify:
-        for rel, info in sorted(m["files"].items()):
+        for rel, info in sorted(m.files.items()):
             p = d / rel
             size = p.stat().st_size
             if size != info["bytes"]:
@@ -335,15 +241,23 @@ def read_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifes
         text = (d / LABELS).read_text()
     except UnicodeDecodeError:
         raise BundleError(f"damaged bundle: {LABELS} is not UTF-8 text; rebuild the bundle") from None
-    if text.splitlines() != m["labels"]:
+    if text.splitlines() != m.labels:
         raise BundleError(f"damaged bundle: {LABELS} does not match the manifest's labels; rebuild the bundle")
     return m
 
 
-def write_manifest(bundle_dir: Path, manifest: dict) -> Manifest:
-    """Add checksums of the listed files (``_files``) and write ``manifest.json``; the result must read back."""
+def write_manifest(bundle_dir: Path, listed, **sections) -> Manifest:
+    """The one builder of a manifest: the build's ``sections`` (each one of :data:`SECTIONS`), this edgevit's
+    version, the schema version and the sizes and checksums of the ``listed`` files (relative paths), written as
+    ``manifest.json`` after :func:`validate_manifest`."""
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise TypeError(f"write_manifest: not manifest sections: {', '.join(unknown)}")
+    from edgevit import __version__
+
+    manifest = {"edgevit_version": __version__, **sections}
     files = {}
-    for rel in sorted(set(manifest.pop("_files"))):
+    for rel in sorted(set(listed)):
         p = bundle_dir / rel
         if p.is_symlink() or not p.is_file():
             raise BundleError(f"internal error: bundle file {rel} was not written")
@@ -357,4 +271,4 @@ def update_manifest(bundle_dir: Path, manifest: dict) -> Manifest:
     """(Re)write ``manifest.json`` atomically as strict JSON, after checking it against the schema."""
     validate_manifest(manifest)
     write_text(Path(bundle_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")
-    return manifest
+    return Manifest(manifest)

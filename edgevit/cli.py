@@ -119,13 +119,14 @@ def _cmd_build(a) -> int:
         from edgevit.outputs import dumps
 
         print(summary(r), file=sys.stderr)
-        print(dumps({"bundle": str(r.bundle), "manifest": r.manifest}, indent=None))
+        print(dumps({"bundle": str(r.bundle), "manifest": r.manifest.data}, indent=None))
     else:
         print(summary(r))
-    if a.profile and r.manifest.get("profile"):
+    profile = r.manifest.section("profile")
+    if a.profile and profile:
         from edgevit.timing import profile_table
 
-        print("\n" + profile_table(r.bundle.name, r.manifest["profile"]), file=sys.stderr if a.json else sys.stdout)
+        print("\n" + profile_table(r.bundle.name, profile), file=sys.stderr if a.json else sys.stdout)
     return 0
 
 
@@ -133,7 +134,7 @@ def _cmd_compile(a) -> int:
     from edgevit.backends.tensorrt.compile import compile_bundle
 
     m = compile_bundle(a.bundle, log=lambda s: print(s, file=sys.stderr))
-    e, lat = m["backend"]["engine"], m["latency_ms"]
+    e, lat = m.backend.engine, m.latency
     print(f"engine    {a.bundle}: TensorRT {e['tensorrt']} on {e['device_name']} (sm {e['compute_capability']}), "
           f"built in {e['build_seconds']} s; layers by precision {e['layers']['by_precision']}, by device "
           f"{e['layers']['by_device']}")
@@ -309,29 +310,29 @@ def _cmd_verify(a) -> int:
     if a.json:
         from edgevit.outputs import dumps
 
-        print(dumps({"bundle": str(a.bundle), "ok": True, "files_verified": len(m["files"]),
-                     "model": m["model"]["alias"], "precision": m["precision"], "target": m["target"]["name"],
-                     "status": m.get("status", "ok"), "loaded": loaded}, indent=None))
+        print(dumps({"bundle": str(a.bundle), "ok": True, "files_verified": len(m.files), "model": m.model.alias,
+                     "precision": m.precision, "target": m.target_name, "status": m.status, "loaded": loaded},
+                    indent=None))
         return 0
-    print(f"{a.bundle}: ok ({len(m['files'])} files verified; {m['model']['alias']} {m['precision']} for "
-          f"{m['target']['name']}; {loaded})")
+    print(f"{a.bundle}: ok ({len(m.files)} files verified; {m.model.alias} {m.precision} for {m.target_name}; "
+          f"{loaded})")
     return 0
 
 
-def _load_check(bundle, m: dict) -> str:
+def _load_check(bundle, m) -> str:
     """verify's last check: the artifact loads through its own runtime and answers one image of the manifest's
     input size with one row of its classes, where that runtime is installed here (a damaged bundle is refused)."""
     from edgevit.backends import get_backend
     from edgevit.predict import load_checked
 
-    backend = get_backend(m["backend"]["name"])
+    backend = get_backend(m.backend.name)
     if backend.capabilities.engine_on_device:
         return "not loaded here: its engine is built and checked on the device (edgevit compile)"
     ok, why = backend.available()
     if not ok:
         return f"not loaded here: {why}"
     load_checked(backend, Path(bundle), m, threads=1)
-    return f"loads and runs in {m['backend']['name']}"
+    return f"loads and runs in {m.backend.name}"
 
 
 RUN = {"models": _cmd_models, "targets": _cmd_targets, "train": _cmd_train, "build": _cmd_build,
@@ -408,11 +409,19 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _fail(e: BaseException, command: str) -> int:
+    """The failure boundary's one line. A SIGTERM that arrives meanwhile does not cut it short: under torchrun the
+    launcher stops the surviving ranks right after one dies, while they are saying why they failed."""
+    import signal
+
     from edgevit._progress import verbose
     from edgevit.failure import report
 
-    line, code = report(e, command, verbose())
-    print(f"edgevit: error: {line.strip()}", file=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the process is ending with this error anyway
+    try:
+        line, code = report(e, command, verbose())
+        print(f"edgevit: error: {line.strip()}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return code
 
 

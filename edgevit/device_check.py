@@ -19,10 +19,14 @@ engine that never passed. This module is part of the device runtime: numpy only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit.errors import BundleError, ValidationFailedError, reading
+
+if TYPE_CHECKING:
+    from edgevit.manifest import Manifest
 
 INPUTS = "check_inputs.npy"
 REFERENCE = "check_reference.npy"
@@ -67,24 +71,25 @@ def write(stage: Path, inputs: np.ndarray, reference_fn, proxy_fn, source: str) 
 
 
 # ------------------------------------------------------------------------------------------------ device side
-def load(bundle: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def load(bundle: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, dict]:
     """The verified bundle's check set: inputs (float32), reference logits, and its record."""
-    rec = manifest.get("device_check")
+    rec = manifest.device_check
     if not isinstance(rec, dict):
         raise BundleError(f"{bundle.name} carries no device check images (built by an older edgevit); rebuild it "
                           "with this edgevit")
     with reading("the bundle's device check arrays: damaged bundle", BundleError, "rebuild the bundle"):
         x = np.load(bundle / rec["inputs"], allow_pickle=False).astype(np.float32)
         ref = np.load(bundle / rec["reference"], allow_pickle=False).astype(np.float32)
-    want = (len(x), *manifest["model"]["input_size"])
-    if x.ndim != 4 or x.shape != want or ref.shape != (len(x), manifest["model"]["num_classes"]) or not len(x) \
+    classes = manifest.model.num_classes
+    want = (len(x), *manifest.model.input_size)
+    if x.ndim != 4 or x.shape != want or ref.shape != (len(x), classes) or not len(x) \
             or not np.isfinite(x).all() or not np.isfinite(ref).all():
         raise BundleError(f"damaged bundle: its device check arrays have shapes {x.shape} and {ref.shape}, not "
-                          f"{want} images and their {manifest['model']['num_classes']} logits; rebuild the bundle")
+                          f"{want} images and their {classes} logits; rebuild the bundle")
     return x, ref, rec
 
 
-def check_engine(bundle: Path, manifest: dict, runner) -> dict:
+def check_engine(bundle: Path, manifest: Manifest, runner) -> dict:
     """Run ``runner`` (the engine) on the bundle's check images, one image at a time as the device will, and
     compare with the FP32 reference; raise :class:`ValidationFailedError` outside the stated bounds. Returns the
     record that goes into the manifest."""

@@ -257,16 +257,16 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bu
         from edgevit.bundle import read_manifest
 
         manifest = read_manifest(bundle)
-        if manifest["backend"]["name"] != "openvino" or manifest["precision"] != "int8":
-            raise UsageError(f"{bundle} is a {manifest['precision']} {manifest['backend']['name']} bundle; "
+        if manifest.backend.name != "openvino" or manifest.precision != "int8":
+            raise UsageError(f"{bundle} is a {manifest.precision} {manifest.backend.name} bundle; "
                              "per-layer SQNR reads INT8 OpenVINO bundles (or omit --bundle to quantize on the fly)")
-        if w and manifest["model"].get("weights_sha256") not in (None, sha256_file(w.file)):
+        if w and manifest.model.weights_sha256 not in (None, sha256_file(w.file)):
             raise WeightsError(f"{bundle} was built from other weights than {weights}; pass the weights it was "
                                "built from")
-        data = data or manifest["validation"].get("dataset")
+        data = data or manifest.validation.get("dataset")
     ds = load_dataset(data) if data else None
     classes = ds.classes if ds else (w.edgevit.get("classes") if w else None)
-    size = input_size or (manifest["model"]["input_size"][-1] if manifest else spec.input_size)
+    size = input_size or (manifest.model.input_size[-1] if manifest else spec.input_size)
     net, _ = load_model(spec, w, classes, size, model_overrides)
     if not weights:
         say("warning: no --weights: inspecting a randomly initialised model")

@@ -7,11 +7,11 @@ OpenMP on all cores of a loaded host: 2.2x slower) is no baseline. The baselines
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgevit._progress import say
-from edgevit.bundle import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
+from edgevit.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
 
 if TYPE_CHECKING:
     from edgevit.backends import Runner
@@ -23,6 +23,10 @@ class Latency:
     samples: dict | None = None  # raw per-call times (ms) of what was timed, kept out of the manifest
     runner: Runner | None = None  # the artifact's runner at its chosen thread count
     profile: dict | None = None  # per-layer time (--profile)
+    chosen: dict = field(default_factory=dict)  # what this stage chose for the backend's record: host precision,
+    # threads and the compile config they change (the manifest's ``backend`` takes it over the build's record)
+    validation: dict | None = None  # the artifact's validation again, where the host precision chosen was not the
+    # one it was first validated at
 
 
 def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
@@ -58,7 +62,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": target.batch}
     if runner.info.get("proxy_for"):
         lat["skipped"] = (f"the {runner.info['proxy_for']} engine runs on the device ({target.device}); "
-                          "`edgevit compile BUNDLE` there builds it and measures its latency")
+                          "`edgevit compile` of this bundle there builds it and measures its latency")
         return Latency(lat, runner=runner)
     base = base or prep
     x = base.latency_input(target.batch)
@@ -97,9 +101,10 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
                             **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
     hp, runner, by_hp, p50, rejected = _host_precision(timed, cands, name, hps, art_counts, accept)
     a_n, a_sweep = by_hp[hp]
+    chosen: dict = {}
+    config = dict(art.built.details.get("compile_config") or {})
     if hp:
-        art.built.details["host_precision"] = hp
-        art.built.details.setdefault("compile_config", {})["INFERENCE_PRECISION_HINT"] = hp
+        chosen["host_precision"] = config["INFERENCE_PRECISION_HINT"] = hp
     if len(hps) > 1:
         lat["host_precision_sweep"] = {
             "chosen": hp, "validated_first": hps[0], "p50_ms": p50, "rejected_for_accuracy": rejected,
@@ -108,9 +113,11 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     if quick:
         lat["measure"] = "quick: one thread count, the first host precision, a third of the timing"
     if sweep:
-        art.built.details["threads"] = lat["threads"] = runner.info.get("threads")
-        if "INFERENCE_NUM_THREADS" in art.built.details.get("compile_config", {}):  # what the bundle runs with
-            art.built.details["compile_config"]["INFERENCE_NUM_THREADS"] = runner.info.get("threads")
+        chosen["threads"] = lat["threads"] = runner.info.get("threads")
+        if "INFERENCE_NUM_THREADS" in config:  # what the bundle runs with
+            config["INFERENCE_NUM_THREADS"] = runner.info.get("threads")
+    if hp or sweep and config:
+        chosen["compile_config"] = config
         lat["threads_sweep"] = a_sweep
     res, baselines = _baselines(timed, cands, backend, plain, f"{name[hp]}@{a_n}", torch_counts, peer_counts)
     if base is not prep:
@@ -128,7 +135,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
 
         p50 = res["artifact"]["p50"]
         layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
-    return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers)
+    return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers, chosen)
 
 
 def _host_precision(timed: dict, cands: dict, name: dict, hps: list, art_counts: list, accept):

@@ -153,14 +153,15 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
     return out
 
 
-def offline_throughput(runner, batch: int, manifest: dict) -> tuple[float, dict]:
-    """Offline images/s: OpenVINO through its async API (THROUGHPUT hint, optimal requests); other runtimes at the
-    suite's batch, one synchronous call after another."""
-    if hasattr(runner, "throughput") and manifest["backend"]["name"] == "openvino":
+def offline_throughput(runner, batch: int, input_size: tuple) -> tuple[float, dict]:
+    """Offline images/s of one image shape (C, H, W): through the runtime's own async API where the runner has one
+    (OpenVINO: THROUGHPUT hint, optimal requests); other runtimes at the suite's batch, one synchronous call after
+    another."""
+    if hasattr(runner, "throughput"):
         r = runner.throughput(batch)
         return r["images_per_s"], r
     ran = min(batch, int(getattr(runner, "max_batch", batch) or batch))  # an engine's profile caps its batch
-    xb = np.zeros((ran, *manifest["model"]["input_size"]), np.float32)
+    xb = np.zeros((ran, *input_size), np.float32)
     off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
     record = {"method": f"synchronous calls at batch {ran}", "batch": ran}
     if ran != batch:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit.errors import BundleError, EdgevitError
+
+if TYPE_CHECKING:
+    from edgevit.manifest import Manifest
 
 PREDICT_BATCH = 32  # images decoded and classified at a time by predict_files
 
@@ -30,24 +34,23 @@ class Predictor:
     def __init__(self, bundle: str | os.PathLike, threads: int | None = None) -> None:
         from edgevit.backends import get_backend, require
         from edgevit.bundle import read_manifest
-        from edgevit.images import Preprocessing
 
         self.path = Path(bundle)
-        self.manifest = read_manifest(self.path)
-        self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
-        self.labels = list(self.manifest["labels"])
-        backend = get_backend(self.manifest["backend"]["name"])
+        self.manifest = m = read_manifest(self.path)
+        self.preprocessing = m.preprocessing
+        self.labels = m.labels
+        backend = get_backend(m.backend.name)
         if not backend.capabilities.engine_on_device:  # an engine's backend says itself what its runner needs
             require(backend)
-        if len(self.labels) != self.manifest["model"]["num_classes"]:
-            raise BundleError(f"{self.path}: {len(self.labels)} labels for {self.manifest['model']['num_classes']} "
+        if len(self.labels) != m.model.num_classes:
+            raise BundleError(f"{self.path}: {len(self.labels)} labels for {m.model.num_classes} "
                               "classes; the bundle is damaged, rebuild it")
         self.runner = load_checked(backend, self.path, self.manifest, threads)
         from edgevit._progress import warn  # once it loads: a bundle that cannot run gets its one error line alone
 
-        if self.manifest.get("status", "ok") != "ok":
-            warn(f"{self.path.name} is marked {self.manifest['status']}: it failed its accuracy gate")
-        if self.manifest["model"].get("random_init"):
+        if m.status != "ok":
+            warn(f"{self.path.name} is marked {m.status}: it failed its accuracy gate")
+        if m.model.random_init:
             warn(f"{self.path.name} was built from randomly initialised weights: its labels mean nothing (its "
                  "latency is real); build with --weights or --pretrained")
 
@@ -101,13 +104,13 @@ def load(bundle: str | os.PathLike, threads: int | None = None) -> Predictor:
     return Predictor(bundle, threads)
 
 
-def load_checked(backend, path: Path, manifest: dict, threads: int | None = None):
+def load_checked(backend, path: Path, manifest: Manifest, threads: int | None = None):
     """The bundle's runner, loaded and run once on one blank image of the manifest's input size: a verified bundle
     whose artifact does not load, or whose input or output shape disagrees with its manifest, is one ``damaged
     bundle`` line here rather than a runtime's traceback later. (A missing runtime is not damage: its ImportError
     goes on to the CLI, which names the extra to install.)"""
-    shape = (1, *manifest["model"]["input_size"])
-    classes = manifest["model"]["num_classes"]
+    shape = (1, *manifest.model.input_size)
+    classes = manifest.model.num_classes
     try:
         from edgevit.backends import LoadSpec
 
@@ -116,7 +119,7 @@ def load_checked(backend, path: Path, manifest: dict, threads: int | None = None
     except (EdgevitError, ImportError):
         raise
     except Exception as e:
-        raise BundleError(f"damaged bundle {path}: its {manifest['backend']['name']} artifact does not load or run "
+        raise BundleError(f"damaged bundle {path}: its {manifest.backend.name} artifact does not load or run "
                           f"at the manifest's input {list(shape)} ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]}); rebuild it or copy it again") from None
     if out.shape != (1, classes):
@@ -133,11 +136,11 @@ def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) 
 
     pred = Predictor(bundle, threads=threads)
     m, runner = pred.manifest, pred.runner
-    batch = int(m["target"].get("batch", 1))
-    lat = compare_latency({"artifact": runner}, np.zeros((batch, *m["model"]["input_size"]), np.float32))["artifact"]
-    throughput, offline = offline_throughput(runner, throughput_batch, m)  # the same Offline figure bench records
-    return {"bundle": str(bundle), "model": m["model"]["alias"], "target": m["target"]["name"],
-            "precision": m["precision"], "executed": runner.info.get("executed_precision"),
+    lat = compare_latency({"artifact": runner}, np.zeros((m.batch, *m.model.input_size), np.float32))["artifact"]
+    # the same Offline figure bench records
+    throughput, offline = offline_throughput(runner, throughput_batch, m.model.input_size)
+    return {"bundle": str(bundle), "model": m.model.alias, "target": m.target_name, "precision": m.precision,
+            "executed": runner.info.get("executed_precision"),
             "backend": runner.info.get("backend"), "device": runner.info.get("device"),
             "host": host_info(), "latency_ms": lat,
             "throughput": throughput, "throughput_batch": offline.get("batch", throughput_batch), "offline": offline}

@@ -17,8 +17,8 @@ from statistics import median
 
 from markupsafe import Markup
 
-from edgevit.bundle import NNCF_DEFAULT
 from edgevit.errors import UsageError
+from edgevit.manifest import NNCF_DEFAULT
 from edgevit.report_charts import (
     DEFAULT_TOLERANCES,
     FAMILY_ORDER,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edgevit.backends import Backend
+    from edgevit.manifest import Manifest
     from edgevit.models import ModelSpec
     from edgevit.quantize import Recipe
     from edgevit.targets import Target
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 @dataclass
 class BuildResult:
     bundle: Path
-    manifest: dict
+    manifest: Manifest
     samples: dict | None = None  # raw per-call latency samples (ms) of what was timed, kept out of the manifest
 
 
@@ -81,6 +82,7 @@ class Candidate:
     qat: dict  # the QAT record ({} without QAT)
     calib: np.ndarray | None  # the calibration images (float32 NCHW) it was quantized with
     req: Request  # what built it, with the recipe it was quantized with
+    speed_search: dict | None = None  # the speed stage's record (None: it did not run)
 
     def moved_to(self, stage: Path) -> Candidate:
         """The same candidate with its files copied into ``stage`` (replacing what is there)."""
@@ -237,23 +239,19 @@ def speed_stage(prep, req: Request, cand: Candidate) -> Candidate:
     """Mixed precision by speed (:mod:`edgevit.backends.openvino.speedmix`): INT8 layers that run slower than in the
     host precision go back to it when that makes the model faster here; the accuracy gate checks the result like
     any artifact."""
-    art = _speed_search(prep, req, cand.precision, cand.art, cand.stage, cand.gate)
-    return cand if art is cand.art else replace(cand, art=art)
-
-
-def _speed_search(prep, req: Request, precision: str, art: Artifact, stage: Path, gate: Gate | None) -> Artifact:
     from edgevit.validate import validate
 
+    precision, art, stage, gate = cand.precision, cand.art, cand.stage, cand.gate
     if precision != "int8" or not req.speed_search or not req.measure_latency or req.measure == "quick" \
             or not req.backend.capabilities.speed_search or art.runner.info.get("proxy_for"):
-        return art
+        return cand
     kept_first = snapshot_stage(stage, prep.work)
     x = prep.latency_input(req.target.batch)
     loaded = LoadSpec(precision, req.target, art.built.details)
     rec = req.backend.mix_for_speed(stage, loaded, prep.onnx_path, x, prep.work, say)
-    art.built.details["speed_search"] = rec
+    cand = replace(cand, speed_search=rec)
     if not rec or not rec.get("kept"):
-        return art
+        return cand
     runner = req.backend.load(stage, loaded, req.threads)
     v = validate(prep, runner, f"{precision} ({req.backend.name}, {len(rec['kept'])} layer group(s) reverted for "
                                "speed)")
@@ -261,9 +259,9 @@ def _speed_search(prep, req: Request, precision: str, art: Artifact, stage: Path
         say(f"the faster mix loses {v['top1_drop']:.2f} points, over the budget; keeping the INT8 layers")
         restore_stage(kept_first, stage)
         rec["result"] += "; undone: over the accuracy budget"
-        return art
+        return cand
     say(f"speed search: {rec['result']} ({rec['int8_p50_ms']:.3f} → {rec['mixed_p50_ms']:.3f} ms p50)")
-    return Artifact(art.built, runner, art.revalidated(v))
+    return replace(cand, art=Artifact(art.built, runner, art.revalidated(v)))
 
 
 def latency_stage(prep, req: Request, cand: Candidate, base=None):
@@ -278,6 +276,8 @@ def latency_stage(prep, req: Request, cand: Candidate, base=None):
         return Latency({"host": host_info(), "threads": art.runner.info.get("threads"), "batch": req.target.batch,
                         "skipped": "latency not measured (measure_latency=False)"}, runner=art.runner)
 
+    revalidated = []
+
     def accept(host_precision: str, runner) -> bool:
         from edgevit.validate import validate
 
@@ -286,13 +286,14 @@ def latency_stage(prep, req: Request, cand: Candidate, base=None):
             say(f"{host_precision} for the unquantized ops is faster but loses {v['top1_drop']:.2f} points; "
                 "keeping what was validated")
             return False
-        art.validation = art.revalidated(v)
+        revalidated.append(art.revalidated(v))
         return True
 
     base_calib = base.calibration(cand.req.recipe) if base is not None and req.peers else None
-    return measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
-                         peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick",
-                         base=base, base_calib=base_calib)
+    lat = measure_build(prep, req.backend, req.target, art, stage, precision, req.threads, calib,
+                        peers=req.peers, profile=req.profile, accept=accept, quick=req.measure == "quick",
+                        base=base, base_calib=base_calib)
+    return replace(lat, validation=revalidated[-1]) if revalidated else lat
 
 
 def _stage_seconds() -> dict:
@@ -302,48 +303,56 @@ def _stage_seconds() -> dict:
     return dict(DURATIONS)
 
 
-def write_bundle(prep, cand: Candidate, lat, **extra) -> dict:
+def write_bundle(prep, cand: Candidate, lat, **extra) -> Manifest:
     """The manifest of the candidate's artifact in its stage directory (checksummed and checked against the schema
     by :func:`edgevit.bundle.write_manifest`)."""
-    from edgevit import __version__
-    from edgevit.bundle import write_manifest
+    from edgevit.bundle import update_manifest, write_manifest
 
     req, precision, stage, art, gate, qat, calib = (cand.req, cand.precision, cand.stage, cand.art, cand.gate,
                                                     cand.qat, cand.calib)
-    manifest = {
-        "edgevit_version": __version__,
-        "model": prep.model_record(),
-        "preprocessing": prep.pre.to_dict(),
-        "labels": prep.classes,
-        "target": req.target.to_dict(),
-        "precision": precision,
-        "backend": {"name": req.backend.name, "version": req.backend.version(), **art.built.details,
-                    "runtime": lat.runner.info},
-        "export": {"format": "onnx", "opset": 17, "max_abs_diff_vs_torch": round(prep.export_diff, 6)},
-        "calibration": ({"dataset": prep.calib_source,
-                         "split": "unlabelled images" if prep.unlabelled is not None else "train",
-                         "method": "NNCF post-training quantization", **req.recipe.to_dict(),
-                         "samples": int(len(calib))} if calib is not None else None),
-        "validation": art.validation,
-        "accuracy_gate": gate.to_dict() if gate else None,
-        "qat": qat or None,
-        "status": "failed-validation" if gate and not gate.passed else "ok",
-        "latency_ms": lat.record,
-        "build_seconds": round(time.perf_counter() - req.t_start, 1),
-        "stage_seconds": _stage_seconds(),
-        "provenance": provenance(),
-        "profile": lat.profile,
-        **extra,
-        "_files": [*art.built.files, "labels.txt"],
-    }
+    files = [*art.built.files, "labels.txt"]
     if req.backend.capabilities.engine_on_device:
-        _device_check(prep, stage, manifest, lat.runner)
-    return write_manifest(stage, manifest)
+        more, extra["device_check"] = _device_check(prep, stage)
+        files += more
+    written = write_manifest(
+        stage, files,
+        model=prep.model_record(),
+        preprocessing=prep.pre.to_dict(),
+        labels=prep.classes,
+        target=req.target.to_dict(),
+        precision=precision,
+        backend={"name": req.backend.name, "version": req.backend.version(), **art.built.details,
+                 **({"speed_search": cand.speed_search} if cand.speed_search is not None else {}), **lat.chosen,
+                 "runtime": lat.runner.info},
+        export={"format": "onnx", "opset": 17, "max_abs_diff_vs_torch": round(prep.export_diff, 6)},
+        calibration=({"dataset": prep.calib_source,
+                      "split": "unlabelled images" if prep.unlabelled is not None else "train",
+                      "method": "NNCF post-training quantization", **req.recipe.to_dict(),
+                      "samples": int(len(calib))} if calib is not None else None),
+        validation=lat.validation or art.validation,
+        accuracy_gate=gate.to_dict() if gate else None,
+        qat=qat or None,
+        status="failed-validation" if gate and not gate.passed else "ok",
+        latency_ms=lat.record,
+        build_seconds=round(time.perf_counter() - req.t_start, 1),
+        stage_seconds=_stage_seconds(),
+        provenance=provenance(),
+        profile=lat.profile,
+        **extra,
+    )
+    engine = written.backend.engine
+    if isinstance(engine, dict) and engine.get("status") != "pending":  # built on this host, which is the device
+        from edgevit import device_check
+
+        engine = {**engine, "check": device_check.check_engine(stage, written, lat.runner)}
+        return update_manifest(stage, written.updated(backend={**written.backend.details, "engine": engine}))
+    return written
 
 
-def _device_check(prep, stage: Path, manifest: dict, runner) -> None:
-    """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.device_check`); an engine
-    built here is judged now, by the same rule."""
+def _device_check(prep, stage: Path) -> tuple[list[str], dict]:
+    """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.device_check`): the files
+    written and the manifest's record. An engine built here is judged by the same rule once the manifest is
+    written."""
     from edgevit import device_check
     from edgevit.backends.tensorrt.backend import onnx_proxy
     from edgevit.backends.tensorrt.plan import ONNX_FILE
@@ -351,13 +360,8 @@ def _device_check(prep, stage: Path, manifest: dict, runner) -> None:
 
     source = (f"{len(prep.check_x[:device_check.SAMPLES])} held-out images of {prep.ds.spec} ({prep.ds.val_name})"
               if prep.ds is not None else "random normal images (no --data given)")
-    files, record = device_check.write(stage, prep.check_x, torch_runner(prep.net), onnx_proxy(stage / ONNX_FILE, None),
-                                       source)
-    manifest["device_check"] = record
-    manifest["_files"] += files
-    engine = manifest["backend"].get("engine")
-    if isinstance(engine, dict) and engine.get("status") != "pending":  # built on this host, which is the device
-        engine["check"] = device_check.check_engine(stage, manifest, runner)
+    return device_check.write(stage, prep.check_x, torch_runner(prep.net), onnx_proxy(stage / ONNX_FILE, None),
+                              source)
 
 
 def provenance() -> dict:

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from edgevit.bundle import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER
+from edgevit.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER
 from edgevit.validate import tried_text
 
 
 def summary(result) -> str:
     """The report card printed after a build: accuracy and latency, with what they were measured on."""
     m = result.manifest
-    v, lat = m["validation"], m["latency_ms"]
-    prec = m["precision"].upper()
-    lines = [f"bundle    {result.bundle}  ({m['model']['alias']} → {m['target']['name']} {m['precision']}, "
-             f"{m['backend']['name']} {m['backend']['version']})"]
-    rt = m["backend"]["runtime"]
-    ran = rt.get("backend", m["backend"]["name"]) + (f" on the CPU, proxy for {rt['proxy_for']}"
-                                                      if rt.get("proxy_for") else "")
+    v, lat, backend = m.validation, m.latency, m.backend
+    prec = m.precision.upper()
+    lines = [f"bundle    {result.bundle}  ({m.model.alias} → {m.target_name} {m.precision}, "
+             f"{backend.name} {backend.version})"]
+    rt = backend.runtime
+    ran = rt.get("backend", backend.name) + (f" on the CPU, proxy for {rt['proxy_for']}"
+                                             if rt.get("proxy_for") else "")
     if "top1" in v:
         lines.append(f"accuracy  {v['split']} of {v['dataset']}, {v['samples']} images: FP32 (torch) "
                      f"{v['reference_top1']:.2f}%  {prec} ({ran}) {v['top1']:.2f}%  "
                      f"drop {v['top1_drop']:+.2f} pts" + ("  [random weights: meaningless]" if v.get("note") else ""))
     else:
         lines.append(f"accuracy  {v['skipped']}")
-    g = m.get("accuracy_gate")
+    g = m.section("accuracy_gate")
     if g:
         verdict = "passed" if g["passed"] else "FAILED (bundle kept by --keep-failed)"
         lines.append(f"gate      max drop {g['max_drop']:.2f} pts: {verdict}; {g.get('skipped') or tried_text(g)}"
@@ -41,37 +41,37 @@ def summary(result) -> str:
             lines.append(f"note      {prec} is slower than the backend's defaults on the FP32 export "
                          f"(which executed {default.get('executed_precision')}) on this host: "
                          f"{default['p50']:.3f} vs {lat['artifact']['p50']:.3f} ms p50")
-    stages = m.get("stage_seconds")
+    stages = m.section("stage_seconds")
     if stages:
         lines.append("stages    " + " | ".join(f"{k} {v:.1f} s" for k, v in stages.items())
-                     + f" (build {m.get('build_seconds', 0):.0f} s in all)")
-    sel = m.get("selection")
+                     + f" (build {m.build_seconds or 0:.0f} s in all)")
+    sel = m.section("selection")
     if sel:
         lines.append("selection --precision best → " + sel["chosen"] + ": " + " | ".join(
             f"{c['precision']} rejected ({c['rejected'][:60]}…)" if "rejected" in c else
             f"{c['precision']} " + (f"{c['latency_ms_p50']:.3f} ms" if c["latency_ms_p50"] is not None else
                                     "not timed here") + f" (ran {c['executed']}), top-1 {c['top1']}"
             for c in sel["candidates"]))
-    rules = m["backend"].get("trt_rules")
+    rules = backend.trt_rules
     if rules:
         lines.append(f"tensorrt  Q/DQ ONNX: {rules['qdq_pairs']} Q/DQ pairs, TensorRT rules "
                      + ("passed" if rules["passed"] else f"BROKEN ({len(rules['violations'])}, --ignore-trt-rules)"))
-    engine = m["backend"].get("engine")
+    engine = backend.engine
     if engine:
-        plan = m["backend"].get("plan", {})
+        plan = backend.plan
         dla = "" if plan.get("dla_core") is None else f" core {plan['dla_core']}"
         how = (f"{plan.get('device')}{dla}, flags {', '.join(plan.get('builder_flags') or []) or 'none'}, "
                + ("strongly typed" if plan.get("strongly_typed") else "weakly typed"))
         pending = engine.get("status") == "pending"
-        lines.append(f"engine    pending: {engine['why']}; {engine['next']} ({how})" if pending
+        lines.append(f"engine    pending: {engine['why']}; on the {engine['compile_on']}: edgevit compile "
+                     f"{result.bundle} ({how})" if pending
                      else f"engine    built with TensorRT {engine['tensorrt']} on {engine['device_name']} ({how})")
     if "skipped" in lat:
         lines.append(f"latency   {lat['skipped']}")
     if "compute_layers_by_precision" in rt:
         by = ", ".join(f"{n} in {p}" for p, n in rt["compute_layers_by_precision"].items())
         lines.append(f"executed  inference precision {rt['inference_precision']}; compute layers: {by}")
-    # the real path where the messages name a bundle
-    return "\n".join(lines).replace("edgevit compile BUNDLE", f"edgevit compile {result.bundle}")
+    return "\n".join(lines)
 
 
 def _threads(n) -> str:

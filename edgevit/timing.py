@@ -16,6 +16,7 @@ from edgevit.errors import UsageError
 
 if TYPE_CHECKING:
     from edgevit.backends import Runner
+    from edgevit.manifest import Manifest
 
 
 class OwnInput:
@@ -42,7 +43,7 @@ class Item:
     path: Path
     runner: Runner
     x: np.ndarray
-    manifest: dict | None = None  # a bundle's (None: a plain model file)
+    manifest: Manifest | None = None  # a bundle's (None: a plain model file)
     record: dict = field(default_factory=dict)
 
 
@@ -55,8 +56,7 @@ def load_item(path: str | os.PathLike, batch: int | None, threads: int | None) -
 
         pred = Predictor(p, threads=threads)
         m = pred.manifest
-        n = batch or int(m["target"].get("batch", 1))
-        return Item(p.name, p, pred.runner, np.zeros((n, *m["model"]["input_size"]), np.float32), m)
+        return Item(p.name, p, pred.runner, np.zeros((batch or m.batch, *m.model.input_size), np.float32), m)
     if p.suffix not in (".xml", ".onnx") or not p.is_file():
         raise UsageError(f"{p}: give a bundle directory or an OpenVINO .xml / .onnx model file")
     from edgevit.backends.openvino.backend import OVRunner
@@ -109,11 +109,10 @@ def time_items(paths: list, *, batch: int | None = None, threads: int | None = N
         if hint or streams:  # as the runtime settled it
             rec["config"] = {k: it.runner.info.get(k) for k in ("hint", "streams")}
         if it.manifest is not None:
-            rec.update(model=it.manifest["model"]["alias"], precision=it.manifest["precision"],
-                       target=it.manifest["target"]["name"])
+            rec.update(model=it.manifest.model.alias, precision=it.manifest.precision,
+                       target=it.manifest.target_name)
         if throughput_batch:
-            m = it.manifest or {"backend": {"name": "openvino"}, "model": {"input_size": list(it.x.shape[1:])}}
-            rec["throughput"], rec["offline"] = offline_throughput(it.runner, throughput_batch, m)
+            rec["throughput"], rec["offline"] = offline_throughput(it.runner, throughput_batch, it.x.shape[1:])
         if profile:
             rec["profile"] = layer_profile(it, lat["p50"])
         out.append(rec)

@@ -62,7 +62,7 @@ def test_build_from_a_module_and_a_torch_dataset(tiny_checkpoint, fmnist_dir, tm
     data = {"train": DataLoader(_Images(ds.train.subset(range(200)))), "val": _Images(ds.val.subset(range(100)))}
     r = edgevit.build(net, input_size=32, data=data, precision="int8", out=str(tmp_path), calibration="fast",
                       mean=(0.2860,) * 3, std=(0.3530,) * 3, measure_latency=False)
-    m = r.manifest
+    m = r.manifest.data
     assert m["model"]["weights"] == "torch.nn.Module VisionTransformer" and not m["model"]["random_init"]
     assert m["labels"][:2] == ["class 0", "class 1"] and m["validation"]["samples"] == 100
     assert m["validation"]["top1"] > 50, "the trained module keeps its accuracy through INT8"
@@ -83,8 +83,8 @@ def test_build_from_numpy_arrays(tmp_path):
     syn = make_synthetic(n_train=200, n_val=10, size=28)
     r = edgevit.build(_net(), input_size=32, data=(syn.train.arrays, syn.train.labels), precision="fp32",
                       out=str(tmp_path), classes=[f"c{i}" for i in range(10)], measure_latency=False)
-    assert r.manifest["validation"]["samples"] == 40  # a fifth of the 200 held out, seeded
-    assert r.manifest["labels"][0] == "c0"
+    assert r.manifest.data["validation"]["samples"] == 40  # a fifth of the 200 held out, seeded
+    assert r.manifest.data["labels"][0] == "c0"
 
 
 @pytest.mark.parametrize("data, pattern", [

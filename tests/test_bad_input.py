@@ -192,10 +192,10 @@ def test_onnx_external_data_must_be_listed(tmp_path):
                           [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w])
     onnx.save(helper.make_model(g), tmp_path / "model.onnx", save_as_external_data=True, location="weights.data",
               size_threshold=0)
-    assert onnx_external_files(tmp_path, {"files": {"model.onnx": {}}}, "model.onnx") == {"weights.data"}
+    assert onnx_external_files(tmp_path, {"model.onnx": {}}, "model.onnx") == {"weights.data"}
     (tmp_path / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(BundleError, match="not a readable ONNX"):
-        onnx_external_files(tmp_path, {"files": {"model.onnx": {}}}, "model.onnx")
+        onnx_external_files(tmp_path, {"model.onnx": {}}, "model.onnx")
 
 
 # ------------------------------------------------------------------------------------------------------ images

@@ -189,7 +189,7 @@ def test_random_init_is_the_same_model_every_build(tmp_path):
 
     a, b = (build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path / n), measure_latency=False,
                   overrides=dict(embed_dim=32, depth=1, num_heads=2)) for n in ("a", "b"))
-    assert a.manifest["files"]["model.bin"]["sha256"] == b.manifest["files"]["model.bin"]["sha256"]
+    assert a.manifest.data["files"]["model.bin"]["sha256"] == b.manifest.data["files"]["model.bin"]["sha256"]
 
 
 def test_pareto_front():
@@ -256,8 +256,8 @@ def test_crosscheck_against_benchmark_app(int8_bundle):
 
     p = Predictor(int8_bundle)
     p50 = compare_latency({"a": p.runner}, np.zeros((1, 3, 32, 32), np.float32))["a"]["p50"]
-    thr, off = offline_throughput(p.runner, 8, p.manifest)
-    chk = crosscheck_benchmark_app(int8_bundle, p.manifest, p.runner, p50, thr, 8)
+    thr, off = offline_throughput(p.runner, 8, p.manifest.model.input_size)
+    chk = crosscheck_benchmark_app(int8_bundle, p.runner, p50, thr, 8)
     assert chk["latency"]["median_ms"] > 0 and chk["throughput"]["throughput_fps"] > 0
     assert chk["p50_ratio"] > 0 and chk["throughput_ratio"] > 0 and isinstance(chk["within_tolerance"], bool)
     assert "-hint throughput" in chk["throughput"]["command"]
@@ -270,10 +270,10 @@ def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_
 
     r = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
               out=str(tmp_path), val_samples=32, peers=True, calibration="fast")
-    peer = r.manifest["latency_ms"]["baselines"]["nncf_default_int8"]
+    peer = r.manifest.data["latency_ms"]["baselines"]["nncf_default_int8"]
     assert peer["p50"] > 0 and peer["executed_precision"] == "int8" and peer["threads"] >= 1
     assert "NNCF default int8" in summary(r)
-    assert not any("peer" in f for f in r.manifest["files"])  # timed beside the artifact, never shipped
-    cell = {"p50": r.manifest["latency_ms"]["p50"], "size_bytes": 1,
-            "details": json.dumps({"latency": r.manifest["latency_ms"]})}
+    assert not any("peer" in f for f in r.manifest.data["files"])  # timed beside the artifact, never shipped
+    cell = {"p50": r.manifest.data["latency_ms"]["p50"], "size_bytes": 1,
+            "details": json.dumps({"latency": r.manifest.data["latency_ms"]})}
     assert _row(cell)["x_peer"] == round(peer["p50"] / cell["p50"], 2)

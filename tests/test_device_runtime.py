@@ -319,9 +319,10 @@ def test_the_runtime_runs_under_a_python_older_than_3_11(python, orin_bundle, or
     version = subprocess.run([py, "-c", "import sys; print(sys.version_info[:2] < (3, 11))"], capture_output=True,
                              text=True).stdout.strip()
     assert version == "True"
+    # the suites ship in the wheel: --suite quick anywhere
     shipped = subprocess.run([py, "-c", "import edgevit, pathlib; d = pathlib.Path(edgevit.__file__).parent; print("
                               "sorted(p.name for p in (d / '_suites').glob('*.toml')))"], capture_output=True,
-                             text=True, cwd=tmp_path).stdout  # the suites ship in the wheel: --suite quick anywhere
+                             text=True, cwd=tmp_path, env=pip_env).stdout
     assert "quick.toml" in shipped, shipped
     edgevit = str(venv / "bin" / "edgevit")
     env = {**pip_env, "HOME": str(tmp_path), "EDGEVIT_QUIET": "1", "PYTHONPATH": str(STANDINS)}

@@ -22,11 +22,11 @@ def test_train_build_predict_on_fashion_mnist(tmp_path):
     assert run.best_top1 > 40
     r = build("vit-tiny-fmnist", target="cpu-x86", precision="int8", data="fashion-mnist",
               weights=str(run.best_path), out=str(tmp_path / "build"), val_samples=2000)
-    v = r.manifest["validation"]
+    v = r.manifest.data["validation"]
     assert v["samples"] == 2000 and v["split"] == "test (t10k)"
     assert v["reference_top1"] > 50
     assert abs(v["top1_drop"]) <= 3.0, v
-    assert r.manifest["backend"]["runtime"]["executed_precision"] == "int8"
+    assert r.manifest.data["backend"]["runtime"]["executed_precision"] == "int8"
     ds = load_dataset("fashion-mnist")
     probs = Predictor(r.bundle).probabilities([ds.val.image(i) for i in range(200)])
     acc = float((probs.argmax(1) == ds.val.labels[:200]).mean() * 100)

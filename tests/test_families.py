@@ -19,7 +19,7 @@ def test_family_builds_int8(alias, fmnist_dir, tmp_path):
     size = overrides.pop("img_size", None)
     r = build(alias, target="cpu-x86", precision="int8", data=f"fashion-mnist:{fmnist_dir}", out=str(tmp_path),
               calibration="fast", val_samples=20, input_size=size, measure_latency=False, overrides=overrides)
-    m = read_manifest(r.bundle)
+    m = read_manifest(r.bundle).data
     assert m["model"]["random_init"] and m["validation"]["note"].startswith("random weights")
     layers = m["backend"]["runtime"]["compute_layers_by_precision"]
     assert any(p in layers for p in ("i8", "u8")), layers

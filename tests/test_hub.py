@@ -46,12 +46,12 @@ def test_build_from_cached_hub_weights_records_revision_labels_and_preprocessing
 
     r = build("vit-tiny", weights=f"hf-hub:{REPO}", precision="fp32", input_size=32, out=str(tmp_path / "out"),
               measure_latency=False, overrides=TINY_VIT)
-    m = r.manifest["model"]
+    m = r.manifest.data["model"]
     assert m["weights"] == f"hf-hub:{REPO}@{COMMIT}" and not m["random_init"]
     assert m["weights_sha256"] == sha256_file(hub_cache / "model.safetensors")
-    labels = r.manifest["labels"]
+    labels = r.manifest.data["labels"]
     assert len(labels) == 1000 and labels[0] == "tench"  # ImageNet's names, for a 1k classifier
-    pre = r.manifest["preprocessing"]
+    pre = r.manifest.data["preprocessing"]
     assert pre["mean"] == [0.5, 0.5, 0.5] and pre["interpolation"] == "bicubic"  # the weights' own config
 
 

@@ -91,7 +91,7 @@ def test_inspect_snippet_keeps_the_worst_layers_in_higher_precision(int8_bundle,
     b = build("vit-tiny-fmnist", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
               out=str(tmp_path / "b"), calibration=str(tmp_path / "keep.toml"), val_samples=32,
               measure_latency=False)
-    kept = b.manifest["backend"]["kept_in_higher_precision"]
+    kept = b.manifest.data["backend"]["kept_in_higher_precision"]
     for e in r.worst_layers:
         if e.kind == "Linear":
             assert any(k.startswith(onnx_scope(e.name)) for k in kept), (e.name, kept)

@@ -20,7 +20,7 @@ def qat_build(fmnist_dir, tiny_checkpoint, tmp_path_factory):
 
 def test_qat_build_records_training_and_both_exports(qat_build):
     r, out = qat_build
-    m = r.manifest
+    m = r.manifest.data
     assert [t["method"] for t in m["accuracy_gate"]["tried"]] == ["PTQ", "QAT"]
     assert m["accuracy_gate"]["tried"][1]["distill"] is True
     assert [h["epoch"] for h in m["qat"]["history"]] == [0, 1]  # the PTQ initialisation, then one epoch
@@ -50,14 +50,14 @@ def test_qat_checkpoint_rebuilds_without_training(qat_build, fmnist_dir, tmp_pat
     first, out = qat_build
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
               weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), measure_latency=False)
-    m = r.manifest
+    m = r.manifest.data
     assert m["qat"]["rebuilt_from_checkpoint"] is True
     assert m["calibration"] is None  # nothing was calibrated again
     assert [t["method"] for t in m["accuracy_gate"]["tried"]] == ["QAT checkpoint"]
     # the FP32 reference is the model QAT started from, not the QAT weights
-    assert m["validation"]["reference_top1"] == first.manifest["validation"]["reference_top1"]
-    assert m["validation"]["qdq_onnx"]["top1"] == first.manifest["qat"]["qdq_onnx"]["top1"]
-    if first.manifest["accuracy_gate"]["kept"] == "QAT":  # then both bundles hold the same quantized model
+    assert m["validation"]["reference_top1"] == first.manifest.data["validation"]["reference_top1"]
+    assert m["validation"]["qdq_onnx"]["top1"] == first.manifest.data["qat"]["qdq_onnx"]["top1"]
+    if first.manifest.data["accuracy_gate"]["kept"] == "QAT":  # then both bundles hold the same quantized model
         from PIL import Image
 
         rng = np.random.default_rng(0)
@@ -73,7 +73,7 @@ def test_qat_checkpoint_rebuild_with_latency_keeps_its_quantizers(qat_build, fmn
 
     _, out = qat_build
     m = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", threads=1, speed_search=False,
-              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), val_samples=50).manifest
+              weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path), val_samples=50).manifest.data
     assert m["recipe_search"] == {"searched": False, "why": "a QAT checkpoint keeps its trained quantizers"}
     assert m["qat"]["rebuilt_from_checkpoint"] is True and m["calibration"] is None
     assert [t["method"] for t in m["accuracy_gate"]["tried"]][0] == "QAT checkpoint"
@@ -86,8 +86,8 @@ def test_qat_resumes_from_its_checkpoint(qat_build, fmnist_dir, tmp_path):
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
               weights=str(out / "vit-tiny-fmnist-cpu-x86-int8.qat.pt"), out=str(tmp_path),
               qat=QATOptions(epochs=1, samples=200), measure_latency=False)
-    assert [h["epoch"] for h in r.manifest["qat"]["history"]] == [0, 1, 2]
-    assert [t["method"] for t in r.manifest["accuracy_gate"]["tried"]] == ["QAT checkpoint", "QAT"]
+    assert [h["epoch"] for h in r.manifest.data["qat"]["history"]] == [0, 1, 2]
+    assert [t["method"] for t in r.manifest.data["accuracy_gate"]["tried"]] == ["QAT checkpoint", "QAT"]
 
 
 def test_cpu_qat_checkpoint_is_refused_for_tensorrt_with_the_fix(qat_build, fmnist_dir, tmp_path):
@@ -169,8 +169,8 @@ def test_qat_for_tensorrt_quantizes_at_least_what_ptq_does(fmnist_dir, tiny_chec
     build("vit-tiny-fmnist", weights=str(tiny_checkpoint), name="q", qat=QATOptions(epochs=1, samples=128),
           **common)
     qat = build("vit-tiny-fmnist", weights=str(tmp_path / "q.qat.pt"), name="qat", **common)  # the QAT model itself
-    assert qat.manifest["qat"]["rebuilt_from_checkpoint"]
-    rules = qat.manifest["backend"]["trt_rules"]
+    assert qat.manifest.data["qat"]["rebuilt_from_checkpoint"]
+    rules = qat.manifest.data["backend"]["trt_rules"]
     assert rules["passed"], rules["violations"]
-    q_cov, p_cov = rules["gemm_inputs_quantized"], ptq.manifest["backend"]["trt_rules"]["gemm_inputs_quantized"]
+    q_cov, p_cov = rules["gemm_inputs_quantized"], ptq.manifest.data["backend"]["trt_rules"]["gemm_inputs_quantized"]
     assert q_cov[1] == p_cov[1] and q_cov[0] >= p_cov[0] and q_cov[0] == q_cov[1]

@@ -26,7 +26,7 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
 
     monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen9")  # a class calibration/_defaults.toml lacks
-    m = _build(tmp_path / "a").manifest
+    m = _build(tmp_path / "a").manifest.data
     rs = m["recipe_search"]
     want = candidates("openvino", "vit", True, None)
     assert len(want) > 1 and not rs["cached"] and "zen9" in rs["key"]
@@ -37,7 +37,7 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
     cache = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())
     assert cache[rs["key"]]["recipe"] == rs["chosen"]
 
-    again = _build(tmp_path / "a").manifest["recipe_search"]
+    again = _build(tmp_path / "a").manifest.data["recipe_search"]
     assert again["cached"] is True and again["recipe"] == rs["chosen"] and again["key"] == rs["key"]
 
     monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen10")  # another class: another key

@@ -180,7 +180,7 @@ def orin_bundle(fmnist_dir, tiny_checkpoint, tmp_path_factory):
 def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle):
     import onnx
 
-    m = orin_bundle.manifest
+    m = orin_bundle.manifest.data
     b = orin_bundle.bundle
     assert set(m["files"]) == {"model.onnx", "engine_plan.json", "build_engine.sh", "labels.txt", "check_inputs.npy",
                                "check_reference.npy"}
@@ -192,7 +192,11 @@ def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle)
     assert subprocess.run(["bash", "-n", str(b / "build_engine.sh")]).returncode == 0
     assert m["backend"]["trt_rules"]["passed"] and m["backend"]["trt_rules"]["qdq_pairs"] > 0
     assert trt_rules.check(onnx.load(str(b / "model.onnx"))) == []  # what was shipped is what was checked
-    assert m["backend"]["engine"]["status"] == "pending" and "edgevit compile" in m["backend"]["engine"]["next"]
+    assert m["backend"]["engine"]["status"] == "pending" and m["backend"]["engine"]["compile_on"] == "Jetson AGX Orin"
+    from edgevit.summary import summary
+
+    # the bundle's real path, no placeholder
+    assert f"on the Jetson AGX Orin: edgevit compile {b}" in summary(orin_bundle)
     assert json.loads((b / "engine_plan.json").read_text()) == m["backend"]["plan"]
     v = m["validation"]
     assert "onnxruntime" in v["measured_with"] and "proxy" in v["measured_with"]
@@ -232,7 +236,8 @@ def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, 
         build("vit-tiny-fmnist", **kw)
     assert not any(tmp_path.iterdir())
     r = build("vit-tiny-fmnist", ignore_trt_rules=True, **kw)
-    assert r.manifest["backend"]["trt_rules"]["overridden"] and not r.manifest["backend"]["trt_rules"]["passed"]
+    rules = r.manifest.data["backend"]["trt_rules"]
+    assert rules["overridden"] and not rules["passed"]
 
 
 @pytest.mark.parametrize("model", ["vit-tiny-fmnist", "mobilenetv3-fmnist",
@@ -242,9 +247,12 @@ def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, 
 def test_every_family_gives_a_legal_qdq_onnx_for_jetson(model, fmnist_dir, tmp_path):
     from edgevit.build import build
 
+    # each family's every block kind, at the smallest size it builds at (MaxViT: 32 px, one window per stage)
+    small = {"hybrid-tiny-fmnist": dict(depth=1, embed_dim=32, num_heads=2), "maxvit-pico-fmnist": {}}
     r = build(model, target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
-              out=str(tmp_path), val_samples=20)
-    assert r.manifest["backend"]["trt_rules"]["passed"], r.manifest["backend"]["trt_rules"]["violations"]
+              out=str(tmp_path), val_samples=20, overrides=small.get(model, {}),
+              input_size=32 if model == "maxvit-pico-fmnist" else None)
+    assert r.manifest.data["backend"]["trt_rules"]["passed"], r.manifest.data["backend"]["trt_rules"]["violations"]
 
 
 def test_engine_on_gpu(orin_bundle, tmp_path):
@@ -276,7 +284,7 @@ def test_best_for_a_remote_target_follows_the_documented_rule(fmnist_dir, tiny_c
 
     r = build("vit-tiny-fmnist", target="jetson-orin-dla", precision="best", data=f"fashion-mnist:{fmnist_dir}",
               weights=str(tiny_checkpoint), out=str(tmp_path), calibration="fast", val_samples=50)
-    sel = r.manifest["selection"]
+    sel = r.manifest.data["selection"]
     assert sel["chosen"] == "int8" and "cannot be measured on this host" in sel["rule"]
     assert {c["precision"] for c in sel["candidates"]} == {"int8", "fp16"}  # what the DLA profile allows
     assert all(c["latency_ms_p50"] is None for c in sel["candidates"])  # nothing was timed that could not be
@@ -448,7 +456,7 @@ def test_every_attention_block_is_quantized_for_tensorrts_fused_mha(orin_bundle)
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     blocks = trt_rules.attention_matmuls(g)
-    assert len(blocks) == TINY_VIT["depth"] and orin_bundle.manifest["backend"]["attention_qdq"]["matmuls"] == 1
+    assert len(blocks) == TINY_VIT["depth"] and orin_bundle.manifest.data["backend"]["attention_qdq"]["matmuls"] == 1
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for mm in blocks:
         softmax_dq, v_dq = (producer[i] for i in mm.input)
@@ -494,7 +502,7 @@ def test_xavier_bundle_parses_on_tensorrt_8_5_and_pins_the_decomposed_layernorm(
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
               out=str(tmp_path), calibration="fast", val_samples=40, overrides=TINY_VIT)
     model = onnx.load(str(r.bundle / "model.onnx"))
-    plan = r.manifest["backend"]["plan"]
+    plan = r.manifest.data["backend"]["plan"]
     assert plan["tensorrt"] == "8.5" and not any(n.op_type == "LayerNormalization" for n in model.graph.node)
     assert trt_rules.check(model, tensorrt="8.5", compute_capability="7.2") == []  # no fused MHA on Xavier
     names = {n.name for n in model.graph.node}
@@ -516,7 +524,7 @@ def test_fp16_bundle_ships_an_fp16_typed_onnx_and_measures_it(fmnist_dir, tiny_c
     assert onnx.TensorProto.FLOAT16 in types
     ops_fp32 = {n.op_type for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")}
     assert ops_fp32  # still there, and fed through casts to FP32
-    v = r.manifest["validation"]
+    v = r.manifest.data["validation"]
     assert "onnxruntime" in v["measured_with"] and abs(v["top1_drop"]) <= 1.0
 
 
@@ -704,7 +712,7 @@ def test_xavier_gets_no_int8_softmax_and_the_bundle_says_why(fmnist_dir, tmp_pat
 
     r = build("vit-tiny-fmnist", target="jetson-xavier-nx", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
               calibration="fast", out=str(tmp_path), val_samples=20, overrides=TINY_VIT)
-    att = r.manifest["backend"]["attention_qdq"]
+    att = r.manifest.data["backend"]["attention_qdq"]
     assert att["matmuls"] == 0 and list(att["not_fused"].values()) == ["sm 7.2 has no fused INT8 attention (SM 7.5 "
                                                                        "and later)"] * TINY_VIT["depth"]
     model = onnx.load(str(r.bundle / "model.onnx"))

@@ -19,7 +19,7 @@ def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_d
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
               out=str(tmp_path), calibration="fast", token_search=True, token_finetune=1, max_drop=100.0,
               latency_budget=1e6, threads=1, speed_search=False, overrides=TINY_VIT)
-    m = r.manifest
+    m = r.manifest.data
     ts = m["token_search"]
     assert ts["full_size"] == 32 and ts["sizes"] == [24]  # 4x4 tokens of 8 px: one step down keeps 9 of 16
     cands = {c["size"]: c for c in ts["candidates"]}

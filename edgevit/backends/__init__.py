@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgevit._registry import BACKENDS
-from edgevit.errors import BackendUnavailableError, UnknownNameError
+from edgevit._registry import BACKENDS, get_backend
+from edgevit.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
+    from edgevit.manifest import Manifest
     from edgevit.targets import Target
 
 __all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "RuntimeDecides", "get_backend",
@@ -41,10 +41,8 @@ class LoadSpec:
     details: dict = field(default_factory=dict)
 
     @classmethod
-    def of_manifest(cls, m: dict) -> LoadSpec:
-        from edgevit.targets import Target
-
-        return cls(m["precision"], Target.from_dict(m["target"]), m["backend"])
+    def of_manifest(cls, m: Manifest) -> LoadSpec:
+        return cls(m.precision, m.target, m.backend.details)
 
     def with_details(self, **more) -> LoadSpec:
         return LoadSpec(self.precision, self.target, {**self.details, **more})
@@ -93,7 +91,7 @@ class Backend(Protocol):
     def device_support(self, target) -> tuple[bool, str]:
         """Can this host run ``target``'s artifacts (for TensorRT: build and run its engines)? (ok, reason)."""
         ...
-    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+    def required_files(self, bundle_dir: Path, manifest: Manifest) -> set[str]:
         """Every file :meth:`load` reads from a bundle (relative paths): the verifier requires each to be listed and
         checksummed in the manifest, so nothing unverified is ever loaded."""
         ...
@@ -132,13 +130,6 @@ class RuntimeDecides:
         return None
 
 
-def get_backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise UnknownNameError("backend", name, BACKENDS)
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
-
-
 def host_support(target) -> tuple[bool, str]:
     """Can this host build and run ``target``? (ok, reason). For TensorRT targets that means the engine; see
     :func:`prepare_support` for the part every host can do."""
@@ -163,14 +154,14 @@ def require(backend: Backend) -> None:
         raise BackendUnavailableError(f"backend {backend.name} cannot run here: {why}")
 
 
-def onnx_external_files(bundle_dir: Path, manifest: dict, name: str) -> set[str]:
-    """The external-data files the bundle's ONNX model ``name`` makes its runtime load (relative to the bundle);
-    read only once the verifier has proven ``name`` a listed regular file inside the bundle. Read from the protobuf
-    itself: a board verifies bundles without the onnx package."""
+def onnx_external_files(bundle_dir: Path, listed, name: str) -> set[str]:
+    """The external-data files the bundle's ONNX model ``name`` makes its runtime load (relative to the bundle), if
+    ``name`` is among the manifest's ``listed`` files; read only once the verifier has proven ``name`` a listed
+    regular file inside the bundle. Read from the protobuf itself: a board verifies bundles without onnx."""
     from edgevit._onnx_wire import WireError, external_data_files
     from edgevit.errors import BundleError
 
-    if name not in manifest["files"]:
+    if name not in listed:
         return set()
     try:
         return external_data_files(Path(bundle_dir) / name)

@@ -105,10 +105,10 @@ class ONNXRuntimeBackend(RuntimeDecides):
     def device_support(self, target) -> tuple[bool, str]:
         return self.available()
 
-    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+    def required_files(self, bundle_dir: Path, manifest) -> set[str]:
         from edgevit.backends import onnx_external_files
 
-        return {"model.onnx", *onnx_external_files(bundle_dir, manifest, "model.onnx")}
+        return {"model.onnx", *onnx_external_files(bundle_dir, manifest.files, "model.onnx")}
 
     def load(self, bundle_dir: Path, spec: LoadSpec, threads: int | None = None):
         return ORTRunner(Path(bundle_dir) / "model.onnx", threads or spec.details.get("threads") or spec.target.threads)

@@ -281,7 +281,7 @@ class OpenVINOBackend:
     def device_support(self, target) -> tuple[bool, str]:
         return self.available()
 
-    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+    def required_files(self, bundle_dir: Path, manifest) -> set[str]:
         return {"model.xml", "model.bin"}
 
     def _runtime_config(self, spec: LoadSpec, threads: int | None = None) -> dict:

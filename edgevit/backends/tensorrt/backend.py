@@ -107,8 +107,7 @@ class TensorRTBackend(RuntimeDecides):
             details["engine"] = {k: v for k, v in record.items() if k != "plan"}
             files += record["files"]
         else:
-            details["engine"] = {"status": "pending", "why": not_here,
-                                 "next": f"on the {target.device}: edgevit compile BUNDLE"}
+            details["engine"] = {"status": "pending", "why": not_here, "compile_on": target.device}
         return Built(files=files, details=details)
 
     def device_support(self, target) -> tuple[bool, str]:
@@ -116,14 +115,14 @@ class TensorRTBackend(RuntimeDecides):
         not_here = device_mismatch(target)
         return (True, engine_support()[1]) if not_here is None else (False, not_here)
 
-    def required_files(self, bundle_dir: Path, manifest: dict) -> set[str]:
+    def required_files(self, bundle_dir: Path, manifest) -> set[str]:
         from edgevit.backends import onnx_external_files
 
-        need = {ONNX_FILE, PLAN_FILE, *onnx_external_files(bundle_dir, manifest, ONNX_FILE)}
-        check = manifest.get("device_check")
+        need = {ONNX_FILE, PLAN_FILE, *onnx_external_files(bundle_dir, manifest.files, ONNX_FILE)}
+        check = manifest.device_check
         if isinstance(check, dict):
             need |= {check.get("inputs"), check.get("reference")}
-        engine = manifest["backend"].get("engine")
+        engine = manifest.backend.engine
         if (Path(bundle_dir) / ENGINE_FILE).exists() or (isinstance(engine, dict)
                                                          and engine.get("status", "built") != "pending"):
             need.add(ENGINE_FILE)
