@@ -30,7 +30,7 @@ def main(models: list[str]) -> int:
 
     from edgevit.backends import get_backend
     from edgevit.build import build
-    from edgevit.measure import compare_latency, host_class, host_info
+    from edgevit.runtime.measure import compare_latency, host_class, host_info
 
     os.environ.setdefault("EDGEVIT_QUIET", "1")
     runners, flops = {}, {}

@@ -30,7 +30,7 @@ def ratio(model: str, overrides: dict, out: str, precision: str) -> tuple[float,
 
 
 def main() -> int:
-    from edgevit.measure import host_info
+    from edgevit.runtime.measure import host_info
 
     os.environ.setdefault("EDGEVIT_QUIET", "1")
     rows, worst = [], 0.0

@@ -103,7 +103,7 @@ def markdown(host: dict, cls: str, lat: list[dict], acc: list[dict], chosen: dic
 def main(argv: list[str]) -> int:
     import argparse
 
-    from edgevit.measure import host_class, host_info
+    from edgevit.runtime.measure import host_class, host_info
     from edgevit.train import train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -123,7 +123,7 @@ def redraw(json_path: Path) -> None:
 
 
 def main() -> int:
-    from edgevit.measure import host_class, host_info, library_versions
+    from edgevit.runtime.measure import host_class, host_info, library_versions
 
     os.environ.setdefault("EDGEVIT_QUIET", "1")
     os.chdir(ROOT)

@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--model", default="vit-tiny-fmnist")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
-    from edgevit.measure import host_info
+    from edgevit.runtime.measure import host_info
 
     host = f"host: {host_info()['cpu']}, {os.cpu_count()} cores"
     if a.val:

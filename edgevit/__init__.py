@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "build": "edgevit.build", "BuildResult": "edgevit.stages", "QATOptions": "edgevit.qat",
     "train": "edgevit.train", "TrainResult": "edgevit.train",
-    "load": "edgevit.predict", "Predictor": "edgevit.predict", "Prediction": "edgevit.predict",
-    "time_bundle": "edgevit.predict", "read_manifest": "edgevit.bundle",
+    "load": "edgevit.runtime.predict", "Predictor": "edgevit.runtime.predict", "Prediction": "edgevit.runtime.predict",
+    "time_bundle": "edgevit.runtime.predict", "read_manifest": "edgevit.runtime.bundle",
     "EdgevitError": "edgevit.errors", "UsageError": "edgevit.errors", "BundleError": "edgevit.errors",
     "ValidationFailedError": "edgevit.errors",
 }

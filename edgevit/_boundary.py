@@ -23,16 +23,21 @@ BUILD_SIDE = ("torch", "torchvision", "timm", "nncf", "onnx", "onnxscript", "tor
 # The CPU runtimes: imported by a runtime command only to run a bundle of their own backend.
 CPU_RUNTIMES = ("openvino", "onnxruntime")
 
-# The edgevit modules the runtime commands import (each also checked against RUNTIME_PYTHON).
+# The edgevit modules the runtime commands import (each also checked against RUNTIME_PYTHON): the runtime package,
+# the backends' runtime side and the shared ground below both sides.
 RUNTIME_MODULES = (
-    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._malloc", "edgevit._onnx_wire", "edgevit._opencv",
-    "edgevit._progress", "edgevit._registry", "edgevit.backends", "edgevit.backends.onnxruntime",
-    "edgevit.backends.openvino", "edgevit.backends.openvino.backend", "edgevit.backends.tensorrt",
-    "edgevit.backends.tensorrt.backend", "edgevit.backends.tensorrt.compile", "edgevit.backends.tensorrt.engine",
-    "edgevit.backends.tensorrt.plan", "edgevit.bundle", "edgevit.cli", "edgevit.cli_args", "edgevit.demo",
-    "edgevit.device_check", "edgevit.errors", "edgevit.failure", "edgevit.images", "edgevit.measure",
-    "edgevit.outputs", "edgevit.predict", "edgevit.profile", "edgevit.schema", "edgevit.sinks", "edgevit.targets",
-    "edgevit.timing",
+    # edgevit/runtime/: bundles, their manifest, predict, time, demo, the device check and what they need
+    "edgevit.runtime", "edgevit.runtime._malloc", "edgevit.runtime._onnx_wire", "edgevit.runtime._opencv",
+    "edgevit.runtime.bundle", "edgevit.runtime.demo", "edgevit.runtime.device_check", "edgevit.runtime.images",
+    "edgevit.runtime.manifest", "edgevit.runtime.measure", "edgevit.runtime.predict", "edgevit.runtime.profile",
+    "edgevit.runtime.runner", "edgevit.runtime.sinks", "edgevit.runtime.timing",
+    # edgevit/backends/: the interface and each backend's runtime (its build side imports onnx/NNCF lazily)
+    "edgevit.backends", "edgevit.backends.onnxruntime", "edgevit.backends.openvino",
+    "edgevit.backends.openvino.backend", "edgevit.backends.tensorrt", "edgevit.backends.tensorrt.backend",
+    "edgevit.backends.tensorrt.compile", "edgevit.backends.tensorrt.engine", "edgevit.backends.tensorrt.plan",
+    # the shared ground: the CLI, errors, outputs, targets, configuration
+    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._progress", "edgevit._registry", "edgevit.cli",
+    "edgevit.cli_args", "edgevit.errors", "edgevit.failure", "edgevit.outputs", "edgevit.schema", "edgevit.targets",
     # imported for one constant (cli_args: --max-drop's default) and for a guarded probe of torch's GPUs (env)
     "edgevit.validate", "edgevit.parallel",
 )

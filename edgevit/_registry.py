@@ -3,6 +3,8 @@
 importing any, and the bundle verifier asks a bundle's backend which files it loads without depending on the
 backends' package."""
 
+from __future__ import annotations
+
 import importlib
 
 BACKENDS = {
@@ -20,3 +22,12 @@ def get_backend(name: str):
         raise UnknownNameError("backend", name, BACKENDS)
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def require(backend) -> None:
+    """One line where ``backend``'s library cannot run here."""
+    ok, why = backend.available()
+    if not ok:
+        from edgevit.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"backend {backend.name} cannot run here: {why}")

@@ -168,7 +168,7 @@ def environment() -> dict:
     import torch
 
     from edgevit import __version__
-    from edgevit.measure import host_info
+    from edgevit.runtime.measure import host_info
 
     return {**host_info(), "edgevit": __version__, "torch": torch.__version__, "openvino": openvino.get_version(),
             "onnxruntime": onnxruntime.__version__, "threads": os.cpu_count()}
@@ -214,8 +214,8 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
     """Build one cell and measure it. Never raises: a failure is a cell with status 'failed' and the error."""
     from edgevit.backends import get_backend
     from edgevit.build import build
-    from edgevit.manifest import BACKEND_DEFAULT, TORCH_EAGER
-    from edgevit.measure import offline_throughput
+    from edgevit.runtime.manifest import BACKEND_DEFAULT, TORCH_EAGER
+    from edgevit.runtime.measure import offline_throughput
 
     cell = {"model": sm.model, "family": _family(sm.model), "target": target, "precision": precision}
     cell_profile = check = offline = None
@@ -252,6 +252,7 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
                                                  suite.throughput_batch)
         cell["details"] = {"latency": lat, "validation": v, "samples": (r.samples or {}).get("artifact"),
                            "offline": offline, "profile": cell_profile, "benchmark_app": check,
+                           "candidates": m.candidates(),
                            "random_weights": not sm.weights,
                            "backend": {"name": m.backend.name, "version": m.backend.version,
                                        "quantizer": m.backend.details.get("quantizer")},

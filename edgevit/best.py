@@ -45,9 +45,9 @@ def tied_with(lat: dict[str, dict]) -> list[str]:
 def build_best(req, inputs: dict):
     """Compile each candidate into the preparation's work directory, drop those that execute as another candidate,
     time the rest against each other, and write the chosen one (with its full latency stage) as the bundle."""
-    from edgevit.bundle import bundle_dir
     from edgevit.outputs import claim
     from edgevit.prepare import prepare
+    from edgevit.runtime.bundle import bundle_dir
     from edgevit.stages import BuildResult, compile_gated, latency_stage, speed_stage, write_bundle
 
     cands = [p for p in BEST_ORDER if p in req.target.precisions]
@@ -94,7 +94,7 @@ def _drop_duplicates(built: dict, record: list) -> None:
 
 def _select(prep, req, arts: dict) -> tuple[str, dict, str, list | None]:
     """(chosen, latency by candidate, the rule, the candidates tied with the fastest or None where not timed)."""
-    from edgevit.measure import compare_latency
+    from edgevit.runtime.measure import compare_latency
 
     if any(a.runner.info.get("proxy_for") for a in arts.values()):  # the engine runs on the device
         chosen = next(p for p in BEST_ORDER if p in arts)

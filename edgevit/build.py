@@ -2,7 +2,7 @@
 
 request (checked before any work) → prepare (model, data, ONNX export, FP32 reference: :mod:`edgevit.prepare`) →
 quantize + compile (:func:`edgevit.quantize.quantize_for`, the backend) → validate and gate (:mod:`edgevit.validate`,
-QAT in :mod:`edgevit.qat`) → latency (:mod:`edgevit.latency`) → manifest and bundle (:mod:`edgevit.bundle`).
+QAT in :mod:`edgevit.qat`) → latency (:mod:`edgevit.latency`) → manifest and bundle (:mod:`edgevit.runtime.bundle`).
 ``--precision best`` compiles every candidate from one preparation (:mod:`edgevit.best`); a TensorRT bundle is
 finished on the device (:mod:`edgevit.backends.tensorrt.compile`)."""
 
@@ -73,11 +73,11 @@ def build(model: str | torch.nn.Module, *, target: str = "cpu-x86", precision: P
     normalisation; ImageNet's otherwise), and ``data`` your own images: ``(images, labels)`` uint8 arrays, a
     map-style ``Dataset`` or ``DataLoader`` of ``(image, label)``, or ``{"train": ..., "val": ...}`` of those
     (:func:`edgevit.data.from_python`; ``classes`` names the labels)."""
-    from edgevit.bundle import bundle_dir
     from edgevit.failure import DURATIONS
     from edgevit.failure import stage as step
     from edgevit.outputs import claim
     from edgevit.prepare import prepare
+    from edgevit.runtime.bundle import bundle_dir
 
     DURATIONS.clear()  # this build's stages only
     if not isinstance(model, str):  # the caller's own module

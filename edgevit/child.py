@@ -46,6 +46,14 @@ def die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
+class ChildTimedOut(Exception):
+    """The child did not answer within its time limit; it was stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"it did not finish within {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
 def _main(conn, parent: int, fn, args, kwargs) -> None:
     die_with_parent(parent)
     from edgevit.errors import raise_terminated
@@ -62,15 +70,19 @@ def _main(conn, parent: int, fn, args, kwargs) -> None:
     conn.close()
 
 
-def run_in_child(fn, *args, grace: float = 10.0, **kwargs):
-    """``fn(*args, **kwargs)`` in a fresh spawned process; its return value, or its exception raised here."""
+def run_in_child(fn, *args, grace: float = 10.0, timeout: float | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` in a fresh spawned process; its return value, or its exception raised here. With
+    ``timeout`` (seconds), a child that has not answered by then is stopped and :class:`ChildTimedOut` raised."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_main, args=(send, os.getpid(), fn, args, kwargs))
     proc.start()
     send.close()
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while not receive.poll(0.2):
+            if deadline is not None and time.monotonic() > deadline:
+                raise ChildTimedOut(timeout)
             if not proc.is_alive():
                 if receive.poll(0):  # answered just before it ended
                     break
@@ -82,7 +94,7 @@ def run_in_child(fn, *args, grace: float = 10.0, **kwargs):
             raise ChildDied(proc.exitcode) from None
         proc.join()
     except BaseException:
-        if proc.is_alive():  # interrupted here: stop the child now, not after its work
+        if proc.is_alive():  # interrupted or out of time here: stop the child now, not after its work
             proc.terminate()
             proc.join(grace)
             if proc.is_alive():

@@ -124,7 +124,7 @@ def _cmd_build(a) -> int:
         print(summary(r))
     profile = r.manifest.section("profile")
     if a.profile and profile:
-        from edgevit.timing import profile_table
+        from edgevit.runtime.timing import profile_table
 
         print("\n" + profile_table(r.bundle.name, profile), file=sys.stderr if a.json else sys.stdout)
     return 0
@@ -179,7 +179,7 @@ def _cmd_report(a) -> int:
 
 def _cmd_predict(a) -> int:
     from edgevit.outputs import dumps
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     preds = Predictor(a.bundle, threads=a.threads).predict_files(a.images, k=a.top_k)
     for p in preds:
@@ -191,7 +191,7 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_demo(a) -> int:
-    from edgevit.demo import run_demo
+    from edgevit.runtime.demo import run_demo
 
     s = run_demo(a.bundle, a.source, output=a.output, jsonl=a.jsonl, headless=True if a.headless else None,
                  max_fps=a.max_fps, max_frames=a.max_frames, top_k=a.top_k, threads=a.threads, force=a.force)
@@ -213,11 +213,11 @@ def _cmd_inspect(a) -> int:
 
 def _cmd_time(a) -> int:
     from edgevit.outputs import dumps
-    from edgevit.predict import time_bundle
+    from edgevit.runtime.predict import time_bundle
 
     if len(a.bundles) > 1 or a.profile or a.batch or a.duration != 2.0 or a.hint or a.streams or \
             not Path(a.bundles[0]).is_dir():
-        from edgevit.timing import table, time_items
+        from edgevit.runtime.timing import table, time_items
 
         records = time_items(a.bundles, batch=a.batch, threads=a.threads, duration=a.duration, profile=a.profile,
                              throughput_batch=a.throughput_batch, hint=a.hint, streams=a.streams)
@@ -240,7 +240,7 @@ def environment_report() -> dict:
     import platform
 
     from edgevit.backends.tensorrt.engine import board_model, engine_support
-    from edgevit.measure import host_info, library_versions
+    from edgevit.runtime.measure import host_info, library_versions
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx",
                                  "opencv-python-headless", "tensorrt", "cuda-python"))
@@ -303,7 +303,7 @@ def _cmd_samples(a) -> int:
 
 
 def _cmd_verify(a) -> int:
-    from edgevit.bundle import read_manifest
+    from edgevit.runtime.bundle import read_manifest
 
     m = read_manifest(a.bundle)
     loaded = _load_check(a.bundle, m)
@@ -323,7 +323,7 @@ def _load_check(bundle, m) -> str:
     """verify's last check: the artifact loads through its own runtime and answers one image of the manifest's
     input size with one row of its classes, where that runtime is installed here (a damaged bundle is refused)."""
     from edgevit.backends import get_backend
-    from edgevit.predict import load_checked
+    from edgevit.runtime.predict import load_checked
 
     backend = get_backend(m.backend.name)
     if backend.capabilities.engine_on_device:

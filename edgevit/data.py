@@ -1,7 +1,7 @@
 """Datasets (Fashion-MNIST IDX files, ImageNet-style folders, synthetic): splits of labelled images, kept as uint8
 arrays or file paths and read through :mod:`edgevit.stream`; sampling, hold-outs and calibration subsets.
 
-Images become model input through one :class:`~edgevit.images.Preprocessing`, the object a bundle records."""
+Images become model input through one :class:`~edgevit.runtime.images.Preprocessing`, the object a bundle records."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import DatasetError, UnknownNameError, reading
-from edgevit.images import IMAGE_EXTENSIONS, Preprocessing
+from edgevit.runtime.images import IMAGE_EXTENSIONS, Preprocessing
 from edgevit.schema import bad_char
 from edgevit.stream import ImageStream, Split, path_array
 

@@ -89,7 +89,7 @@ def check_onnx(path: Path, model, images: np.ndarray, atol: float = 1e-3) -> flo
     got = sess.run(None, {INPUT_NAME: images})[0]
     with torch.no_grad():
         want = model(torch.from_numpy(images)).numpy()
-    from edgevit.measure import require_finite
+    from edgevit.runtime.measure import require_finite
 
     require_finite(want, "the PyTorch model")
     require_finite(got, f"the ONNX export {path.name}")

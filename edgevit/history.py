@@ -225,5 +225,16 @@ def _check_latency(f, v) -> None:
         f.number(b, "p50", f"baselines.{name}", 0.0, 1e9, optional=True, above=True)
 
 
+def _check_candidates(f, v) -> None:
+    if not isinstance(v, list):
+        raise f.fail("candidates", "must be a list")
+    for i, c in enumerate(v):
+        f.text(c, "label", f"candidates[{i}]", max_len=60)
+        f.number(c, "p50_ms", f"candidates[{i}]", 0.0, 1e9, above=True)
+        f.number(c, "top1", f"candidates[{i}]", 0.0, 100.0, optional=True)
+        f.number(c, "size_bytes", f"candidates[{i}]", 0.0, 1e15, optional=True)
+        f.get(c, "chosen", f"candidates[{i}]", bool)
+
+
 _DETAIL_PARTS = {"samples": _check_samples, "profile": _check_profile, "offline": _check_offline,
-                 "benchmark_app": _check_benchmark_app, "latency": _check_latency}
+                 "benchmark_app": _check_benchmark_app, "latency": _check_latency, "candidates": _check_candidates}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from edgevit._progress import library_output
 from edgevit.errors import UsageError, WeightsError, reading
-from edgevit.images import INTERPOLATIONS
 from edgevit.outputs import loads
+from edgevit.runtime.images import INTERPOLATIONS
 from edgevit.schema import Fields
 
 PREFIX = "hf-hub:"

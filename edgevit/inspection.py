@@ -254,7 +254,7 @@ def inspect_model(model: str, weights: str | None, out: str | os.PathLike, *, bu
     w = read_weights(weights, spec) if weights else None
     manifest = None
     if bundle:
-        from edgevit.bundle import read_manifest
+        from edgevit.runtime.bundle import read_manifest
 
         manifest = read_manifest(bundle)
         if manifest.backend.name != "openvino" or manifest.precision != "int8":

@@ -3,7 +3,7 @@
 Every runtime is timed at its own fastest thread count, found in the same interleaved run: a small model often runs
 fastest on fewer threads than the host has, and a baseline timed at a thread count that suits it badly (PyTorch's
 OpenMP on all cores of a loaded host: 2.2x slower) is no baseline. The baselines are the manifest's explicit keys
-(:data:`edgevit.bundle.BASELINES`)."""
+(:data:`edgevit.runtime.bundle.BASELINES`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgevit._progress import say
-from edgevit.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
+from edgevit.runtime.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER, LatencyRecord
 
 if TYPE_CHECKING:
     from edgevit.backends import Runner
@@ -31,7 +31,7 @@ class Latency:
 
 def fastest_of(timed: dict, name: str, counts: list[int]) -> tuple[int, dict]:
     """The thread count at which candidate ``name`` (timed as ``name@N``) ran fastest, and the sweep's record."""
-    from edgevit.measure import THREADS_TIE, fastest_threads
+    from edgevit.runtime.measure import THREADS_TIE, fastest_threads
 
     p50 = {n: timed[f"{name}@{n}"]["p50"] for n in counts}
     chosen = fastest_threads(p50)
@@ -56,7 +56,14 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     the user's model as given (PyTorch, the backend's defaults, NNCF's one-line INT8 on ``base_calib``), each on
     its own input, so that the ratios say what the whole search bought."""
     from edgevit.backends import LoadSpec
-    from edgevit.measure import THREADS_TIE, compare_latency, host_info, thread_counts, torch_runner, without_samples
+    from edgevit.runtime.measure import (
+        THREADS_TIE,
+        compare_latency,
+        host_info,
+        thread_counts,
+        torch_runner,
+        without_samples,
+    )
 
     runner = art.runner
     lat: dict = {"host": host_info(), "threads": runner.info.get("threads"), "batch": target.batch}
@@ -67,7 +74,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     base = base or prep
     x = base.latency_input(target.batch)
     if base is not prep:  # the artifact on its own (smaller) input, the baselines on the full-size one
-        from edgevit.timing import OwnInput
+        from edgevit.runtime.timing import OwnInput
 
         own_x = prep.latency_input(target.batch)
 
@@ -131,7 +138,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     layers = None
     if profile:
         say("profiling per-layer time (--profile)")
-        from edgevit.timing import beside_p50, profile_runs
+        from edgevit.runtime.timing import beside_p50, profile_runs
 
         p50 = res["artifact"]["p50"]
         layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
@@ -142,7 +149,7 @@ def _host_precision(timed: dict, cands: dict, name: dict, hps: list, art_counts:
     """The host precision kept for what stays unquantized: the fastest (within the tie, the one validated first)
     that ``accept`` lets through, its runner at its fastest thread count, and the sweep's figures: (host precision,
     runner, thread sweep by host precision, p50 by host precision, those rejected for accuracy)."""
-    from edgevit.measure import THREADS_TIE
+    from edgevit.runtime.measure import THREADS_TIE
 
     by_hp = {hp: fastest_of(timed, name[hp], art_counts) for hp in hps}
     p50 = {hp: timed[f"{name[hp]}@{by_hp[hp][0]}"]["p50"] for hp in hps}
@@ -161,7 +168,7 @@ def _host_precision(timed: dict, cands: dict, name: dict, hps: list, art_counts:
 def _baselines(timed: dict, cands: dict, backend, plain, artifact: str, torch_counts: list, peer_counts: list):
     """The artifact's timing and the baselines' (each at its fastest thread count) as the manifest records them:
     (timings by key, with raw samples; the manifest's ``baselines``)."""
-    from edgevit.measure import without_samples
+    from edgevit.runtime.measure import without_samples
 
     t_n, t_sweep = fastest_of(timed, "torch", torch_counts)
     res = {"artifact": timed[artifact], TORCH_EAGER: timed[f"torch@{t_n}"], BACKEND_DEFAULT: timed["default"]}

@@ -133,7 +133,7 @@ def data_config(spec: ModelSpec, input_size: int | None = None, pretrained: dict
     used, from their Hub repository), overridden by the alias."""
     import timm
 
-    from edgevit.images import Preprocessing
+    from edgevit.runtime.images import Preprocessing
 
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     cfg = {**(cfg.to_dict() if cfg is not None else {}), **(pretrained or {})}

@@ -329,7 +329,7 @@ def output_dir(final: str | os.PathLike, kind: str, force: bool = False,
 
     On any error (Ctrl-C and SIGTERM included) the staging directory is removed and ``final`` is left untouched.
     ``claimed``: the caller already holds the lock (:func:`claim`) and ran the check. ``check(stage)``: read the
-    finished output back before it is swapped in (a bundle: :func:`edgevit.bundle.bundle_dir`)."""
+    finished output back before it is swapped in (a bundle: :func:`edgevit.runtime.bundle.bundle_dir`)."""
     final = Path(final)
     with contextlib.ExitStack() as stack:
         if not claimed:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from edgevit.data import Dataset, Split
     from edgevit.hub import HubWeights
-    from edgevit.images import Preprocessing
     from edgevit.models import ModelSpec
+    from edgevit.runtime.images import Preprocessing
     from edgevit.stream import ImageStream
 
 
@@ -234,7 +234,8 @@ def _prepare(spec, work: Path, data, weights, input_size, calib_data, val_sample
     export_onnx(net, pre.input_size, prep.onnx_path)
     prep.export_diff = check_onnx(prep.onnx_path, net, prep.check_x)
     if reference and ds is not None:
-        from edgevit.measure import run_batches, torch_runner
+        from edgevit.runtime.measure import torch_runner
+        from edgevit.stream import run_batches
 
         prep.reference = run_batches(torch_runner(net), prep.val_u8, pre, desc="FP32 reference (torch)")
     return prep

@@ -296,7 +296,8 @@ class QATStage:
         qdq = export_qdq_onnx(self.qmodel, prep.pre.input_size, prep.work / "model_qdq.onnx")
         if prep.ds is not None:
             from edgevit.backends.onnxruntime import ORTRunner
-            from edgevit.measure import run_batches, top1
+            from edgevit.runtime.measure import top1
+            from edgevit.stream import run_batches
             from edgevit.validate import measured_with
 
             runner = ORTRunner(qdq, self.threads)

@@ -23,6 +23,10 @@ NEEDS_IMAGES = ("int8 calibration needs images: pass --data (fashion-mnist, imag
                 "latency-only work)")
 AC_MAX_ITERATIONS = 10
 AC_RANKING_SUBSET = 300
+# Accuracy-aware PTQ first ranks every quantizer group by the top-1 it costs on the ranking subset: on a model with
+# hundreds of groups (MaxViT) that alone ran past 15 minutes, and AC_MAX_ITERATIONS does not bound it. It runs in a
+# child process that is stopped at this limit; the gate then says so and the build fails like any failed gate.
+AC_TIME_LIMIT_S = 600.0
 
 
 def recipes_dir() -> Path:
@@ -70,10 +74,10 @@ DEFAULTS_FILE = "_defaults.toml"  # calibration/_defaults.toml: the measured def
 
 def default_recipe(backend: str, family: str) -> tuple[str, str]:
     """The recipe a build without ``--calibration`` uses, and why: the entry of ``calibration/_defaults.toml`` for the
-    backend, this host's class of CPU (:func:`edgevit.measure.host_class`) and the model's family, written from
+    backend, this host's class of CPU (:func:`edgevit.runtime.measure.host_class`) and the model's family, written from
     ``benchmarks/recipes.py`` runs; ``default`` where it has none."""
     from edgevit._config import tomllib
-    from edgevit.measure import host_class
+    from edgevit.runtime.measure import host_class
 
     cls = host_class()
     with open(recipes_dir() / DEFAULTS_FILE, "rb") as f:
@@ -119,6 +123,44 @@ def kept_in_higher_precision(ov_model) -> list[str]:
             if src != "FakeQuantize":
                 kept.append(op.get_friendly_name())
     return kept
+
+
+class AccuracyControlTimeout(Exception):
+    """Accuracy-aware PTQ did not finish within :data:`AC_TIME_LIMIT_S`."""
+
+
+def accuracy_controlled(backend, onnx_path: Path, images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
+                        max_drop: float, recipe: Recipe, transformer: bool):
+    """:func:`nncf_quantize_with_accuracy_control` on the backend's model of ``onnx_path``, in a child process
+    stopped after :data:`AC_TIME_LIMIT_S` (:class:`AccuracyControlTimeout`); the result comes back as an IR written
+    beside the export."""
+    import tempfile
+
+    from edgevit.child import ChildTimedOut, run_in_child
+
+    with tempfile.TemporaryDirectory(prefix="accuracy-control-", dir=Path(onnx_path).parent) as d:
+        out = Path(d) / "model.xml"
+        try:
+            run_in_child(_accuracy_controlled_ir, backend.name, Path(onnx_path), images, val_images, val_labels,
+                         max_drop, recipe, transformer, out, timeout=AC_TIME_LIMIT_S)
+        except ChildTimedOut:
+            raise AccuracyControlTimeout(f"stopped after {AC_TIME_LIMIT_S:g} s (still ranking or reverting layers)"
+                                         ) from None
+        import openvino as ov  # accuracy control is NNCF's OpenVINO path (capabilities.accuracy_control)
+
+        return ov.Core().read_model(str(out))
+
+
+def _accuracy_controlled_ir(backend_name: str, onnx_path: Path, images, val_images, val_labels, max_drop: float,
+                            recipe: Recipe, transformer: bool, out: Path) -> None:
+    """In the child: read, quantize with accuracy control, write the IR (an OpenVINO model does not pickle)."""
+    import openvino as ov
+
+    from edgevit._registry import get_backend
+
+    model = get_backend(backend_name).read(onnx_path)
+    q = nncf_quantize_with_accuracy_control(model, images, val_images, val_labels, max_drop, recipe, transformer)
+    ov.save_model(q, str(out), compress_to_fp16=False)
 
 
 def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
@@ -218,15 +260,15 @@ def quantize_for(backend, onnx_path: Path, precision: str, calibration: np.ndarr
     caps = backend.capabilities
     if qdq_onnx is not None:
         return backend.read(qdq_onnx), f"nncf {_nncf_version()} quantization-aware training (PyTorch), Q/DQ ONNX"
-    model = backend.read(onnx_path)
-    if precision != "int8":
-        return model, None
-    if accuracy_control is not None:
+    if precision == "int8" and accuracy_control is not None:
         if not caps.accuracy_control:
             raise UsageError(f"accuracy-aware PTQ is not available for the {backend.name} backend")
         val_x, val_y, max_drop = accuracy_control
-        return (nncf_quantize_with_accuracy_control(model, calibration, val_x, val_y, max_drop, recipe, transformer),
+        return (accuracy_controlled(backend, onnx_path, calibration, val_x, val_y, max_drop, recipe, transformer),
                 f"nncf {_nncf_version()} quantize_with_accuracy_control")
+    model = backend.read(onnx_path)
+    if precision != "int8":
+        return model, None
     how = f"nncf {_nncf_version()}" + (" (symmetric signed INT8)" if caps.int8_signed_symmetric else "")
     return nncf_quantize(model, calibration, recipe, transformer, signed_symmetric=caps.int8_signed_symmetric), how
 

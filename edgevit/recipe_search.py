@@ -59,7 +59,7 @@ def cache_path() -> Path:
 
 def cache_key(req, prep) -> str:
     """Everything the ranking of recipes depends on, as one string."""
-    from edgevit.measure import host_class, host_info, library_versions
+    from edgevit.runtime.measure import host_class, host_info, library_versions
 
     v = library_versions(("openvino", "nncf"))
     size = "x".join(str(s) for s in prep.pre.input_size)
@@ -146,7 +146,8 @@ def search(prep, req, stage: Path, seed: str | None):
             "rule": "no candidate passed as PTQ alone: the first, with the gate's fallbacks"}
     chosen, p50, rule = _fastest(prep, req, {n: c.art for n, c in built.items()}, names)
     record = {"cached": False, "key": key, "chosen": chosen, "rule": rule, "p50_ms": p50,
-              "top1_drop": {n: c.art.validation.get("top1_drop") for n, c in built.items()}, "rejected": rejected,
+              "top1_drop": {n: c.art.validation.get("top1_drop") for n, c in built.items()},
+              "size_bytes": {n: c.size_bytes() for n, c in built.items()}, "rejected": rejected,
               "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if len(built) > 1:
         write_cache(key, {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]},
@@ -160,7 +161,7 @@ def _fastest(prep, req, arts: dict, order: list[str]) -> tuple[str, dict, str]:
     import numpy as np
 
     from edgevit.best import BEST_TIE, tied_with
-    from edgevit.measure import compare_latency
+    from edgevit.runtime.measure import compare_latency
 
     x = np.zeros((req.target.batch, 3, *prep.pre.input_size), np.float32)
     lat = compare_latency({n: a.runner for n, a in arts.items()}, x, desc=f"recipes: timing {len(arts)} candidates")

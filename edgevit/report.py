@@ -18,7 +18,6 @@ from statistics import median
 from markupsafe import Markup
 
 from edgevit.errors import UsageError
-from edgevit.manifest import NNCF_DEFAULT
 from edgevit.report_charts import (
     DEFAULT_TOLERANCES,
     FAMILY_ORDER,
@@ -27,6 +26,7 @@ from edgevit.report_charts import (
     random_weights,
     trend_chart,
 )
+from edgevit.runtime.manifest import NNCF_DEFAULT
 
 
 def load(db_path: str | os.PathLike | list, suite: str | None = None) -> tuple[list[dict], list[dict]]:

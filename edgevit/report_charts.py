@@ -22,6 +22,13 @@ def random_weights(c: dict) -> bool:
     return bool(d.get("random_weights")) or str(d.get("weights", "")).startswith("random")
 
 
+def build_candidates(c: dict) -> list[dict]:
+    """The candidates the cell's build measured with an accuracy (``details.candidates``, as history checked it)."""
+    d = c.get("details")
+    d = d if isinstance(d, dict) else {}
+    return [k for k in d.get("candidates") or [] if k.get("top1") is not None and k.get("p50_ms")]
+
+
 def _svg(fig) -> str:
     """The figure as SVG text (crisp at any zoom, its labels searchable), text kept as text."""
     import matplotlib
@@ -73,7 +80,12 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
             ax.scatter(x, y, marker=markers.get(c["precision"], "o"), s=70, linewidths=1.5, zorder=3,
                        facecolor="white" if base else colors[c["model"]],
                        edgecolor=colors[c["model"]] if base else "black")
-        front = pareto([(x, y, label) for x, y, label, _ in pts])
+        # what each build's recipe and token searches measured (timed against each other inside the build)
+        cands = [(k["p50_ms"], k["top1"], f"{c['model']} {k['label']}", c) for *_, c in pts
+                 for k in build_candidates(c) if not k["chosen"]]
+        for x, y, _, c in cands:
+            ax.scatter(x, y, marker="x", s=40, linewidths=1.2, zorder=2, color=colors[c["model"]], alpha=0.8)
+        front = pareto([(x, y, label) for x, y, label, _ in pts + cands])
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", zorder=2)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -94,6 +106,9 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
                    for m in models if m in shown]
         handles += [Line2D([], [], ls="", marker=markers.get(p, "o"), markersize=8, color="gray", label=p)
                     for p in markers if any(c["precision"] == p for *_, c in pts)]
+        if cands:
+            handles.append(Line2D([], [], ls="", marker="x", markersize=7, color="gray",
+                                  label="other build candidates (recipes, input sizes)"))
         handles.append(Line2D([], [], ls="--", color="tab:red", label="Pareto front: " + " → ".join(
             p[2] for p in front)))
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -17,16 +17,16 @@ from edgevit._progress import say
 from edgevit.backends import LoadSpec
 from edgevit.errors import UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
-from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES
+from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES, AccuracyControlTimeout
 from edgevit.validate import DEFAULT_MAX_DROP, Artifact, Gate
 
 if TYPE_CHECKING:
     import numpy as np
 
     from edgevit.backends import Backend
-    from edgevit.manifest import Manifest
     from edgevit.models import ModelSpec
     from edgevit.quantize import Recipe
+    from edgevit.runtime.manifest import Manifest
     from edgevit.targets import Target
 
 
@@ -83,6 +83,10 @@ class Candidate:
     calib: np.ndarray | None  # the calibration images (float32 NCHW) it was quantized with
     req: Request  # what built it, with the recipe it was quantized with
     speed_search: dict | None = None  # the speed stage's record (None: it did not run)
+
+    def size_bytes(self) -> int:
+        """The bytes of the artifact's files (what a bundle of it would ship, less labels and check images)."""
+        return sum((self.stage / f).stat().st_size for f in self.art.built.files)
 
     def moved_to(self, stage: Path) -> Candidate:
         """The same candidate with its files copied into ``stage`` (replacing what is there)."""
@@ -154,7 +158,7 @@ def compile_gated(prep, req: Request, precision: str, stage: Path, fallback: boo
         art.validation["qdq_onnx"] = record["qdq_onnx"]
     executed = art.runner.info.get("executed_precision")
     if executed and executed != precision:
-        from edgevit.measure import host_info
+        from edgevit.runtime.measure import host_info
 
         say(f"warning: {precision} was asked for but {req.backend.name} executes {executed} on this host "
             f"({host_info()['cpu']}); the manifest records what ran")
@@ -173,11 +177,19 @@ def _fallback(prep, req: Request, stage: Path, first: Artifact, gate: Gate, qat:
         method, extra = "QAT", {"epochs": req.qat.epochs, "distill": req.qat.distill}
         art = compile_artifact(prep, req, "int8", stage, calib, qdq=qat.qdq(req.qat.epochs, req.signed))
     elif req.backend.capabilities.accuracy_control:
+        from edgevit.quantize import AC_TIME_LIMIT_S
+
         say(f"accuracy gate: INT8 loses {first.validation['top1_drop']:.2f} points, over the budget of "
             f"{req.max_drop:.2f}; trying accuracy-aware PTQ (layers that cost most go back to higher precision)")
         method, extra = "accuracy-aware PTQ", {"tuned_on": f"{len(gate.holdout[1])} hold-out training images",
-                                               "max_reverts": AC_MAX_ITERATIONS}
-        art = compile_artifact(prep, req, "int8", stage, calib, accuracy_control=(*gate.holdout, req.max_drop))
+                                               "max_reverts": AC_MAX_ITERATIONS, "time_limit_s": AC_TIME_LIMIT_S}
+        try:
+            art = compile_artifact(prep, req, "int8", stage, calib, accuracy_control=(*gate.holdout, req.max_drop))
+        except AccuracyControlTimeout as e:  # bounded: the gate records it and fails like any other attempt
+            say(f"accuracy-aware PTQ {e}; keeping {gate.tried[0]['method']}")
+            restore_stage(kept_first, stage)
+            gate.skip(method, f"{e}")
+            method = None
     else:
         method = None
         gate.skip("accuracy-aware PTQ", f"not available for the {req.backend.name} backend (it needs NNCF's "
@@ -271,7 +283,7 @@ def latency_stage(prep, req: Request, cand: Candidate, base=None):
 
     precision, art, stage, calib, gate = cand.precision, cand.art, cand.stage, cand.calib, cand.gate
     if not req.measure_latency and not art.runner.info.get("proxy_for"):
-        from edgevit.measure import host_info
+        from edgevit.runtime.measure import host_info
 
         return Latency({"host": host_info(), "threads": art.runner.info.get("threads"), "batch": req.target.batch,
                         "skipped": "latency not measured (measure_latency=False)"}, runner=art.runner)
@@ -305,8 +317,8 @@ def _stage_seconds() -> dict:
 
 def write_bundle(prep, cand: Candidate, lat, **extra) -> Manifest:
     """The manifest of the candidate's artifact in its stage directory (checksummed and checked against the schema
-    by :func:`edgevit.bundle.write_manifest`)."""
-    from edgevit.bundle import update_manifest, write_manifest
+    by :func:`edgevit.runtime.bundle.write_manifest`)."""
+    from edgevit.runtime.bundle import update_manifest, write_manifest
 
     req, precision, stage, art, gate, qat, calib = (cand.req, cand.precision, cand.stage, cand.art, cand.gate,
                                                     cand.qat, cand.calib)
@@ -342,21 +354,20 @@ def write_bundle(prep, cand: Candidate, lat, **extra) -> Manifest:
     )
     engine = written.backend.engine
     if isinstance(engine, dict) and engine.get("status") != "pending":  # built on this host, which is the device
-        from edgevit import device_check
-
+        from edgevit.runtime import device_check
         engine = {**engine, "check": device_check.check_engine(stage, written, lat.runner)}
         return update_manifest(stage, written.updated(backend={**written.backend.details, "engine": engine}))
     return written
 
 
 def _device_check(prep, stage: Path) -> tuple[list[str], dict]:
-    """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.device_check`): the files
+    """Ship the images and FP32 logits the device judges its engine by (:mod:`edgevit.runtime.device_check`): the files
     written and the manifest's record. An engine built here is judged by the same rule once the manifest is
     written."""
-    from edgevit import device_check
     from edgevit.backends.tensorrt.backend import onnx_proxy
     from edgevit.backends.tensorrt.plan import ONNX_FILE
-    from edgevit.measure import torch_runner
+    from edgevit.runtime import device_check
+    from edgevit.runtime.measure import torch_runner
 
     source = (f"{len(prep.check_x[:device_check.SAMPLES])} held-out images of {prep.ds.spec} ({prep.ds.val_name})"
               if prep.ds is not None else "random normal images (no --data given)")
@@ -370,7 +381,7 @@ def provenance() -> dict:
     import sys
     from datetime import datetime, timezone
 
-    from edgevit.measure import library_versions
+    from edgevit.runtime.measure import library_versions
 
     versions = library_versions(("edgevit", "torch", "timm", "nncf", "openvino", "onnxruntime", "onnx"))
     cmd = os.environ.get("EDGEVIT_COMMAND")  # set by the CLI (and inherited by bench's cell processes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from edgevit.errors import EdgevitError
-from edgevit.images import load_image
+from edgevit.runtime.images import load_image
 
 if TYPE_CHECKING:
-    from edgevit.images import Preprocessing
+    from edgevit.runtime.images import Preprocessing
 
 
 @dataclass
@@ -64,7 +64,7 @@ def item_image(item) -> Image.Image:
     or a uint8 tensor (C, H, W), or a file path. edgevit applies the model's preprocessing itself, so a float
     (already normalised) tensor is refused rather than guessed at."""
     from edgevit.errors import DatasetError
-    from edgevit.images import as_image
+    from edgevit.runtime.images import as_image
 
     x = item[0] if isinstance(item, (tuple, list)) else item
     if type(x).__module__.startswith("torch"):
@@ -197,3 +197,27 @@ def u8_batches(images: np.ndarray | ImageStream, batch_size: int) -> Iterator[np
     else:
         for s in range(0, len(images), batch_size):
             yield images[s:s + batch_size]
+
+
+def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8, pre, batch_size: int = 100,
+                desc: str = "validate") -> np.ndarray:
+    """Logits of ``fn`` over uint8 NHWC images (an array, or an :class:`ImageStream` that decodes
+    them batch by batch), normalised batch by batch."""
+    from edgevit._progress import progress
+    from edgevit.runtime._malloc import pass_buffers_unpooled
+    from edgevit.runtime.measure import require_finite
+
+    n = len(images_u8)
+    out = None
+    done = 0
+    with pass_buffers_unpooled():  # batch buffers never fragment the heap (see edgevit.runtime._malloc)
+        for x in progress(u8_batches(images_u8, batch_size), desc=desc, total=-(-n // batch_size), min_total=5):
+            logits = np.asarray(fn(pre.normalize(x)))
+            if out is None:  # one array for every image's logits, made once: nothing small is left between batches
+                out = np.empty((n, *logits.shape[1:]), np.float32)
+            out[done:done + len(logits)] = logits
+            done += len(logits)
+            del logits  # the runtime's own output buffer goes now, not with the next batch
+    if out is None or done != n:
+        raise ValueError(f"{desc}: the stream gave {done} of {n} images")
+    return require_finite(out, desc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgevit.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER
+from edgevit.runtime.manifest import BACKEND_DEFAULT, NNCF_DEFAULT, TORCH_EAGER
 from edgevit.validate import tried_text
 
 

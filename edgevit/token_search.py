@@ -102,7 +102,8 @@ def search(prep, cand, inputs: dict, enter):
     top1 = {s: c.art.validation.get("top1") for s, (_, c) in cands.items()}
     for s, (_, c) in cands.items():
         record["candidates"].append({"size": s, "tokens_share": round((s / full) ** 2, 3), "top1": top1[s],
-                                     "top1_drop": c.art.validation.get("top1_drop"), "p50_ms": lat[s]})
+                                     "top1_drop": c.art.validation.get("top1_drop"), "p50_ms": lat[s],
+                                     "size_bytes": c.size_bytes()})
     chosen, rule = _choose(top1, lat, budget)
     record.update(chosen=chosen, rule=rule, speedup_vs_full=round(lat[full] / lat[chosen], 3))
     say(f"token search: {chosen} px; " + ", ".join(f"{s} px {lat[s]:.3f} ms top-1 {top1[s]}"
@@ -146,8 +147,8 @@ def finetune(p, epochs: int) -> None:
 
 def _time(cands: dict) -> dict[int, float]:
     """Each size's p50, timed against the others in one interleaved, process-isolated run on its own input."""
-    from edgevit.measure import compare_latency
-    from edgevit.timing import OwnInput
+    from edgevit.runtime.measure import compare_latency
+    from edgevit.runtime.timing import OwnInput
 
     runners = {}
     for s, (p, c) in cands.items():

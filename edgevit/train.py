@@ -95,7 +95,8 @@ def evaluate_torch(model, images_u8, labels: np.ndarray, pre,
                    desc: str = "eval") -> tuple[float, np.ndarray]:
     """Top-1 (%) of a torch model on preprocessed uint8 NHWC images (an array or an ImageStream); also returns the
     logits."""
-    from edgevit.measure import run_batches, top1, torch_runner
+    from edgevit.runtime.measure import top1, torch_runner
+    from edgevit.stream import run_batches
 
     model.eval()
     logits = run_batches(torch_runner(model), images_u8, pre, batch_size=256, desc=desc)

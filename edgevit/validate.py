@@ -36,7 +36,7 @@ class Artifact:
 
 
 def measured_with(runner) -> str:
-    from edgevit.measure import host_info
+    from edgevit.runtime.measure import host_info
 
     info = runner.info
     where = f"{info['backend']} {info.get('version', '')} on {info.get('device', 'CPU')} ({host_info()['cpu']})"
@@ -48,7 +48,8 @@ def measured_with(runner) -> str:
 def validate(prep, runner, label: str) -> dict:
     """Top-1/top-5 of ``runner`` on the prepared validation images beside the FP32 reference, and how far apart
     their logits are."""
-    from edgevit.measure import run_batches, top1, topk
+    from edgevit.runtime.measure import top1, topk
+    from edgevit.stream import run_batches
 
     if prep.ds is None:
         return {"skipped": "no --data given: accuracy not measured"}
@@ -105,7 +106,7 @@ class Gate:
 
     def holdout_top1(self, prep, runner) -> float:
         """Top-1 on the training split's hold-out: choosing between artifacts never looks at the validation images."""
-        from edgevit.measure import top1
+        from edgevit.runtime.measure import top1
 
         if self.holdout is None:
             self.holdout = gate_holdout(prep)

@@ -60,7 +60,7 @@ def _build(backend, exported, precision: str, out: Path, accuracy_control=None):
     out.mkdir()
     built = backend.build(BuildJob(model=model, onnx_path=onnx_path, precision=precision, target=target,
                                    out_dir=out, quantizer=quantizer, calibration=calib))
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
 
     manifest = Manifest({"precision": precision, "target": target.to_dict(),
                          "backend": {"name": backend.name, **built.details}, "files": {f: {} for f in built.files}})

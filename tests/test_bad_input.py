@@ -231,7 +231,7 @@ def test_directory_as_image(bundle, tmp_path, capsys):
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from edgevit.images import load_image
+    from edgevit.runtime.images import load_image
 
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "grey16.png")
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "white16.png")
@@ -242,7 +242,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
 def test_alpha_palette_and_exif_orientation(tmp_path):
     from PIL import Image
 
-    from edgevit.images import load_image
+    from edgevit.runtime.images import load_image
 
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., :3] = 200  # colour under a fully transparent pixel contributes nothing
@@ -492,6 +492,6 @@ def test_two_builds_into_the_same_bundle_at_once(tmp_path):
         if rc:
             assert rc == 1 and len(err.strip().splitlines()) == 1 and "another edgevit process" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same"]
-    from edgevit.bundle import read_manifest
+    from edgevit.runtime.bundle import read_manifest
 
     read_manifest(tmp_path / "out" / "same")

@@ -251,8 +251,8 @@ def test_crosscheck_against_benchmark_app(int8_bundle):
     import numpy as np
 
     from edgevit.bench import crosscheck_benchmark_app
-    from edgevit.measure import compare_latency, offline_throughput
-    from edgevit.predict import Predictor
+    from edgevit.runtime.measure import compare_latency, offline_throughput
+    from edgevit.runtime.predict import Predictor
 
     p = Predictor(int8_bundle)
     p50 = compare_latency({"a": p.runner}, np.zeros((1, 3, 32, 32), np.float32))["a"]["p50"]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from edgevit.build import build
-from edgevit.bundle import read_manifest
 from edgevit.errors import BundleError, UsageError
-from edgevit.predict import Predictor
+from edgevit.runtime.bundle import read_manifest
+from edgevit.runtime.predict import Predictor
 
 from .conftest import TINY_VIT
 
@@ -151,6 +151,26 @@ def test_accuracy_gate_passes_then_fails_cleanly(fmnist_dir, tiny_checkpoint, tm
     assert all(0 <= t["holdout_top1"] <= 100 for t in g["tried"])  # PTQ vs fallback is decided on the hold-out
 
 
+def test_accuracy_aware_ptq_is_stopped_at_its_time_limit(fmnist_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    """The fallback's ranking is unbounded in NNCF (MaxViT ran past 15 minutes): a real child process is stopped at
+    the limit, the gate says so in its one line, nothing is written and no process is left behind."""
+    import multiprocessing
+
+    from edgevit.errors import ValidationFailedError
+
+    monkeypatch.setattr("edgevit.quantize.AC_TIME_LIMIT_S", 1.0)
+    common = dict(model="vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",
+                  weights=str(tiny_checkpoint), out=str(tmp_path), calibration="fast", measure_latency=False,
+                  max_drop=-50.0)
+    with pytest.raises(ValidationFailedError, match=r"\(tried PTQ: drop .*; accuracy-aware PTQ: stopped after 1 s"):
+        build(**common)
+    assert list(tmp_path.iterdir()) == [] and multiprocessing.active_children() == []
+    kept = build(**common, keep_failed=True)
+    tried = kept.manifest.data["accuracy_gate"]["tried"]
+    assert [t["method"] for t in tried] == ["PTQ", "accuracy-aware PTQ"] and "stopped after 1 s" in tried[1]["skipped"]
+    assert kept.manifest.data["status"] == "failed-validation" and multiprocessing.active_children() == []
+
+
 def test_precision_best_keeps_the_fastest_measured_candidate(fmnist_dir, tiny_checkpoint, tmp_path):
     # one thread and no speed search: the candidates are still timed against each other, which is what is checked
     r = build("vit-tiny-fmnist", precision="best", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
@@ -187,7 +207,7 @@ def test_thread_count_is_chosen_by_measurement_and_used_by_predict(tmp_path):
     import os
 
     from edgevit.build import build
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     r = build("vit-tiny-fmnist", precision="fp32", out=str(tmp_path),
               overrides=dict(embed_dim=32, depth=1, num_heads=2))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from edgevit.data import FASHION_MNIST_CLASSES, load_dataset, read_idx, sample_indices
 from edgevit.errors import DatasetError, ImageError, UnknownNameError
-from edgevit.images import Preprocessing, load_image
+from edgevit.runtime.images import Preprocessing, load_image
 
 from .conftest import write_idx
 

@@ -10,8 +10,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2", reason="the demo needs OpenCV: pip install 'edgevit[demo]'")
 
-from edgevit.demo import Capture, FrameSource, SourceError, display_available, open_source, run_demo  # noqa: E402
-from edgevit.predict import Predictor  # noqa: E402
+from edgevit.runtime.demo import Capture, FrameSource, SourceError, display_available, open_source, run_demo  # noqa: E402
+from edgevit.runtime.predict import Predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_headless_choice_and_source_errors(int8_bundle, tmp_path, monkeypatch):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(SourceError, match="cannot open file source"):
         open_source(str(tmp_path / "bad.mp4"))
-    from edgevit.demo import opencv_has
+    from edgevit.runtime.demo import opencv_has
 
     if not opencv_has("GStreamer"):
         with pytest.raises(SourceError, match="GStreamer"):

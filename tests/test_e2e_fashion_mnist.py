@@ -15,7 +15,7 @@ pytestmark = [
 def test_train_build_predict_on_fashion_mnist(tmp_path):
     from edgevit.build import build
     from edgevit.data import load_dataset
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
     from edgevit.train import train
 
     run = train("vit-tiny-fmnist", "fashion-mnist", tmp_path / "run", epochs=1, limit=4000, depth=2)

@@ -3,7 +3,7 @@
 import pytest
 
 from edgevit.build import build
-from edgevit.bundle import read_manifest
+from edgevit.runtime.bundle import read_manifest
 
 FAMILIES = {
     "hybrid-tiny-fmnist": dict(depth=1, embed_dim=32, num_heads=2),

@@ -84,6 +84,25 @@ def test_a_damaged_detail_is_dropped_and_the_cell_kept():
     assert sorted(c["details"]["dropped"]) == ["profile", "samples"] and c["details"]["weights"] == "w"
 
 
+def test_build_candidates_join_the_accuracy_latency_front(tmp_path):
+    """A build's searched candidates (recipes, input sizes) are drawn beside the suite's cells and can be on the
+    front; a candidate list that does not fit the schema is dropped with the cell kept."""
+    from edgevit.history import read_cell
+    from edgevit.report import report
+
+    cands = [{"label": "24 px", "p50_ms": 0.5, "top1": 79.5, "size_bytes": 900, "chosen": False},
+             {"label": "recipe plain", "p50_ms": 2.0, "top1": 70.0, "size_bytes": 1000, "chosen": False},
+             {"label": "recipe default", "p50_ms": 1.0, "top1": 80.0, "size_bytes": 1000, "chosen": True}]
+    db = tmp_path / "h.sqlite"
+    _history(db, [_run("r1")], [_cell("r1", details=json.dumps({"samples": [1.0], "weights": "best.pt",
+                                                                "candidates": cands}))])
+    page = (report(str(db), str(tmp_path / "rep"))[0] / "report.html").read_text()
+    assert "other build candidates" in page and "vit-tiny 24 px → vit-tiny int8" in page  # on the front, faster
+    assert "recipe plain" not in page  # slower and less accurate than the cell: drawn, not on the front
+    bad = read_cell(_cell(details=json.dumps({"candidates": [{"label": "x\ny", "p50_ms": 1, "chosen": True}]})))
+    assert bad["details"]["dropped"] == ["candidates"]
+
+
 def test_any_row_is_a_checked_record_or_damaged():
     """Property: whatever a history holds in any column, the reader returns a row whose numbers are finite and whose
     details are an object, or raises DamagedRow; nothing else."""

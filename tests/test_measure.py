@@ -2,7 +2,7 @@ import time
 
 import numpy as np
 
-from edgevit.measure import compare_latency, host_info, top1, topk
+from edgevit.runtime.measure import compare_latency, host_info, top1, topk
 
 
 def test_compare_latency_interleaves_and_orders():
@@ -36,7 +36,7 @@ def test_accuracy_helpers_and_host():
 
 ALONE = """
 import sys, numpy as np, torch
-from edgevit.measure import TorchRunner, compare_latency
+from edgevit.runtime.measure import TorchRunner, compare_latency
 model = torch.load(sys.argv[1], weights_only=False)
 x = np.zeros((1, 3, 32, 32), np.float32)
 print(compare_latency({"torch": TorchRunner(model, 2)}, x, isolate=False)["torch"]["p50"])
@@ -53,8 +53,8 @@ def test_torch_baseline_timed_beside_openvino_matches_torch_alone(tmp_path):
 
     from edgevit.backends.openvino.backend import OVRunner
     from edgevit.export import export_onnx
-    from edgevit.measure import TorchRunner, compare_latency
     from edgevit.models import create_model, resolve_spec
+    from edgevit.runtime.measure import TorchRunner, compare_latency
 
     torch.manual_seed(0)
     model = create_model(resolve_spec("vit-tiny-fmnist"), num_classes=10).eval()
@@ -79,8 +79,9 @@ def _host_precision_run(monkeypatch, p50: dict, accept_ok: bool):
     """measure_build over a fake backend offering f32 and bf16 for the unquantized ops, with set timings."""
     from types import SimpleNamespace
 
-    from edgevit import latency, measure
+    from edgevit import latency
     from edgevit.backends import Built, Capabilities
+    from edgevit.runtime import measure
     from edgevit.targets import load_target
     from edgevit.validate import Artifact
 
@@ -141,7 +142,7 @@ def test_host_precision_within_the_noise_stays_as_validated(monkeypatch):
 
 def test_openvino_offers_bf16_only_where_the_cpu_has_it(monkeypatch):
     from edgevit.backends.openvino.backend import OpenVINOBackend
-    from edgevit.measure import host_info
+    from edgevit.runtime.measure import host_info
     from edgevit.targets import load_target
 
     ov, auto, bf16 = OpenVINOBackend(), load_target("cpu-x86"), load_target("cpu-x86-bf16host")

@@ -45,7 +45,7 @@ def test_qat_checkpoint_is_tensor_only_and_keeps_fp32_reference(qat_build, tiny_
 
 def test_qat_checkpoint_rebuilds_without_training(qat_build, fmnist_dir, tmp_path):
     from edgevit.build import build
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     first, out = qat_build
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}",

@@ -51,7 +51,7 @@ def real_manifest(int8_bundle) -> dict:
 
 def test_any_manifest_edit_is_valid_or_one_bundle_error(real_manifest):
     """A real manifest with any one field (or the whole) replaced by any JSON value."""
-    from edgevit.bundle import validate_manifest
+    from edgevit.runtime.bundle import validate_manifest
 
     paths = list(_paths(real_manifest))
 
@@ -71,7 +71,7 @@ def test_any_manifest_file_is_read_or_one_bundle_error(int8_bundle, tmp_path_fac
     """The bytes of manifest.json itself: whatever they are, read_manifest gives a manifest or a BundleError."""
     import shutil
 
-    from edgevit.bundle import read_manifest
+    from edgevit.runtime.bundle import read_manifest
 
     d = tmp_path_factory.mktemp("m") / "b"
     shutil.copytree(int8_bundle, d)
@@ -236,7 +236,7 @@ def test_any_image_file_is_rgb8_or_one_image_error(tmp_path_factory):
     an ImageError (never a decoder's own exception or a numpy warning)."""
     import warnings
 
-    from edgevit.images import load_image
+    from edgevit.runtime.images import load_image
 
     images = _image_bytes()
     d = tmp_path_factory.mktemp("img")
@@ -266,7 +266,7 @@ def test_float_images_with_infinite_pixels_are_refused(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from edgevit.images import load_image
+    from edgevit.runtime.images import load_image
 
     a = np.zeros((8, 8), np.float32)
     a[0, 0] = np.inf

@@ -21,13 +21,18 @@ def _build(out, **kw):
 
 
 def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_cache(tmp_path, monkeypatch, capsys):
-    import edgevit.measure
+    import edgevit.runtime.measure
     from edgevit.recipe_search import CACHE_FILE, candidates
 
     monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen9")  # a class calibration/_defaults.toml lacks
-    m = _build(tmp_path / "a").manifest.data
+    # a class calibration/_defaults.toml lacks
+    monkeypatch.setattr(edgevit.runtime.measure, "host_class", lambda: "zen9")
+    r = _build(tmp_path / "a")
+    m = r.manifest.data
     rs = m["recipe_search"]
+    points = r.manifest.candidates()  # what the report draws beside the suite: every timed recipe, with its top-1
+    assert {p["label"] for p in points} == {f"recipe {n}" for n in rs["p50_ms"]}
+    assert [p["chosen"] for p in points].count(True) == 1 and all(p["size_bytes"] > 0 for p in points)
     want = candidates("openvino", "vit", True, None)
     assert len(want) > 1 and not rs["cached"] and "zen9" in rs["key"]
     assert set(rs["p50_ms"]) | set(rs["rejected"]) == set(want)  # every candidate was built, and timed or refused
@@ -40,7 +45,7 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
     again = _build(tmp_path / "a").manifest.data["recipe_search"]
     assert again["cached"] is True and again["recipe"] == rs["chosen"] and again["key"] == rs["key"]
 
-    monkeypatch.setattr(edgevit.measure, "host_class", lambda: "zen10")  # another class: another key
+    monkeypatch.setattr(edgevit.runtime.measure, "host_class", lambda: "zen10")  # another class: another key
     from edgevit.recipe_search import cache_key
 
     prep = SimpleNamespace(spec=SimpleNamespace(alias="vit-tiny-fmnist"), pre=SimpleNamespace(input_size=(32, 32)))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgevit.data import load_dataset, preprocess_split
-from edgevit.images import Preprocessing, load_image
+from edgevit.runtime.images import Preprocessing, load_image
 from edgevit.stream import ImageStream
 from tests._torchrun import RECORD_SHARDS, torchrun
 
@@ -146,7 +146,7 @@ def test_a_validation_pass_keeps_only_per_image_logits_not_batches_or_runtime_ou
     import gc
     import weakref
 
-    from edgevit.measure import run_batches
+    from edgevit.stream import run_batches
 
     classes, batch, batches = 7, 20, 50
     alive_inputs: list[weakref.ref] = []
@@ -184,14 +184,14 @@ def test_a_validation_pass_keeps_only_per_image_logits_not_batches_or_runtime_ou
 
 
 def test_a_pass_keeps_batch_buffers_out_of_the_heap():
-    """The mechanism behind flat validation memory (edgevit._malloc), checked by what glibc's heap keeps: 200 batch
-    buffers of 1-20 MiB grow the heap by tens of MiB once the dynamic mmap threshold has risen, and by next to
+    """The mechanism behind flat validation memory (edgevit.runtime._malloc), checked by what glibc's heap keeps: 200
+    batch buffers of 1-20 MiB grow the heap by tens of MiB once the dynamic mmap threshold has risen, and by next to
     nothing inside pass_buffers_unpooled. Both run in fresh processes; the first shows the probe can see it."""
     import json
     import sys
     from pathlib import Path
 
-    from edgevit._malloc import _glibc
+    from edgevit.runtime._malloc import _glibc
 
     if _glibc() is None:
         pytest.skip("not glibc: the mechanism does nothing there")

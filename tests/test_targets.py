@@ -117,8 +117,8 @@ def test_recipe_optional_float_reads_from_toml(tmp_path):
 def test_default_recipe_is_the_measured_one_for_backend_cpu_and_family(tmp_path, monkeypatch):
     """A build without --calibration gets calibration/_defaults.toml's entry for its backend, its host's class of
     CPU and the model's family, and 'default' where there is none; _defaults is no recipe of its own."""
-    import edgevit.measure as measure
     import edgevit.quantize as q
+    import edgevit.runtime.measure as measure
     from edgevit.errors import UnknownNameError
 
     for name in ("default", "plain", "fast"):
@@ -137,7 +137,7 @@ def test_default_recipe_is_the_measured_one_for_backend_cpu_and_family(tmp_path,
 
 
 def test_host_class_follows_the_isa_cap(monkeypatch):
-    from edgevit.measure import HOST_CLASSES, host_class
+    from edgevit.runtime.measure import HOST_CLASSES, host_class
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     found = host_class()

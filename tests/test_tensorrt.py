@@ -205,7 +205,7 @@ def test_cross_host_build_writes_checked_qdq_onnx_accuracy_and_plan(orin_bundle)
 
 
 def test_cross_host_bundle_predicts_through_onnxruntime(orin_bundle, png):
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     p = Predictor(orin_bundle.bundle)
     assert p.runner.info["proxy_for"] == "tensorrt"
@@ -273,7 +273,7 @@ def test_engine_on_gpu(orin_bundle, tmp_path):
     if not (b / "model.engine").is_file():  # prepared only: finish it as a user on the device would
         compile_bundle(b)
     shutil.copytree(b, tmp_path / "copy")
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     p = Predictor(tmp_path / "copy")
     assert p.runner.info["backend"] == "tensorrt"

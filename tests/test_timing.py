@@ -25,7 +25,7 @@ def test_time_a_bundle_beside_a_plain_ir_with_profiles(int8_bundle, capsys):
         assert prof["accounted_max_ms"] >= prof["accounted_ms"]
         assert abs(sum(x["share"] for x in prof["top_layers"]) - 1) < 0.02 or prof["layers_timed"] > 15
     assert recs[0]["model"] == "vit-tiny-fmnist" and recs[0]["threads"] >= 1
-    from edgevit.timing import table
+    from edgevit.runtime.timing import table
 
     text = table(recs)  # what the command prints without --json
     assert "timed interleaved, each in its own process" in text and "relative to the first" in text

@@ -14,7 +14,7 @@ from tests.conftest import TINY_VIT
 
 def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_dir, tiny_checkpoint, tmp_path):
     from edgevit.build import build
-    from edgevit.predict import Predictor
+    from edgevit.runtime.predict import Predictor
 
     r = build("vit-tiny-fmnist", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(tiny_checkpoint),
               out=str(tmp_path), calibration="fast", token_search=True, token_finetune=1, max_drop=100.0,

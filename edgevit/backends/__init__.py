@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgevit._registry import BACKENDS, get_backend
-from edgevit.errors import BackendUnavailableError
+from edgevit._registry import BACKENDS, get_backend, require
+from edgevit.runtime.runner import LoadSpec, Runner
 
 if TYPE_CHECKING:
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
     from edgevit.targets import Target
 
-__all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "Runner", "RuntimeDecides", "get_backend",
-           "host_support"]
+__all__ = ["BACKENDS", "Backend", "BuildJob", "Built", "Capabilities", "LoadSpec", "Runner", "RuntimeDecides",
+           "get_backend", "host_support", "require"]
 
 
 @dataclass(frozen=True)
@@ -28,24 +28,6 @@ class Capabilities:
     accuracy_control: bool = False  # NNCF's accuracy-aware PTQ works on this backend's model format
     engine_on_device: bool = False  # the artifact is finished on the device (`edgevit compile`), not on this host
     speed_search: bool = False  # INT8 layers slower than the host precision can go back to it (mix_for_speed)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """What a backend loads an artifact by: its precision, its target and what the backend recorded when it built
-    it (threads, host precision, compile config, engine, plan: a manifest's ``backend`` section). Made once from
-    a build's record or a bundle's manifest."""
-
-    precision: str
-    target: Target
-    details: dict = field(default_factory=dict)
-
-    @classmethod
-    def of_manifest(cls, m: Manifest) -> LoadSpec:
-        return cls(m.precision, m.target, m.backend.details)
-
-    def with_details(self, **more) -> LoadSpec:
-        return LoadSpec(self.precision, self.target, {**self.details, **more})
 
 
 @dataclass
@@ -69,12 +51,6 @@ class BuildJob:
 class Built:
     files: list[str]  # paths relative to out_dir that make up the artifact
     details: dict = field(default_factory=dict)  # recorded in the manifest under "backend"
-
-
-class Runner(Protocol):
-    info: dict  # what actually executes (device, precisions, threads...)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class Backend(Protocol):
@@ -148,18 +124,12 @@ def prepare_support(target) -> tuple[bool, str]:
     return get_backend(target.backend).available()
 
 
-def require(backend: Backend) -> None:
-    ok, why = backend.available()
-    if not ok:
-        raise BackendUnavailableError(f"backend {backend.name} cannot run here: {why}")
-
-
 def onnx_external_files(bundle_dir: Path, listed, name: str) -> set[str]:
     """The external-data files the bundle's ONNX model ``name`` makes its runtime load (relative to the bundle), if
     ``name`` is among the manifest's ``listed`` files; read only once the verifier has proven ``name`` a listed
     regular file inside the bundle. Read from the protobuf itself: a board verifies bundles without onnx."""
-    from edgevit._onnx_wire import WireError, external_data_files
     from edgevit.errors import BundleError
+    from edgevit.runtime._onnx_wire import WireError, external_data_files
 
     if name not in listed:
         return set()

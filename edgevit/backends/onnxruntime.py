@@ -19,7 +19,7 @@ class ORTRunner:
         self._path = str(path)
         self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._sess.get_inputs()[0].name
-        from edgevit._onnx_wire import op_types
+        from edgevit.runtime._onnx_wire import op_types
 
         quantized = "QuantizeLinear" in op_types(path)
         self.info = {"backend": "onnxruntime", "version": ort.__version__, "device": "CPU",
@@ -40,7 +40,7 @@ class ORTRunner:
         import onnxruntime as ort
 
         from edgevit.outputs import work_dir
-        from edgevit.profile import summarize
+        from edgevit.runtime.profile import summarize
 
         with work_dir("edgevit-ortprof-") as d:
             opts = ort.SessionOptions()

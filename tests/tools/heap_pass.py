@@ -1,5 +1,5 @@
 """A pass of 200 batch buffers (1-20 MiB, random sizes) with small per-batch results kept, as a validation pass
-makes them; prints how much glibc's main heap grew. ``on``: inside edgevit._malloc.pass_buffers_unpooled."""
+makes them; prints how much glibc's main heap grew. ``on``: inside edgevit.runtime._malloc.pass_buffers_unpooled."""
 import contextlib
 import ctypes
 import json
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from edgevit._malloc import pass_buffers_unpooled
+from edgevit.runtime._malloc import pass_buffers_unpooled
 
 
 class MI2(ctypes.Structure):

@@ -155,7 +155,7 @@ class OVRunner:
         separate compile with PERF_COUNT on, warmed up first as the timing is)."""
         import time
 
-        from edgevit.profile import precision_of
+        from edgevit.runtime.profile import precision_of
 
         model = static_model(self._core, self._path, x.shape[0])
         compiled = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True})
@@ -183,7 +183,7 @@ class OVRunner:
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
         """Per-layer time from OpenVINO's performance counters, summarised for the manifest, with the time of a
         call that is in no layer (:meth:`outside_layers`)."""
-        from edgevit.profile import summarize
+        from edgevit.runtime.profile import summarize
 
         prof = summarize(self._counters(x, runs), runs, f"OpenVINO performance counters, {runs} runs at batch "
                                                         f"{x.shape[0]}")
@@ -252,7 +252,7 @@ class OpenVINOBackend:
             return [None]
         if target.host_precision != "auto":
             return [target.host_precision]
-        from edgevit.measure import host_class, host_info
+        from edgevit.runtime.measure import host_class, host_info
 
         isa = set(host_info()["isa"])
         native_bf16 = bool({"avx512_bf16", "amx_bf16"} & isa) and host_class() != "avx2"
@@ -307,7 +307,7 @@ class OpenVINOBackend:
         return rec
 
     def load_default(self, onnx_path: Path, threads: int | None = None):
-        from edgevit.measure import host_class
+        from edgevit.runtime.measure import host_class
 
         cfg = {"INFERENCE_NUM_THREADS": _threads(threads)} if threads else {}
         if host_class() in ("avx2", "other") and os.environ.get("ONEDNN_MAX_CPU_ISA"):

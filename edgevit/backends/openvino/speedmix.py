@@ -125,7 +125,7 @@ def search(xml: Path, fp32_onnx: Path, runner, x: np.ndarray, work: Path, log=pr
     Returns its record; ``record["xml"]`` is the faster IR when one was found (else absent)."""
     import openvino as ov
 
-    from edgevit.measure import compare_latency
+    from edgevit.runtime.measure import compare_latency
 
     core = ov.Core()
     model = core.read_model(str(xml))

@@ -135,7 +135,7 @@ class TensorRTBackend(RuntimeDecides):
             if not ok:
                 raise BackendUnavailableError(f"{bundle_dir} holds a TensorRT engine, which needs TensorRT and the "
                                               f"GPU it was built on: {why}")
-            from edgevit.device_check import require_validated
+            from edgevit.runtime.device_check import require_validated
 
             require_validated(Path(bundle_dir), engine)
             return TRTRunner(Path(bundle_dir) / ENGINE_FILE, engine, spec.details.get("plan"))

@@ -1,7 +1,7 @@
-"""``edgevit compile``: the on-device stage of a TensorRT bundle. A build on a workstation writes the checked Q/DQ ONNX,
-the engine plan and the check images with their FP32 logits; on the Jetson or GPU this stage builds the engine with
-the device's own TensorRT, checks it on those images (:mod:`edgevit.device_check`; refused outside the bounds the
-build stated), times it, and finishes the bundle in place. Device runtime: no torch, ONNX Runtime or onnx."""
+"""``edgevit compile``: the on-device stage of a TensorRT bundle. A build on a workstation writes the checked Q/DQ
+ONNX, the engine plan and the check images with their FP32 logits; on the Jetson or GPU this stage builds the engine
+with the device's own TensorRT, checks it on those images (:mod:`edgevit.runtime.device_check`; refused outside the
+bounds the build stated), times it, and finishes the bundle in place. Device runtime: no torch, ONNX Runtime or onnx."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from edgevit.errors import BackendUnavailableError, BundleError
 
 if TYPE_CHECKING:
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
 
 
 def compile_bundle(bundle: str | Path, log=print) -> Manifest:
@@ -22,9 +22,9 @@ def compile_bundle(bundle: str | Path, log=print) -> Manifest:
     this TensorRT, check the engine against the ONNX on ONNX Runtime, time it, and update the bundle atomically."""
     from edgevit.backends.tensorrt.engine import TRTRunner, build_engine, device_info, engine_support
     from edgevit.backends.tensorrt.plan import ENGINE_FILE, ONNX_FILE, SCRIPT_FILE, engine_plan, write_plan
-    from edgevit.bundle import bundle_dir, read_manifest, write_manifest
-    from edgevit.device_check import check_engine, load
-    from edgevit.measure import compare_latency, host_info, without_samples
+    from edgevit.runtime.bundle import bundle_dir, read_manifest, write_manifest
+    from edgevit.runtime.device_check import check_engine, load
+    from edgevit.runtime.measure import compare_latency, host_info, without_samples
 
     bundle = Path(bundle)
     m = read_manifest(bundle)

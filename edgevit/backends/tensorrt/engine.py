@@ -371,7 +371,7 @@ class TRTRunner:
 
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
         """Per-layer time from TensorRT's IProfiler on the device; precisions from the engine inspector's layers."""
-        from edgevit.profile import precision_of, summarize
+        from edgevit.runtime.profile import precision_of, summarize
 
         trt = import_tensorrt()
 

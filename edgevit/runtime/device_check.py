@@ -26,7 +26,7 @@ import numpy as np
 from edgevit.errors import BundleError, ValidationFailedError, reading
 
 if TYPE_CHECKING:
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
 
 INPUTS = "check_inputs.npy"
 REFERENCE = "check_reference.npy"

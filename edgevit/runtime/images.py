@@ -189,8 +189,8 @@ def _read_image(p: Path, decode: bool) -> Image.Image | None:
 
 
 def as_image(x):
-    """A PIL image from what a caller may hand :meth:`edgevit.predict.Predictor.__call__` (see there); ImageError
-    otherwise."""
+    """A PIL image from what a caller may hand :meth:`edgevit.runtime.predict.Predictor.__call__` (see there);
+    ImageError otherwise."""
     if isinstance(x, (str, os.PathLike)):
         return load_image(x)
     if isinstance(x, Image.Image):

@@ -12,7 +12,7 @@ import numpy as np
 from edgevit.errors import BundleError, EdgevitError
 
 if TYPE_CHECKING:
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
 
 PREDICT_BATCH = 32  # images decoded and classified at a time by predict_files
 
@@ -32,8 +32,8 @@ class Prediction:
 
 class Predictor:
     def __init__(self, bundle: str | os.PathLike, threads: int | None = None) -> None:
-        from edgevit.backends import get_backend, require
-        from edgevit.bundle import read_manifest
+        from edgevit._registry import get_backend, require
+        from edgevit.runtime.bundle import read_manifest
 
         self.path = Path(bundle)
         self.manifest = m = read_manifest(self.path)
@@ -58,7 +58,7 @@ class Predictor:
         """Classify one image or many: PIL images, uint8 numpy arrays (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, or
         image file paths, a list of those, or a uint8 batch (N, H, W) / (N, H, W, C); through the bundle's own
         runtime and preprocessing; the ``k`` best labels of each, one Prediction per image."""
-        from edgevit.images import as_image
+        from edgevit.runtime.images import as_image
 
         batch = isinstance(images, (list, tuple)) or isinstance(images, np.ndarray) and (
             images.ndim == 4 or images.ndim == 3 and images.shape[-1] not in (3, 4))  # (N,H,W[,C]): N images
@@ -73,7 +73,7 @@ class Predictor:
 
     def probabilities(self, images: list) -> np.ndarray:
         """PIL images → softmax probabilities (N, classes)."""
-        from edgevit.measure import require_finite
+        from edgevit.runtime.measure import require_finite
 
         logits = self.runner(np.stack([self.preprocessing(img) for img in images]))
         return softmax(require_finite(np.asarray(logits), f"bundle {self.path.name}",
@@ -87,7 +87,7 @@ class Predictor:
     def predict_files(self, paths: list[str | os.PathLike], k: int = 5, batch: int = PREDICT_BATCH) -> list[Prediction]:
         """Every file's header checked before any inference (a bad file among thousands fails at once), then decoded
         and classified ``batch`` at a time: memory does not grow with the number of images."""
-        from edgevit.images import check_image_file, load_image
+        from edgevit.runtime.images import check_image_file, load_image
 
         for p in paths:
             check_image_file(p)
@@ -112,7 +112,7 @@ def load_checked(backend, path: Path, manifest: Manifest, threads: int | None = 
     shape = (1, *manifest.model.input_size)
     classes = manifest.model.num_classes
     try:
-        from edgevit.backends import LoadSpec
+        from edgevit.runtime.runner import LoadSpec
 
         runner = backend.load(path, LoadSpec.of_manifest(manifest), threads)
         out = np.asarray(runner(np.zeros(shape, np.float32)))
@@ -132,7 +132,7 @@ def time_bundle(bundle, throughput_batch: int = 16, threads: int | None = None) 
     """A bundle's latency (batch of its target, SingleStream-style p50/p90/p99) and throughput at
     ``throughput_batch`` through its own runtime on this host: what ``edgevit time`` prints, and what
     ``bench --remote`` runs on a device."""
-    from edgevit.measure import compare_latency, host_info, offline_throughput
+    from edgevit.runtime.measure import compare_latency, host_info, offline_throughput
 
     pred = Predictor(bundle, threads=threads)
     m, runner = pred.manifest, pred.runner

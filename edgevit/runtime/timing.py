@@ -15,8 +15,8 @@ import numpy as np
 from edgevit.errors import UsageError
 
 if TYPE_CHECKING:
-    from edgevit.backends import Runner
-    from edgevit.manifest import Manifest
+    from edgevit.runtime.manifest import Manifest
+    from edgevit.runtime.runner import Runner
 
 
 class OwnInput:
@@ -52,14 +52,14 @@ def load_item(path: str | os.PathLike, batch: int | None, threads: int | None) -
     (OpenVINO with its defaults; ``threads`` if given)."""
     p = Path(path)
     if p.is_dir():
-        from edgevit.predict import Predictor
+        from edgevit.runtime.predict import Predictor
 
         pred = Predictor(p, threads=threads)
         m = pred.manifest
         return Item(p.name, p, pred.runner, np.zeros((batch or m.batch, *m.model.input_size), np.float32), m)
     if p.suffix not in (".xml", ".onnx") or not p.is_file():
         raise UsageError(f"{p}: give a bundle directory or an OpenVINO .xml / .onnx model file")
-    from edgevit.backends.openvino.backend import OVRunner
+    from edgevit._registry import get_backend
     from edgevit.errors import BundleError, reading
 
     with reading(f"{p} as an OpenVINO model", BundleError):
@@ -70,8 +70,7 @@ def load_item(path: str | os.PathLike, batch: int | None, threads: int | None) -
     if len(dims) != 4 or None in dims[1:]:
         raise UsageError(f"{p}: its input {shape} has no fixed channels, height and width; time its bundle instead")
     x = np.zeros((batch or dims[0] or 1, *dims[1:]), np.float32)
-    cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-    return Item(p.name, p, OVRunner(p, cfg), x)
+    return Item(p.name, p, get_backend("openvino").load_default(p, threads), x)  # OpenVINO's defaults
 
 
 def time_items(paths: list, *, batch: int | None = None, threads: int | None = None, duration: float = 2.0,
@@ -81,7 +80,7 @@ def time_items(paths: list, *, batch: int | None = None, threads: int | None = N
     ``throughput_batch`` its offline throughput too, and with ``profile`` its per-layer table. ``hint``
     ("latency" or "throughput") and ``streams`` set OpenVINO's PERFORMANCE_HINT and NUM_STREAMS for every item
     (the throughput hint also measures images/s, at batch 1 unless ``throughput_batch`` says)."""
-    from edgevit.measure import compare_latency, host_info, offline_throughput
+    from edgevit.runtime.measure import compare_latency, host_info, offline_throughput
 
     items = [load_item(p, batch, threads) for p in paths]
     if hint or streams:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit._opencv import cv2 as _cv2
-from edgevit._opencv import opencv_has
 from edgevit.errors import EdgevitError, UsageError
+from edgevit.runtime._opencv import cv2 as _cv2
+from edgevit.runtime._opencv import opencv_has
 
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
 DISPLAY = "display://0"

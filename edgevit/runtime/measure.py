@@ -10,8 +10,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgevit._progress import progress
-
 # CPU features that decide whether INT8 / BF16 are fast on a CPU (VNNI and AMX for INT8, AVX512-BF16/AMX for BF16).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "i8mm")
 
@@ -62,29 +60,6 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
         except md.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def run_batches(fn: Callable[[np.ndarray], np.ndarray], images_u8, pre, batch_size: int = 100,
-                desc: str = "validate") -> np.ndarray:
-    """Logits of ``fn`` over uint8 NHWC images (an array, or an :class:`~edgevit.stream.ImageStream` that decodes
-    them batch by batch), normalised batch by batch."""
-    from edgevit._malloc import pass_buffers_unpooled
-    from edgevit.stream import u8_batches
-
-    n = len(images_u8)
-    out = None
-    done = 0
-    with pass_buffers_unpooled():  # batch buffers never fragment the heap (see edgevit._malloc)
-        for x in progress(u8_batches(images_u8, batch_size), desc=desc, total=-(-n // batch_size), min_total=5):
-            logits = np.asarray(fn(pre.normalize(x)))
-            if out is None:  # one array for every image's logits, made once: nothing small is left between batches
-                out = np.empty((n, *logits.shape[1:]), np.float32)
-            out[done:done + len(logits)] = logits
-            done += len(logits)
-            del logits  # the runtime's own output buffer goes now, not with the next batch
-    if out is None or done != n:
-        raise ValueError(f"{desc}: the stream gave {done} of {n} images")
-    return require_finite(out, desc)
 
 
 BROKEN_WEIGHTS = "the weights (or the artifact) are broken: check --weights; nothing was written"

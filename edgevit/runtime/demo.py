@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit._opencv import cv2 as _cv2
-from edgevit._opencv import opencv_has
 from edgevit._progress import say
 from edgevit.errors import SourceError, UsageError
-from edgevit.sinks import DISPLAY, VIDEO_CODECS, check_sinks, display_available, open_sink
+from edgevit.runtime._opencv import cv2 as _cv2
+from edgevit.runtime._opencv import opencv_has
+from edgevit.runtime.sinks import DISPLAY, VIDEO_CODECS, check_sinks, display_available, open_sink
 
 __all__ = ["Capture", "FrameSource", "SourceError", "display_available", "opencv_has", "open_source", "run_demo"]
 
@@ -82,7 +82,7 @@ class DirectorySource(FrameSource):
     kind = "directory"
 
     def __init__(self, path: Path) -> None:
-        from edgevit.images import IMAGE_EXTENSIONS
+        from edgevit.runtime.images import IMAGE_EXTENSIONS
 
         self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
@@ -91,7 +91,7 @@ class DirectorySource(FrameSource):
         self.current = ""
 
     def read(self):
-        from edgevit.images import load_image
+        from edgevit.runtime.images import load_image
 
         if self._i >= len(self.files):
             return None
@@ -296,8 +296,8 @@ def run_demo(bundle: str | os.PathLike, source: str, *, output: str | None = Non
              reconnects: int = 10, backoff_s: float = 0.5, force: bool = False) -> DemoSummary:
     """Run the demo loop, capture → classify → render to every sink, until the source ends, ``max_frames`` frames,
     q/Esc in the window, Ctrl-C or SIGTERM (all of which finish the outputs). ``output`` and ``jsonl`` are sink
-    specs (see :mod:`edgevit.sinks`); an existing file is replaced only with ``force``."""
-    from edgevit.predict import Predictor
+    specs (see :mod:`edgevit.runtime.sinks`); an existing file is replaced only with ``force``."""
+    from edgevit.runtime.predict import Predictor
 
     if max_fps is not None and not 0 < max_fps < float("inf"):
         raise UsageError("--max-fps must be a positive number")
@@ -350,7 +350,7 @@ def _loop(cap: Capture, pred, sinks: list, top_k: int, max_frames: int | None, s
     (q/Esc in the window); True once it has ended without an error."""
     from PIL import Image
 
-    from edgevit.predict import softmax
+    from edgevit.runtime.predict import softmax
 
     wants_image = any(s.wants_image for s in sinks)
     last_post = 0.0

@@ -23,8 +23,8 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from edgevit.errors import BundleError, reading
-from edgevit.manifest import BASELINES, SECTIONS, Manifest
 from edgevit.outputs import dumps, loads, sha256_file, write_text
+from edgevit.runtime.manifest import BASELINES, SECTIONS, Manifest
 from edgevit.schema import Fields
 from edgevit.targets import PRECISIONS
 
@@ -54,7 +54,7 @@ _get, _int, _numbers, _choice = _F.get, _F.int, _F.numbers, _F.choice
 
 def validate_manifest(m) -> dict:
     """Check a parsed manifest against the schema; returns it unchanged or raises BundleError naming the field."""
-    from edgevit.images import INTERPOLATIONS
+    from edgevit.runtime.images import INTERPOLATIONS
 
     if not isinstance(m, dict):
         raise BundleError(f"damaged bundle: {MANIFEST} holds {type(m).__name__}, not an object; rebuild the bundle")

@@ -1,5 +1,5 @@
-"""A bundle's manifest as types: what ``manifest.json`` holds (:mod:`edgevit.bundle` reads, checks and writes it)
-and the typed view every reader takes of it, :class:`Manifest`."""
+"""A bundle's manifest as types: what ``manifest.json`` holds (:mod:`edgevit.runtime.bundle` reads, checks and
+writes it) and the typed view every reader takes of it, :class:`Manifest`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ BASELINES = (TORCH_EAGER, BACKEND_DEFAULT, NNCF_DEFAULT)
 
 
 # ------------------------------------------------------------------------------------------- schema, as types
-# What ``manifest.json`` holds; :func:`edgevit.bundle.validate_manifest` checks the same at run time. Every reader goes
-# through :func:`edgevit.bundle.read_manifest`, which returns a :class:`Manifest`.
+# What ``manifest.json`` holds; :func:`edgevit.runtime.bundle.validate_manifest` checks the same at run time. Every
+# reader goes through :func:`edgevit.runtime.bundle.read_manifest`, which returns a :class:`Manifest`.
 class ModelRecord(TypedDict):
     alias: str
     timm_name: str
@@ -162,8 +162,8 @@ class Manifest:
         return int(self.data["target"].get("batch", 1))
 
     @property
-    def preprocessing(self):  # -> edgevit.images.Preprocessing
-        from edgevit.images import Preprocessing
+    def preprocessing(self):  # -> edgevit.runtime.images.Preprocessing
+        from edgevit.runtime.images import Preprocessing
 
         return Preprocessing.from_dict(self.data["preprocessing"])
 
@@ -190,6 +190,25 @@ class Manifest:
         if name not in OPTIONAL_SECTIONS:
             raise KeyError(f"{name!r} is not an optional manifest section ({', '.join(OPTIONAL_SECTIONS)})")
         return self.data.get(name)
+
+    def candidates(self) -> list[dict]:
+        """Every candidate the build measured and that passed its gate, as points for an accuracy/latency front:
+        ``label`` (``recipe performance``, ``24 px``), ``p50_ms`` (timed against each other in the build's search),
+        ``top1``, ``size_bytes`` and whether it was ``chosen``; empty where nothing was searched or measured."""
+        out = []
+        rs, v = self.data.get("recipe_search") or {}, self.validation
+        ref = v.get("reference_top1")
+        for name, p50 in (rs.get("p50_ms") or {}).items():
+            drop = (rs.get("top1_drop") or {}).get(name)
+            out.append({"label": f"recipe {name}", "p50_ms": p50, "chosen": name == rs.get("chosen"),
+                        "top1": None if ref is None or drop is None else round(ref - drop, 2),
+                        "size_bytes": (rs.get("size_bytes") or {}).get(name)})
+        ts = self.data.get("token_search") or {}
+        for c in ts.get("candidates", []):
+            if "p50_ms" in c:
+                out.append({"label": f"{c['size']} px", "p50_ms": c["p50_ms"], "top1": c.get("top1"),
+                            "size_bytes": c.get("size_bytes"), "chosen": c["size"] == ts.get("chosen")})
+        return out
 
     @property
     def build_seconds(self) -> float | None:
