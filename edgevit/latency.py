@@ -108,10 +108,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
                             **({"min_seconds": 0.7, "min_iters": 20} if quick else {}))
     hp, runner, by_hp, p50, rejected = _host_precision(timed, cands, name, hps, art_counts, accept)
     a_n, a_sweep = by_hp[hp]
-    chosen: dict = {}
-    config = dict(art.built.details.get("compile_config") or {})
-    if hp:
-        chosen["host_precision"] = config["INFERENCE_PRECISION_HINT"] = hp
+    chosen = _chosen(art.built.details, hp, runner.info.get("threads") if sweep else None)
     if len(hps) > 1:
         lat["host_precision_sweep"] = {
             "chosen": hp, "validated_first": hps[0], "p50_ms": p50, "rejected_for_accuracy": rejected,
@@ -120,11 +117,7 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
     if quick:
         lat["measure"] = "quick: one thread count, the first host precision, a third of the timing"
     if sweep:
-        chosen["threads"] = lat["threads"] = runner.info.get("threads")
-        if "INFERENCE_NUM_THREADS" in config:  # what the bundle runs with
-            config["INFERENCE_NUM_THREADS"] = runner.info.get("threads")
-    if hp or sweep and config:
-        chosen["compile_config"] = config
+        lat["threads"] = runner.info.get("threads")
         lat["threads_sweep"] = a_sweep
     res, baselines = _baselines(timed, cands, backend, plain, f"{name[hp]}@{a_n}", torch_counts, peer_counts)
     if base is not prep:
@@ -143,6 +136,22 @@ def measure_build(prep, backend, target, art, stage, precision: str, threads: in
         p50 = res["artifact"]["p50"]
         layers = beside_p50(runner.profile(prep.latency_input(target.batch), runs=profile_runs(p50)), p50)
     return Latency(lat, {k: v["samples"] for k, v in res.items()}, runner, layers, chosen)
+
+
+def _chosen(details: dict, host_precision: str | None, threads: int | None) -> dict:
+    """What the latency stage chose for the manifest's ``backend`` record (over what the build recorded): the host
+    precision and the thread count measured fastest, and the compile config they change (what the bundle runs
+    with)."""
+    chosen, config = {}, dict(details.get("compile_config") or {})
+    if host_precision:
+        chosen["host_precision"] = config["INFERENCE_PRECISION_HINT"] = host_precision
+    if threads:
+        chosen["threads"] = threads
+        if "INFERENCE_NUM_THREADS" in config:
+            config["INFERENCE_NUM_THREADS"] = threads
+    if host_precision or threads and config:
+        chosen["compile_config"] = config
+    return chosen
 
 
 def _host_precision(timed: dict, cands: dict, name: dict, hps: list, art_counts: list, accept):

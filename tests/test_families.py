@@ -7,7 +7,7 @@ from edgevit.runtime.bundle import read_manifest
 
 FAMILIES = {
     "hybrid-tiny-fmnist": dict(depth=1, embed_dim=32, num_heads=2),
-    "maxvit-pico-fmnist": dict(img_size=32),
+    "maxvit-pico-fmnist": dict(img_size=32, depths=(1, 1, 1, 1)),  # every block kind, one per stage
     "mobilenetv3-fmnist": {},
     "resnet18-fmnist": {},
 }

@@ -125,13 +125,14 @@ def test_faster_host_precision_is_kept_once_its_accuracy_holds(monkeypatch):
     p50 = {"artifact@1": 1.0, "artifact@2": 1.2, "artifact-bf16@1": 0.9, "artifact-bf16@2": 0.7}
     lat, art, asked = _host_precision_run(monkeypatch, p50, accept_ok=True)
     assert asked == ["bf16"] and lat.runner.info["hp"] == "bf16" and lat.runner.info["threads"] == 2
-    assert art.built.details["host_precision"] == "bf16" and lat.record["artifact"]["p50"] == 0.7
+    assert lat.chosen["host_precision"] == "bf16" and lat.record["artifact"]["p50"] == 0.7
+    assert "host_precision" not in art.built.details  # the stage returns its choice; the artifact stays as built
     assert lat.record["host_precision_sweep"]["chosen"] == "bf16"
 
     lat, art, asked = _host_precision_run(monkeypatch, p50, accept_ok=False)  # the gate says no: f32 stays
     assert asked == ["bf16"] and lat.runner.info["hp"] == "f32" and lat.runner.info["threads"] == 1
     assert lat.record["host_precision_sweep"]["rejected_for_accuracy"] == ["bf16"]
-    assert art.built.details["host_precision"] == "f32"
+    assert lat.chosen["host_precision"] == "f32"
 
 
 def test_host_precision_within_the_noise_stays_as_validated(monkeypatch):

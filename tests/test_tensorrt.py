@@ -247,8 +247,9 @@ def test_rule_violations_fail_the_build_unless_overridden(fmnist_dir, tmp_path, 
 def test_every_family_gives_a_legal_qdq_onnx_for_jetson(model, fmnist_dir, tmp_path):
     from edgevit.build import build
 
-    # each family's every block kind, at the smallest size it builds at (MaxViT: 32 px, one window per stage)
-    small = {"hybrid-tiny-fmnist": dict(depth=1, embed_dim=32, num_heads=2), "maxvit-pico-fmnist": {}}
+    # each family's every block kind, small: MaxViT one block (MBConv, window and grid attention) per stage at 32 px
+    small = {"hybrid-tiny-fmnist": dict(depth=1, embed_dim=32, num_heads=2),
+             "maxvit-pico-fmnist": dict(depths=(1, 1, 1, 1))}
     r = build(model, target="jetson-orin", precision="int8", data=f"fashion-mnist:{fmnist_dir}", calibration="fast",
               out=str(tmp_path), val_samples=20, overrides=small.get(model, {}),
               input_size=32 if model == "maxvit-pico-fmnist" else None)

@@ -128,16 +128,16 @@ def compare_latency(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarra
     return out
 
 
-def offline_throughput(runner, batch: int, input_size: tuple) -> tuple[float, dict]:
-    """Offline images/s of one image shape (C, H, W): through the runtime's own async API where the runner has one
-    (OpenVINO: THROUGHPUT hint, optimal requests); other runtimes at the suite's batch, one synchronous call after
-    another."""
+def offline_throughput(runner, batch: int, input_size: tuple, seconds: float = 3.0) -> tuple[float, dict]:
+    """Offline images/s of one image shape (C, H, W), over about ``seconds``: through the runtime's own async API
+    where the runner has one (OpenVINO: THROUGHPUT hint, optimal requests); other runtimes at the suite's batch, one
+    synchronous call after another."""
     if hasattr(runner, "throughput"):
-        r = runner.throughput(batch)
+        r = runner.throughput(batch, seconds)
         return r["images_per_s"], r
     ran = min(batch, int(getattr(runner, "max_batch", batch) or batch))  # an engine's profile caps its batch
     xb = np.zeros((ran, *input_size), np.float32)
-    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=1.0)["artifact"]
+    off = compare_latency({"artifact": runner}, xb, warmup=3, min_iters=10, min_seconds=min(seconds, 1.0))["artifact"]
     record = {"method": f"synchronous calls at batch {ran}", "batch": ran}
     if ran != batch:
         record["requested_batch"] = batch
