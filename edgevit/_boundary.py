@@ -36,8 +36,9 @@ RUNTIME_MODULES = (
     "edgevit.backends.openvino.backend", "edgevit.backends.tensorrt", "edgevit.backends.tensorrt.backend",
     "edgevit.backends.tensorrt.compile", "edgevit.backends.tensorrt.engine", "edgevit.backends.tensorrt.plan",
     # the shared ground: the CLI, errors, outputs, targets, configuration
-    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._progress", "edgevit._registry", "edgevit.cli",
-    "edgevit.cli_args", "edgevit.errors", "edgevit.failure", "edgevit.outputs", "edgevit.schema", "edgevit.targets",
+    "edgevit", "edgevit._boundary", "edgevit._config", "edgevit._progress", "edgevit._registry", "edgevit.child",
+    "edgevit.cli", "edgevit.cli_args", "edgevit.errors", "edgevit.failure", "edgevit.outputs", "edgevit.schema",
+    "edgevit.targets",
     # imported for one constant (cli_args: --max-drop's default) and for a guarded probe of torch's GPUs (env)
     "edgevit.validate", "edgevit.parallel",
 )

@@ -54,6 +54,25 @@ class ChildTimedOut(Exception):
         self.seconds = seconds
 
 
+@contextlib.contextmanager
+def not_rerunning_main():
+    """Around ``start()`` of a ``spawn`` process: the child does not run the parent's ``__main__`` script again.
+    spawn imports it anew in every child (so that what it defines unpickles there); edgevit's children run only
+    edgevit's own functions, and a user's script without an ``if __name__ == "__main__":`` guard would start its
+    whole work again in each child (a build inside a build, which then finds its own output locked)."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__} if main else {}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__.update(saved)
+
+
 def _main(conn, parent: int, fn, args, kwargs) -> None:
     die_with_parent(parent)
     from edgevit.errors import raise_terminated
@@ -76,7 +95,8 @@ def run_in_child(fn, *args, grace: float = 10.0, timeout: float | None = None, *
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_main, args=(send, os.getpid(), fn, args, kwargs))
-    proc.start()
+    with not_rerunning_main():
+        proc.start()
     send.close()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

@@ -279,3 +279,43 @@ def test_sigterm_of_bench_stops_its_cell_at_once(tmp_path):
     assert p.returncode == 143 and "stopped by signal 15" in err, err[-500:]
     assert time.monotonic() - t0 < 15, "bench waited for the cell's build"
     assert _gone(cell, 5)
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """import os, sys
+with open(sys.argv[1], "a") as f:  # a user's script: top-level work, no `if __name__ == "__main__":`
+    f.write("ran\\n")
+import numpy as np
+from edgevit.child import run_in_child
+from edgevit.runtime.measure import compare_latency
+from tests.test_faults import Doubler
+print("child", run_in_child(os.getpid) != os.getpid())
+t = compare_latency({"a": Doubler(), "b": Doubler()}, np.zeros((1, 4), np.float32), warmup=1, min_iters=3,
+                    min_seconds=0.05)
+print("isolated", all(v["isolated"] for v in t.values()))
+"""
+
+
+class Doubler:
+    """A runner that the timing workers can make again (spec) and run: x * 2."""
+
+    info: dict = {"backend": "numpy"}
+
+    def __call__(self, x):
+        return x * 2
+
+    def spec(self):
+        return Doubler, ()
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """edgevit's child processes (spawn: accuracy-aware PTQ, bench cells, timing workers) must not run the user's
+    script again: before, each child re-ran its top-level work (a build inside the build, which then found its own
+    output locked; the timing workers failed and fell back to one process)."""
+    script, log = tmp_path / "user.py", tmp_path / "ran.txt"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD)
+    p = subprocess.run([sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}"
+                                                                      f"{os.environ.get('PYTHONPATH', '')}"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["child", "True", "isolated", "True"], p.stdout + p.stderr[-2000:]
+    assert log.read_text() == "ran\n"  # the script's own work ran once, in its own process

@@ -232,6 +232,8 @@ def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_roun
                     max_per_round: int, desc: str | None = None) -> dict[str, list[float]]:
     import multiprocessing
 
+    from edgevit.child import not_rerunning_main
+
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     try:
@@ -239,7 +241,8 @@ def _isolated_times(fns: dict, x: np.ndarray, warmup: int, rounds: int, per_roun
             parent, child = ctx.Pipe()
             factory, args = fn.spec()
             proc = ctx.Process(target=_timing_worker, args=(child, factory, args, x), daemon=True)
-            proc.start()
+            with not_rerunning_main():
+                proc.start()
             workers[k] = (proc, parent)
         from edgevit._progress import progress
 
