@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -85,13 +85,15 @@ class Target:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "backend": self.backend, "device": self.device,
-                "precisions": list(self.precisions), "host_precision": self.host_precision,
-                "threads": self.threads, "batch": self.batch, **({
-                    "compute_capability": self.compute_capability, "tensorrt": self.tensorrt,
-                    "dla_cores": self.dla_cores, "dla_core": self.dla_core, "gpu_fallback": self.gpu_fallback,
-                    "workspace_mb": self.workspace_mb, "batch_range": list(self.batch_range), "arch": list(self.arch)}
-                    if self.backend == "tensorrt" else {})}
+        """What a manifest records: the fields every target has, and any other the profile sets (the TensorRT
+        fields of a Jetson's, the arch of a board's), whatever its backend."""
+        always = ("name", "description", "backend", "device", "precisions", "host_precision", "threads", "batch")
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "path" and (f.name in always or v != f.default):
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
 
 def list_targets() -> dict[str, Path]:

@@ -119,7 +119,7 @@ def host_support(target) -> tuple[bool, str]:
 
 def prepare_support(target) -> tuple[bool, str]:
     """Can this host write ``target``'s bundle (everything but a TensorRT engine)? (ok, reason)."""
-    if target.backend != "tensorrt":
+    if not get_backend(target.backend).capabilities.engine_on_device:
         return host_support(target)
     return get_backend(target.backend).available()
 
