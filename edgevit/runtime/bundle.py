@@ -3,8 +3,10 @@
 This module is the only reader and writer of manifests. A bundle is trusted only after :func:`read_manifest` has
 checked, in this order, without opening any file the manifest names before its path is proven safe:
 
-1. the manifest is strict JSON (no NaN/Infinity) of the one schema below: every field has the right type and range,
-   names are known (precision, backend, interpolation), sizes are positive, labels match the class count;
+1. the manifest is strict JSON (no NaN/Infinity) of the one schema (:func:`validate_manifest`; its types and the
+   typed view readers get, :class:`~edgevit.runtime.manifest.Manifest`, are in :mod:`edgevit.runtime.manifest`):
+   every field has the right type and range, names are known (precision, backend, interpolation), sizes are
+   positive, labels match the class count;
 2. every path in ``files`` is relative, normalised, inside the bundle, and a regular file reached through no
    symlink; the bundle holds no file the manifest does not list (nothing unlisted can be loaded);
 3. the files the bundle's backend loads (IR xml + bin, ONNX and its external data, engine, plan) and ``labels.txt``
@@ -35,6 +37,8 @@ STATUSES = ("ok", "failed-validation")
 MAX_SIDE = 4096  # no bundle's input is larger: the preprocessing of a damaged manifest must not allocate gigabytes
 MAX_CLASSES = 1_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def bundle_dir(final: str | os.PathLike, force: bool = False, claimed: bool = False):
     """:func:`edgevit.outputs.output_dir` for a bundle: the finished bundle is read back by :func:`read_manifest`
     (the reader verify and predict use) before it is swapped in."""
@@ -127,10 +131,11 @@ def validate_manifest(m) -> dict:
                 raise _fail(f"device_check.bounds.{k}", f"is {v!r}, not a finite number >= 0")
     unknown = sorted(set(m) - set(SECTIONS))
     if unknown:
-        raise _fail(unknown[0], f"is not a manifest section (this edgevit writes {', '.join(SECTIONS)})")
+        raise _fail(unknown[0], "is not a section this edgevit writes")
     _choice(m, "status", "", STATUSES, optional=True)
     _choice(m, "requested_precision", "", ("best",), optional=True)
     return m
+
 
 def _validate_target_and_backend(m: dict) -> None:
     """The target profile is a valid Target, allows the precision, and names the manifest's backend."""
