@@ -113,9 +113,9 @@ class BackendInfo:
 
 
 class Manifest:
-    """A bundle's ``manifest.json``, read through typed fields. Only this module makes one (:func:`read_manifest`,
-    :func:`write_manifest`, :func:`update_manifest`, each after :func:`validate_manifest`); ``data`` is the JSON
-    object itself, which ``--json`` prints and :meth:`updated` copies for a rewrite."""
+    """A bundle's ``manifest.json``, read through typed fields. :mod:`edgevit.runtime.bundle` makes one
+    (``read_manifest``, ``write_manifest``, ``update_manifest``, each after ``validate_manifest``); ``data`` is the
+    JSON object itself, which ``--json`` prints and :meth:`updated` copies for a rewrite."""
 
     __slots__ = ("data",)
 
