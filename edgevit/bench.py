@@ -37,6 +37,8 @@ class SuiteModel:
     weights: str = ""  # a checkpoint; with train_missing, trained there when absent
     overrides: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)  # train() arguments for --train-missing (epochs, limit, lr, ...)
+    token_search: bool = False  # its INT8 cells also try smaller inputs (build --token-search; trained weights)
+    token_finetune: int = 0  # ... each fine-tuned at its size for this many epochs (build --token-finetune)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
         _check_types(p, m, SuiteModel, where=f"model {m.get('model', '?')!r}: ")
         bad = set(m) - set(SuiteModel.__dataclass_fields__)
         if bad or "model" not in m:
-            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train'; "
-                             f"got {sorted(m)}")
+            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train', "
+                             f"'token_search', 'token_finetune'; got {sorted(m)}")
         _check_model(p, m)
         models.append(SuiteModel(**m))
     from edgevit.targets import load_target
@@ -115,6 +117,9 @@ def _check_model(p: Path, m: dict) -> None:
             f.number(train, k, "train", lo, hi, optional=True, above=True)
         else:
             f.int(train, k, "train", lo, hi, optional=True)
+    f.int(m, "token_finetune", "", 0, 100, optional=True)
+    if m.get("token_finetune") and not m.get("token_search"):
+        raise f.fail("token_finetune", "needs token_search = true")
     for k, v in (f.get(m, "overrides", "", dict, optional=True) or {}).items():
         f.check_text(k, "overrides (a key)", 100)
         if not isinstance(v, (int, float, str, bool)) or isinstance(v, float) and not math.isfinite(v):
@@ -225,7 +230,8 @@ def run_cell(sm: SuiteModel, target: str, precision: str, suite: Suite, work: Pa
             raise UsageError(f"weights not found: {sm.weights}; train them or run bench with --train-missing")
         r = build(sm.model, target=target, precision=precision, data=suite.dataset, weights=sm.weights or None,
                   out=str(work), calibration=suite.calibration, val_samples=suite.val_samples, keep_failed=True,
-                  peers=suite.peers, measure=suite.measure, overrides=sm.overrides)
+                  peers=suite.peers, measure=suite.measure, overrides=sm.overrides,
+                  token_search=sm.token_search and precision == "int8", token_finetune=sm.token_finetune)
         m = r.manifest
         cell["bundle"] = str(r.bundle)  # for --remote (not stored in the history)
         v, lat = m.validation, m.latency

@@ -216,6 +216,16 @@ def test_suite_errors(tmp_path):
                  '[[models]]\nmodel="resnet18-fmnist"\ntrain={epochs=1, limt=5}\n')
     with pytest.raises(UsageError, match=r"unknown 'train' key\(s\) \['limt'\]"):
         load_suite(p)
+    base = ('name="x"\ndataset="synthetic"\ntargets=["cpu-x86"]\nprecisions=["int8"]\n'
+            '[[models]]\nmodel="resnet18-fmnist"\n[[models]]\nmodel="vit-tiny-fmnist"\n')
+    p.write_text(base + "token_search=true\ntoken_finetune=1\n")  # the searched variant's cells in the suite
+    vit = load_suite(p).models[1]
+    assert vit.token_search and vit.token_finetune == 1 and not load_suite(p).models[0].token_search
+    for bad, why in (("token_finetune=1\n", "needs token_search = true"), ('token_search="yes"\n', "token_search"),
+                     ("token_search=true\ntoken_finetune=-1\n", "token_finetune")):
+        p.write_text(base + bad)
+        with pytest.raises(UsageError, match=why):
+            load_suite(p)
 
 
 def test_train_missing_follows_the_suite_recipe(tmp_path):
