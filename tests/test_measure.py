@@ -62,13 +62,16 @@ def test_torch_baseline_timed_beside_openvino_matches_torch_alone(tmp_path):
     onnx_path = export_onnx(model, (32, 32), tmp_path / "m.onnx")
     x = np.zeros((1, 3, 32, 32), np.float32)
     (tmp_path / "alone.py").write_text(ALONE)
+    def alone() -> float:
+        return float(subprocess.run([sys.executable, str(tmp_path / "alone.py"), str(tmp_path / "m.pt")],
+                                    capture_output=True, text=True, check=True).stdout.split()[-1])
+
     ratios = []
     for _ in range(3):  # a shared CI host has slow spells; one clean attempt in three shows there is no bias
+        before = alone()  # alone before and after: the host's drift during the attempt falls on both sides
         together = compare_latency({"torch": TorchRunner(model, 2), "openvino": OVRunner(
             onnx_path, {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})}, x)["torch"]["p50"]
-        alone = float(subprocess.run([sys.executable, str(tmp_path / "alone.py"), str(tmp_path / "m.pt")],
-                                     capture_output=True, text=True, check=True).stdout.split()[-1])
-        ratios.append(together / alone)
+        ratios.append(together / (before * alone()) ** 0.5)
         if abs(ratios[-1] - 1) <= 0.15:
             break
     assert abs(ratios[-1] - 1) <= 0.15, ratios
