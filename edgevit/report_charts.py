@@ -89,8 +89,11 @@ def accuracy_latency_chart(latest: list[dict]) -> str | None:
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:red", zorder=2)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # 2 and 5 between decades: no collisions
-            lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v)), 6) in (2.0, 5.0) else ""))
+        lo, hi = ax.get_xlim()
+        every = hi / lo < 3  # less than a factor of 3 wide: no 2 or 5 might fall inside, so label every minor tick
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # else 2 and 5 between decades: no collisions
+            lambda v, _, every=every: f"{v:g}" if every or round(v / 10 ** math.floor(math.log10(v)), 6) in (2.0, 5.0)
+            else ""))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
