@@ -122,7 +122,7 @@ def search(prep, req, stage: Path, seed: str | None):
             f"({cache_path()}; {', '.join(f'{n} {ms:.3f} ms' for n, ms in hit.get('p50_ms', {}).items())})")
         return compile_gated(prep, rq, "int8", stage), {"cached": True, "key": key, **hit}
     say(f"calibration recipe: measuring {', '.join(names)} on this host (no measured choice for {key})")
-    built, rejected = {}, {}
+    built, rejected, over = {}, {}, {}
     for name in names:
         rq = replace(req, recipe=load_recipe(name, samples))
         sub = prep.work / f"recipe-{name}"
@@ -134,16 +134,21 @@ def search(prep, req, stage: Path, seed: str | None):
             say(f"recipe {name}: {e}")
             continue
         if cand.gate and not cand.gate.passed:
+            over[name] = cand.art.validation["top1_drop"]
             rejected[name] = (f"top-1 drop {cand.art.validation['top1_drop']:.2f} points > --max-drop "
                               f"{rq.max_drop:.2f}: left out")
             say(f"recipe {name}: {rejected[name]}")
         else:
             built[name] = cand
-    if not built:  # none passes as PTQ alone: the first one, with the gate's fallbacks (or its error)
-        rq = replace(req, recipe=load_recipe(names[0], samples))
+    if not built:  # none passes as PTQ alone: the closest to the budget, with the gate's fallbacks (or its error)
+        first = min(over, key=over.get) if over else names[0]  # on a tie, the first in order
+        say(f"calibration recipe {first}: no recipe passed the gate as PTQ alone; {first} lost least, so the "
+            "gate's fallbacks start from it")
+        rq = replace(req, recipe=load_recipe(first, samples))
         return compile_gated(prep, rq, "int8", stage), {
-            "cached": False, "key": key, "rejected": rejected, "chosen": names[0],
-            "rule": "no candidate passed as PTQ alone: the first, with the gate's fallbacks"}
+            "cached": False, "key": key, "rejected": rejected, "chosen": first, "top1_drop": over,
+            "rule": "no candidate passed as PTQ alone: the one that lost least (on a tie, the first in order), with "
+                    "the gate's fallbacks"}
     chosen, p50, rule = _fastest(prep, req, {n: c.art for n, c in built.items()}, names)
     record = {"cached": False, "key": key, "chosen": chosen, "rule": rule, "p50_ms": p50,
               "top1_drop": {n: c.art.validation.get("top1_drop") for n, c in built.items()},
