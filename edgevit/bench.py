@@ -277,7 +277,8 @@ def run_cell_isolated(sm: SuiteModel, target: str, precision: str, suite: Suite,
                       crosscheck: bool = False) -> dict:
     """``run_cell`` in a fresh process: its peak memory is the cell's own (not the bench's high-water mark so
     far), and a crash in a native library (a segfault, the OOM killer) fails that cell, not the run."""
-    from edgevit.child import ChildDied, run_in_child
+    from edgevit.child import run_in_child
+    from edgevit.errors import ChildDied
 
     t0 = time.perf_counter()
     try:  # the cell's process dies with bench (even by SIGKILL) and gets bench's SIGTERM at once

@@ -18,16 +18,9 @@ import sys
 import threading
 import time
 
+from edgevit.errors import ChildDied, ChildTimedOut
+
 PR_SET_PDEATHSIG = 1
-
-
-class ChildDied(Exception):
-    """The child process ended without returning (killed by a signal or crashed)."""
-
-    def __init__(self, exitcode: int | None) -> None:
-        how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-        super().__init__(f"it ended with {how}")
-        self.exitcode = exitcode
 
 
 def die_with_parent(parent: int) -> None:
@@ -44,14 +37,6 @@ def die_with_parent(parent: int) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, daemon=True).start()
-
-
-class ChildTimedOut(Exception):
-    """The child did not answer within its time limit; it was stopped (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"it did not finish within {seconds:g} s and was stopped")
-        self.seconds = seconds
 
 
 @contextlib.contextmanager

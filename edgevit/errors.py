@@ -128,3 +128,25 @@ def reading(what: str, error: type[EdgevitError] = UsageError, fix: str = "", ve
     except Exception as e:
         detail = "it is nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
         raise error(f"cannot {verb} {what} ({type(e).__name__}: {detail})" + (f"; {fix}" if fix else "")) from None
+
+
+# Signals between edgevit's own parts, caught where they are raised for (never one of the CLI's lines as they are)
+class ChildDied(Exception):
+    """The child process ended without returning (killed by a signal or crashed)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        super().__init__(f"it ended with {how}")
+        self.exitcode = exitcode
+
+
+class ChildTimedOut(Exception):
+    """The child did not answer within its time limit; it was stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"it did not finish within {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
+class AccuracyControlTimeout(Exception):
+    """Accuracy-aware PTQ did not finish within :data:`edgevit.quantize.AC_TIME_LIMIT_S`."""

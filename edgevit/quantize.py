@@ -125,18 +125,15 @@ def kept_in_higher_precision(ov_model) -> list[str]:
     return kept
 
 
-class AccuracyControlTimeout(Exception):
-    """Accuracy-aware PTQ did not finish within :data:`AC_TIME_LIMIT_S`."""
-
-
 def accuracy_controlled(backend, onnx_path: Path, images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
                         max_drop: float, recipe: Recipe, transformer: bool):
     """:func:`nncf_quantize_with_accuracy_control` on the backend's model of ``onnx_path``, in a child process
-    stopped after :data:`AC_TIME_LIMIT_S` (:class:`AccuracyControlTimeout`); the result comes back as an IR written
-    beside the export."""
+    stopped after :data:`AC_TIME_LIMIT_S` (:class:`~edgevit.errors.AccuracyControlTimeout`); the result comes back as
+    an IR written beside the export."""
     import tempfile
 
-    from edgevit.child import ChildTimedOut, run_in_child
+    from edgevit.child import run_in_child
+    from edgevit.errors import AccuracyControlTimeout, ChildTimedOut
 
     with tempfile.TemporaryDirectory(prefix="accuracy-control-", dir=Path(onnx_path).parent) as d:
         out = Path(d) / "model.xml"

@@ -15,18 +15,21 @@ def cell_key(c: dict) -> tuple:
     return c["model"], c["target"], c["precision"]
 
 
+def _details(c: dict) -> dict:
+    """A cell's details as :func:`edgevit.history.read_cell` checked them (none where there is no object)."""
+    d = c.get("details")
+    return d if isinstance(d, dict) else {}
+
+
 def random_weights(c: dict) -> bool:
     """Was the cell built from random weights? Then its top-1 means nothing and is never drawn as accuracy."""
-    d = c.get("details")
-    d = d if isinstance(d, dict) else {}
+    d = _details(c)
     return bool(d.get("random_weights")) or str(d.get("weights", "")).startswith("random")
 
 
 def build_candidates(c: dict) -> list[dict]:
     """The candidates the cell's build measured with an accuracy (``details.candidates``, as history checked it)."""
-    d = c.get("details")
-    d = d if isinstance(d, dict) else {}
-    return [k for k in d.get("candidates") or [] if k.get("top1") is not None and k.get("p50_ms")]
+    return [k for k in _details(c).get("candidates") or [] if k.get("top1") is not None and k.get("p50_ms")]
 
 
 def _svg(fig) -> str:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from edgevit._progress import say
 from edgevit.backends import LoadSpec
-from edgevit.errors import UsageError, ValidationFailedError
+from edgevit.errors import AccuracyControlTimeout, UsageError, ValidationFailedError
 from edgevit.qat import QATOptions, QATStage
-from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES, AccuracyControlTimeout
+from edgevit.quantize import AC_MAX_ITERATIONS, NEEDS_IMAGES
 from edgevit.validate import DEFAULT_MAX_DROP, Artifact, Gate
 
 if TYPE_CHECKING:
