@@ -31,6 +31,7 @@ def main(models: list[str]) -> int:
     from edgevit.backends import get_backend
     from edgevit.build import build
     from edgevit.runtime.measure import compare_latency, host_class, host_info
+    from edgevit.runtime.runner import LoadSpec
 
     os.environ.setdefault("EDGEVIT_QUIET", "1")
     runners, flops = {}, {}
@@ -38,7 +39,7 @@ def main(models: list[str]) -> int:
         for m in models:
             r = build(m, precision="int8", data="synthetic", calib_samples=64, val_samples=8, out=out, name=m,
                       max_drop=None)
-            runners[m] = get_backend("openvino").load(r.bundle, r.manifest)
+            runners[m] = get_backend("openvino").load(r.bundle, LoadSpec.of_manifest(r.manifest))
             flops[m] = gflops(m)
         xs = {m: np.zeros((1, 3, *build_size(m)), np.float32) for m in models}
         # one interleaved run in this process (each model on its own input), at the threads each build chose

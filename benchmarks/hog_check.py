@@ -12,17 +12,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgevit.targets import Precision
 
 TOLERANCE = 0.25
 MODELS = {"vit-tiny-fmnist": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "mobilenetv3-fmnist": {}}
 
 
-def ratio(model: str, overrides: dict, out: str, precision: str) -> tuple[float, dict]:
+def ratio(model: str, overrides: dict, out: str, precision: Precision) -> tuple[float, dict]:
     from edgevit.build import build
 
     r = build(model, precision=precision, data="synthetic", out=out, name=f"{model}-{precision}", force=True,
               val_samples=50, calibration="fast", overrides=overrides)
-    lat = r.manifest["latency_ms"]
+    return ratio_of(r.manifest.data)
+
+
+def ratio_of(m: dict) -> tuple[float, dict]:
+    """PyTorch eager p50 / artifact p50 from a build's manifest (its JSON), and the figures behind it."""
+    lat = m["latency_ms"]
     torch = lat["baselines"]["torch_eager_fp32"]
     return torch["p50"] / lat["artifact"]["p50"], {"artifact_ms": lat["artifact"]["p50"],
                                                   "artifact_threads": lat["threads"], "torch_ms": torch["p50"],

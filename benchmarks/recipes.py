@@ -32,17 +32,22 @@ def latency_cell(model: str, recipe: str, cfg: dict, out: str) -> dict:
 
     r = build(model, precision="int8", data="synthetic", calibration=recipe, calib_samples=cfg["calib_samples"],
               val_samples=16, peers=True, out=out, name=f"{model}-{recipe}", force=True, max_drop=None)
-    lat = r.manifest["latency_ms"]
+    return latency_row(r.manifest.data, model, recipe)
+
+
+def latency_row(m: dict, model: str, recipe: str) -> dict:
+    """A latency cell's figures from its build's manifest (its JSON)."""
+    lat = m["latency_ms"]
     b = lat["baselines"]
-    return {"model": model, "family": r.manifest["model"]["family"], "recipe": recipe,
-            "input": r.manifest["model"]["input_size"][-1], "p50": lat["artifact"]["p50"], "threads": lat["threads"],
+    return {"model": model, "family": m["model"]["family"], "recipe": recipe,
+            "input": m["model"]["input_size"][-1], "p50": lat["artifact"]["p50"], "threads": lat["threads"],
             "nncf_default_int8": b["nncf_default_int8"]["p50"],
             "backend_default": b["backend_default_fp32"]["p50"],
             "backend_default_ran": b["backend_default_fp32"].get("executed_precision"),
             "torch_eager": b["torch_eager_fp32"]["p50"],
-            "host_precision": r.manifest["backend"].get("host_precision"),
-            "speed_search": (r.manifest["backend"].get("speed_search") or {}).get("result"),
-            "kept_in_higher_precision": len(r.manifest["backend"].get("kept_in_higher_precision", []))}
+            "host_precision": m["backend"].get("host_precision"),
+            "speed_search": (m["backend"].get("speed_search") or {}).get("result"),
+            "kept_in_higher_precision": len(m["backend"].get("kept_in_higher_precision", []))}
 
 
 def accuracy_cell(spec: dict, recipe: str, out: str) -> dict:
@@ -51,8 +56,8 @@ def accuracy_cell(spec: dict, recipe: str, out: str) -> dict:
     r = build(spec["model"], precision="int8", data="fashion-mnist", weights=str(ROOT / spec["weights"]),
               calibration=recipe, measure_latency=False, max_drop=None, out=out, name=f"{spec['model']}-{recipe}",
               force=True)
-    v = r.manifest["validation"]
-    return {"model": spec["model"], "family": r.manifest["model"]["family"], "recipe": recipe,
+    v = r.manifest.data["validation"]
+    return {"model": spec["model"], "family": r.manifest.model.family, "recipe": recipe,
             "fp32_top1": v["reference_top1"], "top1": v["top1"], "top1_drop": v["top1_drop"]}
 
 

@@ -52,7 +52,11 @@ def cell(model: str, weights: Path, out: str, token_search: bool) -> dict:
               max_drop=MAX_DROP, peers=True, token_search=token_search, token_finetune=FINETUNE if token_search else 0,
               force=True,
               name=f"{model}-{'tokens' if token_search else 'default'}")
-    m = r.manifest
+    return row(r.manifest.data, model, token_search, time.perf_counter() - t0)
+
+
+def row(m: dict, model: str, token_search: bool, seconds: float) -> dict:
+    """A cell's figures from its build's manifest (its JSON)."""
     lat, v = m["latency_ms"], m["validation"]
     peer = lat["baselines"]["nncf_default_int8"]
     rs, ts = m.get("recipe_search") or {}, m.get("token_search") or {}
@@ -64,7 +68,7 @@ def cell(model: str, weights: Path, out: str, token_search: bool) -> dict:
             "torch_eager_p50": lat["baselines"]["torch_eager_fp32"]["p50"], "baselines_on": lat.get("baselines_on"),
             "recipes_p50": rs.get("p50_ms"), "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected"))
                                                        for c in ts.get("candidates", [])],
-            "stage_seconds": m.get("stage_seconds"), "build_seconds": round(time.perf_counter() - t0, 1)}
+            "stage_seconds": m.get("stage_seconds"), "build_seconds": round(seconds, 1)}
 
 
 def chart(cells: list[dict], title: str, path: Path) -> None:

@@ -72,11 +72,11 @@ def measure(args: list[str], work: Path) -> dict:
 def run(sizes: list[int], build: bool = True, workers: int | None = None) -> list[dict]:
     rows = []
     extra = [] if workers is None else ["--workers", str(workers)]
-    with tempfile.TemporaryDirectory(prefix="edgevit-mem-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgevit-mem-") as name:
+        tmp = Path(name)
         for n in sizes:
             data = make_imagefolder(tmp / f"images{n}", n)
-            row = {"images": n}
+            row: dict = {"images": n}
             row["train"] = measure(["train", "--model", "vit-tiny-fmnist", "--data", f"imagefolder:{data}",
                                     "--out", str(tmp / f"run{n}"), "--epochs", "1", *extra], tmp)
             if build:
@@ -128,8 +128,8 @@ def path_args(path: str, data: Path, n: int, px: int, out: Path, model: str) -> 
 
 def run_paths(vals: list[int], px: int, paths: list[str], model: str, a_json: str | None = None) -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="edgevit-mem-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgevit-mem-") as name:
+        tmp = Path(name)
         for n in vals:
             data = make_split_folder(tmp / f"split{n}", n, px)
             for path in paths:

@@ -287,3 +287,11 @@ def test_peer_column_times_nncf_default_int8_of_the_same_model(fmnist_dir, tiny_
     cell = {"p50": r.manifest.data["latency_ms"]["p50"], "size_bytes": 1,
             "details": json.dumps({"latency": r.manifest.data["latency_ms"]})}
     assert _row(cell)["x_peer"] == round(peer["p50"] / cell["p50"], 2)
+    # the benchmark scripts read the same manifest (benchmarks/recipes.py, searched.py, hog_check.py)
+    from tests.test_benchmark_scripts import row_functions_read
+
+    rows, lat = row_functions_read(r.manifest.data), r.manifest.data["latency_ms"]
+    assert rows["recipes"]["p50"] == lat["artifact"]["p50"] and rows["recipes"]["nncf_default_int8"] == peer["p50"]
+    assert rows["searched"]["x_nncf"] == round(peer["p50"] / lat["p50"], 3)
+    assert rows["searched"]["recipe"] == "fast.toml" and rows["searched"]["build_seconds"] == 12.3
+    assert rows["hog_check"][0] == lat["baselines"]["torch_eager_fp32"]["p50"] / lat["artifact"]["p50"]
