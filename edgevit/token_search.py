@@ -5,8 +5,9 @@ model, and timed against the full-size artifact in one interleaved, process-isol
 The fastest that stays within ``--max-drop`` of the full-size FP32 top-1 ships; with ``latency_budget``, the most
 accurate within the budget.
 
-Sizes: whole steps of the token grid (patch size × stride of any CNN stem) keeping at least half of the tokens, at
-most :data:`MAX_SIZES` of them. MaxViT's windows and the CNN families have no such grid here: they are not searched.
+Sizes: whole steps of the token grid (patch size × stride of any CNN stem) keeping at least a quarter of the tokens
+(half the grid's side) and a 2×2 grid, at most :data:`MAX_SIZES` of them, spread from one step down to the fewest; the
+gate, not the rule, decides how far down a model keeps its accuracy. MaxViT's windows and the CNN families have no such grid here: they are not searched.
 A smaller input is kept only where accuracy was measured on trained weights and labelled data."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from edgevit._progress import say
 from edgevit.errors import UsageError, ValidationFailedError
 
 MAX_SIZES = 3
-MIN_TOKEN_SHARE = 0.5
+MIN_TOKEN_SHARE = 0.25  # the fewest tokens tried: a quarter (half the grid's side), never under a 2x2 grid
 FAMILIES = ("vit", "hybrid")
 FINETUNE_IMAGES = 20_000  # training images per fine-tune epoch at a new size (the hold-out never among them)
 FINETUNE_LR = 0.3  # of the model's training learning rate
@@ -53,7 +54,7 @@ def sizes(net, size: int) -> list[int]:
     if not grid or grid[0] < 2 or size % grid[0]:
         return []
     g, step = grid[0], size // grid[0]
-    k_max = max(int(g * (1 - math.sqrt(MIN_TOKEN_SHARE))), 0)
+    k_max = max(min(int(g * (1 - math.sqrt(MIN_TOKEN_SHARE))), g - 2), 0)
     ks = sorted({1, (k_max + 1) // 2, k_max} - {0}) if k_max else []
     return [size - k * step for k in ks][:MAX_SIZES]
 
