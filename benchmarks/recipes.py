@@ -40,7 +40,8 @@ def latency_row(m: dict, model: str, recipe: str) -> dict:
     lat = m["latency_ms"]
     b = lat["baselines"]
     return {"model": model, "family": m["model"]["family"], "recipe": recipe,
-            "input": m["model"]["input_size"][-1], "p50": lat["artifact"]["p50"], "threads": lat["threads"],
+            "input": m["model"]["input_size"][-1], "input_size": m["model"]["input_size"], "batch": lat["batch"],
+            "p50": lat["artifact"]["p50"], "threads": lat["threads"],
             "nncf_default_int8": b["nncf_default_int8"]["p50"],
             "backend_default": b["backend_default_fp32"]["p50"],
             "backend_default_ran": b["backend_default_fp32"].get("executed_precision"),
@@ -80,6 +81,22 @@ def choose(cfg: dict, lat: list[dict], acc: list[dict]) -> dict[str, dict]:
                           "vs_fastest_peer": round(min(win["nncf_default_int8"], win["backend_default"],
                                                        win["torch_eager"]) / win["p50"], 2)}
     return chosen
+
+
+def cache_entries(lat: list[dict], chosen: dict, measured_utc: str) -> dict[str, dict]:
+    """What this run measured, as entries of the recipe cache that builds read (``edgevit.recipe_search``): per
+    latency model, its family's chosen recipe and every candidate's p50, keyed by this host, these library versions,
+    the model, its input size and batch. A build of one of these models here then uses the choice and says so."""
+    from edgevit.recipe_search import key_for
+
+    out = {}
+    for c in lat:
+        if c["family"] in chosen:
+            key = key_for("openvino", c["model"], c["input_size"], c["batch"])
+            entry = out.setdefault(key, {"recipe": chosen[c["family"]]["recipe"], "p50_ms": {},
+                                         "measured_utc": measured_utc, "by": "benchmarks/recipes.py"})
+            entry["p50_ms"][c["recipe"]] = c["p50"]
+    return out
 
 
 def markdown(host: dict, cls: str, lat: list[dict], acc: list[dict], chosen: dict) -> str:
@@ -142,6 +159,13 @@ def main(argv: list[str]) -> int:
     (res / f"recipes-{cls}.json").write_text(json.dumps({"host": host, "class": cls, "latency": lat,
                                                           "accuracy": acc, "chosen": chosen,
                                                           "seconds": round(time.perf_counter() - t0)}, indent=1))
+    from datetime import datetime, timezone
+
+    from edgevit.recipe_search import cache_path, read_cache, write_cache
+
+    # a damaged or foreign cache file is left as it is (read_cache says so)
+    write_cache(cache_entries(lat, chosen, datetime.now(timezone.utc).isoformat(timespec="seconds")), read_cache())
+    print(f"recipe cache: {cache_path()}", file=sys.stderr)
     text = markdown(host, cls, lat, acc, chosen)
     (res / f"recipes-{cls}.md").write_text(text)
     print(text)

@@ -59,12 +59,18 @@ def cache_path() -> Path:
 
 def cache_key(req, prep) -> str:
     """Everything the ranking of recipes depends on, as one string."""
+    return key_for(req.backend.name, prep.spec.alias, prep.pre.input_size, req.target.batch)
+
+
+def key_for(backend: str, alias: str, input_size, batch: int) -> str:
+    """The cache key of a model (zoo alias or timm name) at an input size (H, W) and batch on this host, with the
+    library versions installed here."""
     from edgevit.runtime.measure import host_class, host_info, library_versions
 
     v = library_versions(("openvino", "nncf"))
-    size = "x".join(str(s) for s in prep.pre.input_size)
-    return (f"{req.backend.name} | {host_class()} {host_info()['cpu']} | openvino {v['openvino']} nncf {v['nncf']} "
-            f"| {prep.spec.alias} {size} batch {req.target.batch}")
+    size = "x".join(str(s) for s in input_size)
+    return (f"{backend} | {host_class()} {host_info()['cpu']} | openvino {v['openvino']} nncf {v['nncf']} "
+            f"| {alias} {size} batch {batch}")
 
 
 def read_cache() -> dict | None:
@@ -89,7 +95,8 @@ def read_cache() -> dict | None:
     return data
 
 
-def write_cache(key: str, entry: dict, cache: dict | None) -> None:
+def write_cache(entries: dict[str, dict], cache: dict | None) -> None:
+    """``cache`` (as read just before) with ``entries`` added or replaced, written whole (never a half-written file)."""
     from edgevit.outputs import made_dirs, write_json
 
     if cache is None:  # damaged or foreign: left alone
@@ -97,7 +104,7 @@ def write_cache(key: str, entry: dict, cache: dict | None) -> None:
     p = cache_path()
     try:
         with made_dirs(p.parent):
-            write_json(p, {**cache, key: entry})
+            write_json(p, {**cache, **entries})
     except OSError as e:  # a read-only home costs the next build a search, not this build
         warn(f"could not write the recipe cache {p}: {e.strerror or e}")
 
@@ -155,7 +162,7 @@ def search(prep, req, stage: Path, seed: str | None):
               "size_bytes": {n: c.size_bytes() for n, c in built.items()}, "rejected": rejected,
               "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if len(built) > 1:
-        write_cache(key, {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]},
+        write_cache({key: {"recipe": chosen, "p50_ms": p50, "measured_utc": record["measured_utc"]}},
                     read_cache() if cache is not None else None)  # as it is now: another build may have written
     return built[chosen].moved_to(stage), record
 

@@ -7,8 +7,9 @@ accurate within the budget.
 
 Sizes: whole steps of the token grid (patch size × stride of any CNN stem) keeping at least a quarter of the tokens
 (half the grid's side) and a 2×2 grid, at most :data:`MAX_SIZES` of them, spread from one step down to the fewest; the
-gate, not the rule, decides how far down a model keeps its accuracy. MaxViT's windows and the CNN families have no such grid here: they are not searched.
-A smaller input is kept only where accuracy was measured on trained weights and labelled data."""
+gate, not the rule, decides how far down a model keeps its accuracy. MaxViT's windows and the CNN families have no
+such grid here: they are not searched. A smaller input is kept only where accuracy was measured on trained weights
+and labelled data."""
 
 from __future__ import annotations
 

@@ -45,6 +45,20 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
     again = _build(tmp_path / "a").manifest.data["recipe_search"]
     assert again["cached"] is True and again["recipe"] == rs["chosen"] and again["key"] == rs["key"]
 
+    # benchmarks/recipes.py fills the same cache: its entry for this model is the one the next build reads
+    from edgevit.recipe_search import read_cache, write_cache
+    from tests.test_benchmark_scripts import _script
+
+    other = next(n for n in want if n != rs["chosen"])
+    row = {"model": "vit-tiny-fmnist", "family": "vit", "recipe": other, "input_size": m["model"]["input_size"],
+           "batch": 1, "p50": 0.5}
+    entries = _script("recipes").cache_entries([row], {"vit": {"recipe": other}}, "2026-12-06T00:00:00+00:00")
+    assert list(entries) == [rs["key"]]
+    write_cache(entries, read_cache())
+    third = _build(tmp_path / "a").manifest.data
+    assert third["recipe_search"]["cached"] is True and third["recipe_search"]["by"] == "benchmarks/recipes.py"
+    assert third["calibration"]["recipe"] == f"{other}.toml"
+
     monkeypatch.setattr(edgevit.runtime.measure, "host_class", lambda: "zen10")  # another class: another key
     from edgevit.recipe_search import cache_key
 
@@ -76,13 +90,13 @@ def test_a_damaged_cache_is_not_trusted_and_not_overwritten(tmp_path, monkeypatc
 
     monkeypatch.setenv("EDGEVIT_CACHE_DIR", str(tmp_path))
     assert read_cache() == {}  # none yet
-    write_cache("k", {"recipe": "plain"}, read_cache())
+    write_cache({"k": {"recipe": "plain"}}, read_cache())
     assert read_cache() == {"k": {"recipe": "plain"}}
     for foreign in ('{"openvino | x": {"recipe": 7}}', "[1, 2]", "not json", "\udcff"):
         (tmp_path / CACHE_FILE).write_text(foreign, errors="surrogateescape")
         before = (tmp_path / CACHE_FILE).read_bytes()
         assert read_cache() is None  # measured again, never trusted
-        write_cache("k2", {"recipe": "default"}, read_cache())
+        write_cache({"k2": {"recipe": "default"}}, read_cache())
         assert (tmp_path / CACHE_FILE).read_bytes() == before  # and left as it was
         assert "recipe cache" in capsys.readouterr().err
 
