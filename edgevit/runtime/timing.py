@@ -153,8 +153,9 @@ def beside_p50(prof: dict, p50: float) -> dict:
     accounted = prof["total_ms"] + (prof.get("outside_layers_ms") or 0.0)
     prof["accounted_ms"] = round(accounted, 4)
     prof["total_vs_p50"] = round(accounted / p50, 3) if p50 else None
-    if prof.get("resolution_ms"):  # each layer's count truncated: together up to one step each short
-        prof["accounted_max_ms"] = round(accounted + prof["layers_timed"] * prof["resolution_ms"], 4)
+    if prof.get("resolution_ms"):  # each layer's count truncated (those under one step read 0): up to a step each
+        steps = prof["layers_timed"] + prof.get("below_resolution", 0)
+        prof["accounted_max_ms"] = round(accounted + steps * prof["resolution_ms"], 4)
     prof["excluded"] = ("the runtime's dispatch between layers" if "outside_layers_ms" in prof else
                         "the Python call, the input and output copies, the runtime's dispatch between layers")
     return prof
@@ -201,7 +202,11 @@ def profile_table(name: str, prof: dict, rows: int = 15) -> str:
                      f"(ratio {prof['total_vs_p50']}); in neither: {prof['excluded']}")
     if prof.get("accounted_max_ms") and prof.get("p50_ms") and \
             prof["accounted_max_ms"] - prof["accounted_ms"] > 0.05 * prof["p50_ms"]:
-        lines.append(f"  the counters count whole steps of {prof['resolution_ms'] * 1000:g} µs per layer: the "
-                     f"{prof['layers_timed']} layers may together take up to {prof['accounted_max_ms']:.4f} ms; "
-                     "a model this small is timed better as a whole than by its layers")
+        below = prof.get("below_resolution", 0)
+        lines.append(f"  the counters count whole steps of {prof['resolution_ms'] * 1000:g} µs per layer, each run's "
+                     "time cut down to a whole step"
+                     + (f"; {below} more layer(s) ran under one step on average and read as not run" if below else "")
+                     + f": the {prof['layers_timed'] + below} layers may together take up to "
+                     f"{prof['accounted_max_ms']:.4f} ms; a model this small is timed better as a whole than by its "
+                     "layers")
     return "\n".join(lines)
