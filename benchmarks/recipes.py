@@ -89,7 +89,7 @@ def cache_entries(lat: list[dict], chosen: dict, measured_utc: str) -> dict[str,
     the model, its input size and batch. A build of one of these models here then uses the choice and says so."""
     from edgevit.recipe_search import key_for
 
-    out = {}
+    out: dict[str, dict] = {}
     for c in lat:
         if c["family"] in chosen:
             key = key_for("openvino", c["model"], c["input_size"], c["batch"])

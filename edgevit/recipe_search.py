@@ -63,12 +63,12 @@ def cache_key(req, prep) -> str:
 
 
 def key_for(backend: str, alias: str, input_size, batch: int) -> str:
-    """The cache key of a model (zoo alias or timm name) at an input size (H, W) and batch on this host, with the
-    library versions installed here."""
+    """The cache key of a model (zoo alias or timm name) at an input size (its last two: H, W) and batch on this
+    host, with the library versions installed here."""
     from edgevit.runtime.measure import host_class, host_info, library_versions
 
     v = library_versions(("openvino", "nncf"))
-    size = "x".join(str(s) for s in input_size)
+    size = "x".join(str(s) for s in tuple(input_size)[-2:])  # (H, W), from (H, W) or a manifest's (C, H, W)
     return (f"{backend} | {host_class()} {host_info()['cpu']} | openvino {v['openvino']} nncf {v['nncf']} "
             f"| {alias} {size} batch {batch}")
 
