@@ -5,6 +5,7 @@ NNCF's one-line INT8 (`nncf.quantize(model, dataset)` under OpenVINO's defaults)
     python benchmarks/searched.py                                  # this host's CPU class
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/searched.py          # the same host as an AVX2-only CPU
     python benchmarks/searched.py vit-tiny-fmnist                  # these models again, the others' cells kept
+    python benchmarks/searched.py --finetune 2 vit-tiny-fmnist     # two epochs of fine-tune at each smaller input
     python benchmarks/searched.py --redraw benchmarks/results/searched-avx2.json   # the chart again
 
 Models are trained here when their weights are missing (runs/searched/<model>/best.pt, a short recipe: the point is
@@ -66,7 +67,7 @@ def row(m: dict, model: str, token_search: bool, seconds: float) -> dict:
             "p50": lat["p50"], "threads": lat["threads"], "nncf_one_line_p50": peer["p50"],
             "nncf_one_line_ran": peer.get("executed_precision"), "x_nncf": round(peer["p50"] / lat["p50"], 3),
             "torch_eager_p50": lat["baselines"]["torch_eager_fp32"]["p50"], "baselines_on": lat.get("baselines_on"),
-            "recipes_p50": rs.get("p50_ms"), "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected"))
+            "finetune_epochs": ts.get("finetune_epochs"), "recipes_p50": rs.get("p50_ms"), "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected"))
                                                        for c in ts.get("candidates", [])],
             "stage_seconds": m.get("stage_seconds"), "build_seconds": round(seconds, 1)}
 
@@ -137,7 +138,13 @@ def main() -> int:
         for p in sys.argv[2:]:
             redraw(Path(p))
         return 0
-    only = set(sys.argv[1:])
+    args = sys.argv[1:]
+    global FINETUNE
+    if "--finetune" in args:  # epochs of the fine-tune at each smaller input (default FINETUNE)
+        i = args.index("--finetune")
+        FINETUNE = int(args[i + 1])
+        del args[i:i + 2]
+    only = set(args)
     cells = []
     with tempfile.TemporaryDirectory(prefix="edgevit-searched-") as out:
         os.environ["EDGEVIT_CACHE_DIR"] = str(Path(out) / "cache")  # every build measures its recipes
