@@ -67,8 +67,8 @@ def row(m: dict, model: str, token_search: bool, seconds: float) -> dict:
             "p50": lat["p50"], "threads": lat["threads"], "nncf_one_line_p50": peer["p50"],
             "nncf_one_line_ran": peer.get("executed_precision"), "x_nncf": round(peer["p50"] / lat["p50"], 3),
             "torch_eager_p50": lat["baselines"]["torch_eager_fp32"]["p50"], "baselines_on": lat.get("baselines_on"),
-            "finetune_epochs": ts.get("finetune_epochs"), "recipes_p50": rs.get("p50_ms"), "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected"))
-                                                       for c in ts.get("candidates", [])],
+            "finetune_epochs": ts.get("finetune_epochs"), "recipes_p50": rs.get("p50_ms"),
+            "sizes": [(c["size"], c.get("top1"), c.get("p50_ms"), c.get("rejected")) for c in ts.get("candidates", [])],
             "stage_seconds": m.get("stage_seconds"), "build_seconds": round(seconds, 1)}
 
 
