@@ -82,10 +82,12 @@ def chart(cells: list[dict], title: str, path: Path) -> None:
     colors = {"vit": "tab:blue", "hybrid": "tab:purple", "maxvit": "tab:green", "mobilenet": "tab:orange",
               "resnet": "tab:red"}
     for c in cells:
-        marker = "*" if c["variant"] == "tokens" else "o"
+        marker = "*" if c["variant"].startswith("tokens") else "o"
+        tag = (f" (tokens, fine-tune {c['finetune_epochs']} ep)" if c.get("finetune_epochs") else " (tokens)") \
+            if marker == "*" else ""
         ax.scatter(c["p50"], c["top1"], s=140 if marker == "*" else 60, marker=marker,
                    color=colors.get(c["family"], "gray"), zorder=3)
-        ax.annotate(f"{c['model'].replace('-fmnist', '')} {c['input']}px" + (" (tokens)" if marker == "*" else ""),
+        ax.annotate(f"{c['model'].replace('-fmnist', '')} {c['input']}px{tag}",
                     (c["p50"], c["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
     from matplotlib.ticker import FormatStrFormatter, LogLocator
