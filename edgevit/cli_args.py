@@ -188,8 +188,9 @@ def _add_build(sub) -> None:
                         "accuracy-aware PTQ is tried (or QAT, with --qat-epochs), then the build fails")
     s.add_argument("--keep-failed", action="store_true", help="write a bundle marked failed instead of none")
     s.add_argument("--token-search", action="store_true",
-                   help="INT8 ViT/hybrid with trained --weights and labelled --data: also try smaller inputs (fewer "
-                        "tokens), each judged against the full-size FP32 model by --max-drop, and ship the fastest")
+                   help="INT8 ViT/hybrid/MaxViT with trained --weights and labelled --data: also try smaller inputs "
+                        "(fewer tokens), each judged against the full-size FP32 model by --max-drop, and ship the "
+                        "fastest")
     s.add_argument("--token-finetune", type=_int_in(0, 100), default=0, metavar="EPOCHS",
                    help="with --token-search: fine-tune the model at each smaller input for EPOCHS on the training "
                         "split (at most 20,000 images an epoch, the hold-out never among them) before quantizing it")

@@ -241,6 +241,8 @@ def apply_state_dict(model, sd: dict, path: str | os.PathLike) -> None:
     own = model.state_dict()
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
         sd["pos_embed"] = _resample_pos_embed(model, sd["pos_embed"])
+    for k in [k for k in sd if k.endswith(REL_POS_TABLE) and k in own and sd[k].shape != own[k].shape]:
+        sd[k] = _resize_rel_pos_table(sd[k], tuple(own[k].shape))  # windows sized by the input (MaxViT)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
@@ -258,6 +260,26 @@ def apply_state_dict(model, sd: dict, path: str | os.PathLike) -> None:
                 )
             raise WeightsError(f"{path}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
     model.load_state_dict(sd, strict=True)
+
+
+REL_POS_TABLE = "relative_position_bias_table"
+
+
+def _resize_rel_pos_table(table, shape: tuple):
+    """A relative position bias table of (2w-1)² rows resized to another window (timm's interpolation), as a model
+    whose windows follow its input size (MaxViT: the input / 32) needs at another size."""
+    import math
+    import warnings
+
+    from timm.layers import resize_rel_pos_bias_table
+
+    side = math.isqrt(shape[0])
+    if side * side != shape[0] or side % 2 == 0 or table.ndim != len(shape):
+        raise WeightsError(f"a relative position table of shape {tuple(table.shape)} cannot be resized to {shape}")
+    w = (side + 1) // 2
+    with warnings.catch_warnings():  # timm's interpolation warns about its own tensor layout, nothing of ours
+        warnings.simplefilter("ignore", UserWarning)
+        return resize_rel_pos_bias_table(table, new_window_size=(w, w), new_bias_shape=shape)
 
 
 def _resample_pos_embed(model, pos_embed):

@@ -1,15 +1,17 @@
 """Fewer tokens, under the accuracy gate (``--token-search``): a ViT's cost grows with its token count, so the build
-also tries the model at input sizes below its own (position embeddings resampled bicubically, as timm does), each
+also tries the model at input sizes below its own (position embeddings resampled bicubically, as timm does; MaxViT's
+relative position tables resized to the windows of the new size), each
 quantized with the recipe already chosen, validated on the same held-out images against the **full-size** FP32
 model, and timed against the full-size artifact in one interleaved, process-isolated run (each on its own input).
 The fastest that stays within ``--max-drop`` of the full-size FP32 top-1 ships; with ``latency_budget``, the most
 accurate within the budget.
 
-Sizes: whole steps of the token grid (patch size × stride of any CNN stem) keeping at least a quarter of the tokens
-(half the grid's side) and a 2×2 grid, at most :data:`MAX_SIZES` of them, spread from one step down to the fewest; the
-gate, not the rule, decides how far down a model keeps its accuracy. MaxViT's windows and the CNN families have no
-such grid here: they are not searched. A smaller input is kept only where accuracy was measured on trained weights
-and labelled data."""
+Sizes: whole steps of the token grid (patch size × stride of any CNN stem; for MaxViT, whose windows and grids timm
+sizes as the input / 32, steps of 32 px) keeping at least a quarter of the tokens (half the grid's side) and a 2×2
+grid, at most :data:`MAX_SIZES` of them, spread from one step down to the fewest; the gate, not the rule, decides how
+far down a model keeps its accuracy. A MaxViT at 64 px has a 2×2 grid and no smaller size; the CNN families have no
+token grid and are not searched. A smaller input is kept only where accuracy was measured on trained weights and
+labelled data."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from edgevit.errors import UsageError, ValidationFailedError
 
 MAX_SIZES = 3
 MIN_TOKEN_SHARE = 0.25  # the fewest tokens tried: a quarter (half the grid's side), never under a 2x2 grid
-FAMILIES = ("vit", "hybrid")
+FAMILIES = ("vit", "hybrid", "maxvit")
 FINETUNE_IMAGES = 20_000  # training images per fine-tune epoch at a new size (the hold-out never among them)
 FINETUNE_LR = 0.3  # of the model's training learning rate
 
@@ -32,8 +34,8 @@ def check(req, spec, data, weights) -> None:
             raise UsageError("--token-finetune fine-tunes the smaller inputs of --token-search: add --token-search")
         return
     if spec.family not in FAMILIES:
-        raise UsageError(f"--token-search resizes ViT and hybrid models' token grids; {spec.alias} is a "
-                         f"{spec.family} model")
+        raise UsageError(f"--token-search resizes the token grids of ViT, hybrid and MaxViT models; {spec.alias} "
+                         f"is a {spec.family} model")
     if not data or str(data).startswith("synthetic"):
         raise UsageError("--token-search keeps a smaller input only where its accuracy holds: give labelled --data "
                          "(fashion-mnist or imagefolder:DIR)")
@@ -47,14 +49,26 @@ def check(req, spec, data, weights) -> None:
                          "search the tokens first, then train QAT with --input-size")
 
 
+def token_grid(net, size: int) -> int | None:
+    """The side of the model's token grid at input ``size``: a ViT's or hybrid's patch grid; for MaxViT, whose
+    windows and grids follow its input (timm sizes them as the input / 32), the grid of its last stage."""
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid:
+        return int(grid[0])
+    info = getattr(net, "feature_info", None)
+    reduction = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+    if type(net).__name__ == "MaxxVit" and reduction and size % reduction == 0:
+        return size // reduction
+    return None
+
+
 def sizes(net, size: int) -> list[int]:
     """Input sizes below ``size`` in whole steps of the model's token grid, keeping at least
     :data:`MIN_TOKEN_SHARE` of its tokens: at most :data:`MAX_SIZES`, spread from one step down to the fewest."""
-    pe = getattr(net, "patch_embed", None)
-    grid = getattr(pe, "grid_size", None)
-    if not grid or grid[0] < 2 or size % grid[0]:
+    g = token_grid(net, size)
+    if not g or g < 2 or size % g:
         return []
-    g, step = grid[0], size // grid[0]
+    step = size // g
     k_max = max(min(int(g * (1 - math.sqrt(MIN_TOKEN_SHARE))), g - 2), 0)
     ks = sorted({1, (k_max + 1) // 2, k_max} - {0}) if k_max else []
     return [size - k * step for k in ks][:MAX_SIZES]
@@ -144,7 +158,7 @@ def finetune(p, epochs: int) -> None:
     export_onnx(p.net, p.pre.input_size, p.onnx_path)
     p.export_diff = check_onnx(p.onnx_path, p.net, p.check_x)
     p.finetuned = {"input_size": size, "epochs": epochs, "images_per_epoch": len(x_tr), "lr": lr,
-                   "from": "the build's --weights, position embeddings resampled bicubically"}
+                   "from": "the build's --weights, position embeddings or relative position tables resampled"}
 
 
 def _time(cands: dict) -> dict[int, float]:

@@ -41,7 +41,7 @@ def test_token_search_judges_smaller_inputs_against_the_full_size_model(fmnist_d
 
 
 @pytest.mark.parametrize("model, data, weights, why", [
-    ("mobilenetv3-fmnist", "fashion-mnist", "w.pt", "resizes ViT and hybrid models' token grids"),
+    ("mobilenetv3-fmnist", "fashion-mnist", "w.pt", "resizes the token grids of ViT, hybrid and MaxViT models"),
     ("vit-tiny-fmnist", "synthetic", "w.pt", "give labelled --data"),
     ("vit-tiny-fmnist", "fashion-mnist", None, "random weights do not have"),
 ])
@@ -76,3 +76,49 @@ def test_choice_among_sizes():
     assert sizes(net(14), 224) == [208, 160, 112]  # ViT-Ti/16: at least a quarter of the 196 tokens
     assert sizes(net(4), 32) == [24, 16] and sizes(net(3), 24) == [16]  # never below a 2x2 grid
     assert sizes(net(2), 32) == [] and sizes(SimpleNamespace(), 64) == []
+
+
+def test_maxvit_token_grid_follows_its_windows_and_tables_resize(tmp_path):
+    """MaxViT's windows and grids follow its input (timm: the input / 32): its token grid is its last stage's, a
+    64 px MaxViT has none smaller, and a relative position table trained at one window loads at another."""
+    import timm
+    import torch
+
+    from edgevit.models import _resize_rel_pos_table, apply_state_dict
+    from edgevit.token_search import sizes
+
+    def maxvit(size):
+        return timm.create_model("maxvit_nano_rw_256", img_size=size, num_classes=10, depths=(1, 1, 1, 1)).eval()
+
+    assert sizes(maxvit(256), 256) == [224, 192, 128] and sizes(maxvit(96), 96) == [64]
+    assert sizes(maxvit(64), 64) == []  # a 2x2 grid already
+    big = maxvit(96)
+    small = maxvit(64)
+    apply_state_dict(small, dict(big.state_dict()), "w.pt")  # 3x3 windows' tables (25 rows) into 2x2 ones (9)
+    key = next(k for k in big.state_dict() if k.endswith("relative_position_bias_table"))
+    assert big.state_dict()[key].shape[0] == 25 and small.state_dict()[key].shape[0] == 9
+    assert small(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    flat = torch.full((25, 2), 0.5)  # a constant bias stays that constant at any window
+    assert torch.allclose(_resize_rel_pos_table(flat, (9, 2)), torch.full((9, 2), 0.5), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_maxvit_token_search_builds_each_size_through_the_gate(fmnist_dir, tmp_path):
+    """A real token search of a MaxViT (table-based relative position bias, one block per stage) at 96 px: 64 px
+    is tried, its tables resized from the given weights, quantized, validated and timed beside the full size."""
+    import timm
+    import torch
+
+    from edgevit.build import build
+
+    w = tmp_path / "w.pt"
+    torch.save(timm.create_model("maxvit_nano_rw_256", img_size=96, num_classes=10, depths=(1, 1, 1, 1))
+               .state_dict(), w)
+    r = build("maxvit-nano", precision="int8", data=f"fashion-mnist:{fmnist_dir}", weights=str(w), input_size=96,
+              out=str(tmp_path / "out"), calibration="fast", calib_samples=32, val_samples=50, token_search=True,
+              max_drop=100.0, threads=1, measure="quick", overrides={"depths": (1, 1, 1, 1)})
+    ts = r.manifest.data["token_search"]
+    cands = {c["size"]: c for c in ts["candidates"]}
+    assert ts["full_size"] == 96 and ts["sizes"] == [64] and set(cands) == {96, 64}
+    assert all(c["p50_ms"] > 0 and c["top1"] is not None for c in cands.values())
+    assert r.manifest.data["model"]["input_size"] == [3, ts["chosen"], ts["chosen"]]
