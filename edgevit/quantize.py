@@ -17,6 +17,11 @@ PRESETS = ("mixed", "performance")
 SELECTIONS = ("balanced", "random")
 BIAS_CORRECTIONS = ("fast", "full", "none")
 MODEL_TYPES = ("auto", "transformer", "default")  # auto: NNCF's transformer model type for transformer families
+# auto: "enable" where this host's INT8 kernels have no VNNI (host class avx2), else NNCF's default (first layer only).
+# Without VNNI, x86 multiplies u8 by s8 into int16 that saturates (vpmaddubsw); NNCF's overflow fix quantizes
+# weights to 7 bits so that it cannot. Measured under AVX2 kernels (2,000 Fashion-MNIST images): MobileNetV3 lost
+# 1.75 points without it and 1.10 with it (default recipe), 1.70 and 0.60 (performance); MaxViT 1.80 and 0.20.
+OVERFLOW_FIXES = ("auto", "enable", "first_layer", "disable")
 # Accuracy-aware PTQ validates the whole hold-out after every revert; without a cap a hopeless budget reverts layer by
 # layer for many minutes (measured: still running after 8 min on 1,000 images for a 6-block ViT).
 NEEDS_IMAGES = ("int8 calibration needs images: pass --data (fashion-mnist, imagefolder:DIR, or synthetic for "
@@ -43,6 +48,7 @@ class Recipe:
     smooth_quant_alpha: float | None = None
     ignored_patterns: list = ()
     model_type: str = "auto"
+    overflow_fix: str = "auto"
     path: str = ""
 
     def nncf_transformer(self, transformer_family: bool) -> bool:
@@ -57,16 +63,28 @@ class Recipe:
             raise UnknownNameError(f"selection in {self.path}", self.selection, SELECTIONS)
         if self.model_type not in MODEL_TYPES:
             raise UnknownNameError(f"model_type in {self.path}", self.model_type, MODEL_TYPES)
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise UnknownNameError(f"overflow_fix in {self.path}", self.overflow_fix, OVERFLOW_FIXES)
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise UnknownNameError(f"bias_correction in {self.path}", self.bias_correction, BIAS_CORRECTIONS)
         if self.samples < 1:
             raise UsageError(f"{self.path}: samples must be at least 1")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, signed_symmetric: bool = False) -> dict:
         return {"recipe": Path(self.path).name, "samples": self.samples, "selection": self.selection,
                 "seed": self.seed, "preset": self.preset, "bias_correction": self.bias_correction,
                 "smooth_quant_alpha": self.smooth_quant_alpha, "ignored_patterns": list(self.ignored_patterns),
-                "model_type": self.model_type}
+                "model_type": self.model_type, "overflow_fix": self.resolved_overflow_fix(signed_symmetric)}
+
+    def resolved_overflow_fix(self, signed_symmetric: bool = False) -> str:
+        """``overflow_fix`` with ``auto`` resolved on this host: ``enable`` where its INT8 kernels lack VNNI (the
+        build validates on them), ``first_layer`` (NNCF's own default) elsewhere and for symmetric signed INT8
+        (TensorRT's GPUs do not saturate this way)."""
+        if self.overflow_fix != "auto":
+            return self.overflow_fix
+        from edgevit.runtime.measure import host_class
+
+        return "enable" if host_class() == "avx2" and not signed_symmetric else "first_layer"
 
 
 DEFAULTS_FILE = "_defaults.toml"  # calibration/_defaults.toml: the measured default recipe per backend, CPU and family
@@ -166,7 +184,7 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
     higher precision until the drop on ``val_images`` is at most ``max_drop`` points (or nothing is left to revert)."""
 
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedQuantizationParameters
 
     def validate(compiled, items) -> float:
         hits = [int(np.argmax(compiled(x[None])[0]) == y) for x, y in items]
@@ -180,11 +198,20 @@ def nncf_quantize_with_accuracy_control(model, images: np.ndarray, val_images: n
         fast_bias_correction=recipe.bias_correction != "full",
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=AC_MAX_ITERATIONS, ranking_subset_size=min(AC_RANKING_SUBSET, len(val_labels))),
+        advanced_quantization_parameters=AdvancedQuantizationParameters(overflow_fix=_overflow_fix(recipe)),
     )
     if recipe.nncf_transformer(transformer):
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     with library_output():
         return nncf.quantize_with_accuracy_control(model, calib, val, validation_fn=validate, **kwargs)
+
+
+def _overflow_fix(recipe: Recipe, signed_symmetric: bool = False):
+    """NNCF's OverflowFix for the recipe's ``overflow_fix`` on this host (:meth:`Recipe.resolved_overflow_fix`)."""
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    return {"enable": OverflowFix.ENABLE, "disable": OverflowFix.DISABLE,
+            "first_layer": OverflowFix.FIRST_LAYER}[recipe.resolved_overflow_fix(signed_symmetric)]
 
 
 TORCH_CALIB_BATCH = 32  # NNCF's torch backend collects statistics per item: batches make it ~10x faster
@@ -218,7 +245,8 @@ def nncf_quantize(model, images: np.ndarray, recipe: Recipe, transformer: bool, 
             return {input_name: x} if input_name else x
 
     dataset = nncf.Dataset(items, transform)
-    advanced = AdvancedQuantizationParameters(disable_bias_correction=recipe.bias_correction == "none")
+    advanced = AdvancedQuantizationParameters(disable_bias_correction=recipe.bias_correction == "none",
+                                              overflow_fix=_overflow_fix(recipe, signed_symmetric))
     if recipe.smooth_quant_alpha is not None:
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=recipe.smooth_quant_alpha)
     if signed_symmetric:
