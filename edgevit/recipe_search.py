@@ -19,6 +19,9 @@ from edgevit._progress import say, warn
 from edgevit.errors import UsageError, ValidationFailedError
 
 CACHE_FILE = "recipes.json"
+# What the recipes mean beyond their files; raised when edgevit changes how a recipe quantizes, so that a choice
+# measured before is measured again. 2: NNCF's overflow fix in every layer on hosts without VNNI (overflow_fix "auto").
+RECIPES_REVISION = 2
 
 
 def applies(req) -> tuple[bool, str]:
@@ -64,13 +67,13 @@ def cache_key(req, prep) -> str:
 
 def key_for(backend: str, alias: str, input_size, batch: int) -> str:
     """The cache key of a model (zoo alias or timm name) at an input size (its last two: H, W) and batch on this
-    host, with the library versions installed here."""
+    host, with the library versions installed here and the recipes' revision (:data:`RECIPES_REVISION`)."""
     from edgevit.runtime.measure import host_class, host_info, library_versions
 
     v = library_versions(("openvino", "nncf"))
     size = "x".join(str(s) for s in tuple(input_size)[-2:])  # (H, W), from (H, W) or a manifest's (C, H, W)
     return (f"{backend} | {host_class()} {host_info()['cpu']} | openvino {v['openvino']} nncf {v['nncf']} "
-            f"| {alias} {size} batch {batch}")
+            f"recipes r{RECIPES_REVISION} | {alias} {size} batch {batch}")
 
 
 def read_cache() -> dict | None:

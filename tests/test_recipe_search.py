@@ -34,7 +34,10 @@ def test_an_unseen_cpu_class_measures_the_recipes_and_the_next_build_reads_the_c
     assert {p["label"] for p in points} == {f"recipe {n}" for n in rs["p50_ms"]}
     assert [p["chosen"] for p in points].count(True) == 1 and all(p["size_bytes"] > 0 for p in points)
     want = candidates("openvino", "vit", True, None)
+    from edgevit.recipe_search import RECIPES_REVISION
+
     assert len(want) > 1 and not rs["cached"] and "zen9" in rs["key"]
+    assert f"recipes r{RECIPES_REVISION}" in rs["key"]  # a choice made before recipes changed meaning is not reused
     assert set(rs["p50_ms"]) | set(rs["rejected"]) == set(want)  # every candidate was built, and timed or refused
     assert all(v > 0 for v in rs["p50_ms"].values()) and rs["chosen"] in rs["p50_ms"]
     assert m["calibration"]["recipe"] == f"{rs['chosen']}.toml"
