@@ -153,9 +153,10 @@ class OVRunner:
                 "streams": int(compiled.get_property("NUM_STREAMS")), "seconds": round(elapsed, 2),
                 "method": "OpenVINO AsyncInferQueue, THROUGHPUT hint, optimal number of requests"}
 
-    def _counters(self, x: np.ndarray, runs: int) -> dict[str, dict]:
+    def _counters(self, x: np.ndarray, runs: int) -> tuple[dict[str, dict], int]:
         """Per executed layer: type, exec type, precision and ms summed over ``runs`` (performance counters, a
-        separate compile with PERF_COUNT on, warmed up first as the timing is)."""
+        separate compile with PERF_COUNT on, warmed up first as the timing is); and how many layers ran under the
+        counters' resolution (see below)."""
         import time
 
         from edgevit.runtime.profile import precision_of
@@ -167,7 +168,6 @@ class OVRunner:
         while time.perf_counter() < t_warm:  # caches and clocks as in the timed run's steady state
             _infer(request, x)
         acc: dict[str, dict] = {}
-        self._below_resolution = 0
         for _ in range(runs):
             _infer(request, x)
             for p in request.profiling_info:
@@ -181,24 +181,23 @@ class OVRunner:
         # A layer's counter is the average of whole microseconds, each run's time cut down to one; a layer whose
         # average is under 1 µs reads 0 and OpenVINO reports it NOT_RUN. Those that ran are counted here (not the
         # graph's inputs, outputs and constants), so that the profile can say how much it cannot see.
-        self._below_resolution = sum(
-            1 for p in request.profiling_info if str(p.status).endswith("NOT_RUN") and p.node_name not in acc
-            and p.node_type not in NOT_COMPUTED and not str(p.exec_type).startswith(("unknown", "undef")))
-        return acc
+        below = sum(1 for p in request.profiling_info if str(p.status).endswith("NOT_RUN") and p.node_name not in acc
+                    and p.node_type not in NOT_COMPUTED and not str(p.exec_type).startswith(("unknown", "undef")))
+        return acc, below
 
     def layer_times(self, x: np.ndarray, runs: int = 50) -> dict[str, float]:
         """Every executed layer's ms per inference."""
-        return {name: e["ms"] / runs for name, e in self._counters(x, runs).items()}
+        return {name: e["ms"] / runs for name, e in self._counters(x, runs)[0].items()}
 
     def profile(self, x: np.ndarray, runs: int = 50) -> dict:
         """Per-layer time from OpenVINO's performance counters, summarised for the manifest, with the time of a
         call that is in no layer (:meth:`outside_layers`)."""
         from edgevit.runtime.profile import summarize
 
-        prof = summarize(self._counters(x, runs), runs, f"OpenVINO performance counters, {runs} runs at batch "
-                                                        f"{x.shape[0]}")
+        layers, below = self._counters(x, runs)
+        prof = summarize(layers, runs, f"OpenVINO performance counters, {runs} runs at batch {x.shape[0]}")
         prof["resolution_ms"] = 0.001  # the counters count whole microseconds, each layer's truncated
-        prof["below_resolution"] = self._below_resolution  # layers that ran under 1 µs: reported NOT_RUN
+        prof["below_resolution"] = below  # layers that ran under 1 µs: reported NOT_RUN
         prof["outside_layers_ms"] = self.outside_layers(x)
         prof["outside_layers"] = ("a call's time in no layer, measured on a one-layer model of the same input "
                                   "through the same request path and configuration: the Python call, setting the "
