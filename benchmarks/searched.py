@@ -45,12 +45,12 @@ def weights_of(model: str, train_opts: dict) -> Path:
     return w
 
 
-def cell(model: str, weights: Path, out: str, token_search: bool) -> dict:
+def cell(model: str, weights: Path, out: str, token_search: bool, finetune: int = FINETUNE) -> dict:
     from edgevit.build import build
 
     t0 = time.perf_counter()
     r = build(model, precision="int8", data="fashion-mnist", weights=str(weights), out=out, val_samples=VAL_SAMPLES,
-              max_drop=MAX_DROP, peers=True, token_search=token_search, token_finetune=FINETUNE if token_search else 0,
+              max_drop=MAX_DROP, peers=True, token_search=token_search, token_finetune=finetune if token_search else 0,
               force=True,
               name=f"{model}-{'tokens' if token_search else 'default'}")
     return row(r.manifest.data, model, token_search, time.perf_counter() - t0)
@@ -137,17 +137,18 @@ def main() -> int:
     os.chdir(ROOT)
     cls, host = host_class(), host_info()
     versions = library_versions(("openvino", "nncf", "torch"))
-    if sys.argv[1:2] == ["--redraw"]:
-        for p in sys.argv[2:]:
-            redraw(Path(p))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", help="only these models (the others' cells of the last run stay)")
+    ap.add_argument("--finetune", type=int, default=FINETUNE, help="epochs of fine-tune at each smaller input")
+    ap.add_argument("--redraw", nargs="+", type=Path, metavar="JSON", help="only draw these results' charts again")
+    args = ap.parse_args()
+    if args.redraw:
+        for p in args.redraw:
+            redraw(p)
         return 0
-    args = sys.argv[1:]
-    global FINETUNE
-    if "--finetune" in args:  # epochs of the fine-tune at each smaller input (default FINETUNE)
-        i = args.index("--finetune")
-        FINETUNE = int(args[i + 1])
-        del args[i:i + 2]
-    only = set(args)
+    only = set(args.models)
     cells = []
     with tempfile.TemporaryDirectory(prefix="edgevit-searched-") as out:
         os.environ["EDGEVIT_CACHE_DIR"] = str(Path(out) / "cache")  # every build measures its recipes
@@ -156,7 +157,7 @@ def main() -> int:
                 continue
             w = weights_of(model, opts)
             for token_search in (False, True) if tokens else (False,):
-                cells.append(cell(model, w, out, token_search))
+                cells.append(cell(model, w, out, token_search, args.finetune))
                 print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
     res = ROOT / "benchmarks/results"
     res.mkdir(parents=True, exist_ok=True)
