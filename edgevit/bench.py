@@ -87,8 +87,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
         _check_types(p, m, SuiteModel, where=f"model {m.get('model', '?')!r}: ")
         bad = set(m) - set(SuiteModel.__dataclass_fields__)
         if bad or "model" not in m:
-            raise UsageError(f"{p}: each [[models]] needs 'model' and may have 'weights', 'overrides', 'train', "
-                             f"'token_search', 'token_finetune'; got {sorted(m)}")
+            may = ", ".join(repr(k) for k in SuiteModel.__dataclass_fields__ if k != "model")
+            raise UsageError(f"{p}: each [[models]] needs 'model' and may have {may}; got {sorted(m)}")
         _check_model(p, m)
         models.append(SuiteModel(**m))
     from edgevit.targets import load_target

@@ -29,11 +29,16 @@ def mypy_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mypy-cache")
 
 
+def _mypy(paths, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """mypy on ``paths``, checked against the installed package (its imports followed silently)."""
+    return subprocess.run([sys.executable, "-m", "mypy", *map(str, paths), "--follow-imports=silent",
+                           "--ignore-missing-imports", "--no-error-summary", "--cache-dir", str(cache), *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def test_benchmark_scripts_type_check_against_the_package(mypy_cache):
     # union-attr: build() returns None on the ranks of a torchrun job other than 0, which these scripts never are
-    p = subprocess.run([sys.executable, "-m", "mypy", *map(str, SCRIPTS), "--follow-imports=silent",
-                        "--ignore-missing-imports", "--no-error-summary", "--cache-dir", str(mypy_cache),
-                        "--disable-error-code", "union-attr"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    p = _mypy(SCRIPTS, mypy_cache, "--disable-error-code", "union-attr")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 
@@ -42,9 +47,7 @@ def test_the_type_check_catches_indexing_a_typed_record(tmp_path, mypy_cache):
     bad = tmp_path / "bad.py"
     bad.write_text("from edgevit.build import build\n\nr = build('vit-tiny-fmnist')\n"
                    "assert r is not None\nprint(r.manifest['latency_ms'])\n")
-    p = subprocess.run([sys.executable, "-m", "mypy", str(bad), "--follow-imports=silent", "--ignore-missing-imports",
-                        "--no-error-summary", "--cache-dir", str(mypy_cache)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=600)
+    p = _mypy([bad], mypy_cache)
     assert p.returncode == 1 and "not indexable" in p.stdout, p.stdout
 
 
